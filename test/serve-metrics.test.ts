@@ -303,14 +303,14 @@ describe("requests by route", () => {
     const { url } = server;
     await fetch(`${url}/v1/models/${encodeURIComponent(tinyModel())}`);
     await fetch(`${url}/v1/responses/resp_missing`);
-    await fetch(`${url}/api/create`, { method: "POST", body: "{}" });
+    await fetch(`${url}/api/push`, { method: "POST", body: "{}" });
     await fetch(`${url}/no/such/route`);
     await fetch(`${url}/another/missing/route`);
     const requests = (route: string, status: number) =>
       sample(url, `mlx_http_requests_total{route="${route}",status="${status}"}`);
     expect(await requests("/v1/models/:id", 200)).toBe(1);
     expect(await requests("/v1/responses/:id", 404)).toBe(1);
-    expect(await requests("/api/create", 501)).toBe(1);
+    expect(await requests("/api/push", 501)).toBe(1);
     expect(await requests("other", 404)).toBe(2);
     const stats: any = await (await fetch(`${url}/stats`)).json();
     expect(stats.requests.by_route["/v1/models/:id"]).toBe(1);

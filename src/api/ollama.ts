@@ -414,3 +414,86 @@ export function parseOllamaCopy(body: unknown): { source: string; destination: s
     destination: f.string("destination", { required: true, nonEmpty: true })!,
   };
 }
+
+/** /api/create as Ollama (0.5 on) takes it: the model made `from` another, with these settings. */
+export interface OllamaCreate {
+  model: string;
+  from: string;
+  stream: boolean;
+  system?: string;
+  license?: string;
+  /** By Ollama's names (temperature, top_p, repeat_penalty, ...); create checks them. */
+  parameters?: Record<string, unknown>;
+  messages?: { role: "user" | "assistant"; content: string }[];
+  /** An adapter's directory (Ollama's `adapters` names one file's blob; here its value is a directory path). */
+  adapter?: string;
+}
+
+export function parseOllamaCreate(body: unknown): OllamaCreate {
+  const f = Fields.of(body);
+  const model = parseModelName(body, [
+    "from",
+    "stream",
+    "system",
+    "license",
+    "parameters",
+    "messages",
+    "adapters",
+    "template",
+    "quantize",
+    "files",
+    "modelfile",
+  ]);
+  // Ollama's fields this server knows but cannot honour: refused, saying why, before anything is written.
+  if (f.has("template"))
+    f.fail(
+      "template",
+      "is a Go template, which this server does not render: a model answers through its own (Jinja) chat template",
+    );
+  if (f.has("quantize")) f.fail("quantize", "is not supported by create here: quantize a model with mlx convert");
+  if (f.has("files"))
+    f.fail(
+      "files",
+      "names blobs uploaded to the server, which this server does not hold: give 'from' (a stored model, an alias or a path)",
+    );
+  if (f.has("modelfile"))
+    f.fail(
+      "modelfile",
+      "is the Modelfile text of Ollama's older create: give from, system, parameters and messages (mlx create -f reads a Modelfile)",
+    );
+  const from = f.string("from", { required: true, nonEmpty: true })!;
+  const license = f.raw("license");
+  if (
+    license !== undefined &&
+    license !== null &&
+    typeof license !== "string" &&
+    !(Array.isArray(license) && license.every((l) => typeof l === "string"))
+  )
+    f.fail("license", "must be a string or a list of strings");
+  const parameters = f.object("parameters")?.body;
+  const messages = f.array("messages")?.map((item, i) => {
+    const m = Fields.item(item, `messages.${i}`);
+    m.onlyKnown(["role", "content"]);
+    const role = m.string("role", { required: true });
+    if (role !== "user" && role !== "assistant")
+      m.fail("role", `must be "user" or "assistant" (a system prompt is 'system'), got ${JSON.stringify(role)}`);
+    return { role: role as "user" | "assistant", content: m.string("content", { required: true })! };
+  });
+  const adapters = f.object("adapters");
+  const adapterDirs = adapters
+    ? Object.keys(adapters.body).map((key) => adapters.string(key, { required: true })!)
+    : [];
+  if (adapterDirs.length > 1) f.fail("adapters", "may name one adapter (its directory)");
+  if (adapterDirs.some((dir) => /^sha256[:-]/.test(dir)))
+    f.fail("adapters", "names an uploaded blob, which this server does not hold: give the adapter's directory path");
+  return {
+    model,
+    from,
+    stream: f.boolean("stream") ?? true,
+    system: f.string("system"),
+    license: Array.isArray(license) ? license.join("\n") : (license as string | undefined),
+    parameters,
+    messages,
+    adapter: adapterDirs[0],
+  };
+}

@@ -157,7 +157,7 @@ function topLevelKeyLine(text: string, key: string): number | undefined {
  * (`NAME = { ... }` under `[models]`, or `models.NAME = { ... }` before any table); undefined
  * when it is written otherwise.
  */
-function entryLine(text: string, name: string): number | undefined {
+export function entryLine(text: string, name: string): number | undefined {
   // Compared as the lines are, without spaces (a quoted name may hold some).
   const keys = [name, `"${name}"`, `'${name}'`].map((key) => key.replace(/\s+/g, ""));
   const headers = new Set(keys.map((key) => `[models.${key}]`));
@@ -191,14 +191,18 @@ export function loadAliases(): AliasTable {
   }
 }
 
-function readAliases(): AliasTable {
+/** The user's models.toml: $MLX_HOME/models.toml. */
+export const userAliasFile = () => join(storeRoot(), "models.toml");
+
+/** The aliases the shipped table and the user's file make; `userText`: the user file's text as it is about to be written. */
+export function readAliases(userText?: string): AliasTable {
   const base = parseTable(shipped, "models.toml (built in)", process.cwd());
   const entries = new Map(base.models.map((m) => [m.name, m]));
   const remotes = new Map(base.remotes.map((m) => [m.name, m]));
   let defaultModel = base.defaultModel ?? "smollm2";
-  const userFile = join(storeRoot(), "models.toml");
-  if (existsSync(userFile)) {
-    const text = readUserFile(userFile);
+  const userFile = userAliasFile();
+  if (userText !== undefined || existsSync(userFile)) {
+    const text = userText ?? readUserFile(userFile);
     const user = parseTable(text, userFile, dirname(userFile));
     // A user's entry replaces the shipped one of that name, whichever kind either is.
     for (const m of user.models) {
@@ -343,7 +347,7 @@ function checkAliasChains(
   }
 }
 
-function readUserFile(file: string): string {
+export function readUserFile(file: string): string {
   try {
     return readFileSync(file, "utf8");
   } catch (error) {

@@ -79,6 +79,9 @@ export function locateModel(
   const source = alias?.source ?? name;
   // An alias may name another one as its source (a base model plus an adapter).
   if (alias && source !== name && aliases.models.has(source)) return locateModel(source, aliases);
+  // Or a stored model by its name (an alias mlx create or /api/create made from it), where no path is named so.
+  if (alias && source !== name && !isRemoteSource(source) && !existsSync(alias.sourcePath) && readManifest(source))
+    return locateModel(source, aliases, { paths: false });
   if (isRemoteSource(source)) {
     const request = modelRequest(name);
     const manifest = readManifest(request.name);

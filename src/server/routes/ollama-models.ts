@@ -2,7 +2,7 @@
 // one object with stream: false), DELETE /api/delete, POST /api/copy; all on the model store.
 import { existsSync } from "node:fs";
 import { Hono } from "hono";
-import { parseModelName, parseOllamaCopy, parseOllamaPull } from "../../api/ollama";
+import { parseModelName, parseOllamaCopy, parseOllamaCreate, parseOllamaPull } from "../../api/ollama";
 import { readJson } from "../../api/validate";
 import { InvalidParameterError, ModelInUseError, ModelPullError } from "../../errors";
 import { releaseModel } from "../../store/in-use";
@@ -15,7 +15,8 @@ import {
   weightsRequest,
   type ModelRequest,
 } from "../../store/pull";
-import { loadAliases } from "../../store/aliases";
+import { loadAliases, userAliasFile } from "../../store/aliases";
+import { createModel, isUserAlias, removeUserAlias } from "../../store/create";
 import { hubRepoNamed } from "../../store/hf";
 import { refuseRemoteAlias } from "../../store/resolve";
 import { modelNameFits } from "../../store/paths";
@@ -82,8 +83,36 @@ export function ollamaModelRoutes(s: ServerState): Hono {
     return new Response(body, { headers: { "Content-Type": "application/x-ndjson", "Cache-Control": "no-cache" } });
   });
 
+  r.post("/api/create", async (c) => {
+    const req = parseOllamaCreate(await readJson(c.req));
+    // As Ollama names it: "m:latest" is "m"; `from` as a request names a model ("m:latest" is "m" where "m" is known).
+    const name = withoutLatestTag(req.model) ?? req.model;
+    const from =
+      knownName(
+        req.from,
+        (candidate) => loadAliases().models.has(candidate) || readManifest(candidate) !== undefined,
+      ) ?? req.from;
+    await createModel({ ...req, name, from }, { paths: s.models.mayBePath(from) });
+    // Made before the answer starts: a refusal is a 4xx, and the lines below only tell what was done.
+    const statuses = [
+      { status: `using model ${from}` },
+      { status: `writing ${userAliasFile()}` },
+      { status: "success" },
+    ];
+    if (!req.stream) return c.json(statuses.at(-1));
+    const body = statuses.map((line) => `${JSON.stringify(line)}\n`).join("");
+    return c.body(body, 200, { "Content-Type": "application/x-ndjson", "Cache-Control": "no-cache" });
+  });
+
   r.delete("/api/delete", async (c) => {
-    const name = storedName(parseModelName(await readJson(c.req)), { orSource: true });
+    const given = parseModelName(await readJson(c.req));
+    // A model create made (an alias in the user's models.toml, with no files of its own): just its entry.
+    const alias = knownName(given, isUserAlias);
+    if (alias !== undefined && readManifest(alias) === undefined) {
+      await removeUserAlias(alias);
+      return c.body(null, 200);
+    }
+    const name = storedName(given, { orSource: true });
     letGo(s, name, "delete it");
     await removeModel(name);
     return c.body(null, 200);

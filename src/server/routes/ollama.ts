@@ -27,7 +27,7 @@ import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } 
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { thinkingTemplate } from "../../engine/reasoning";
 import { knownName, withoutLatestTag, type LoadedEntry } from "../model-registry";
-import { locateModel, missingModelError } from "../../store/resolve";
+import { localAliasNames, locateModel, missingModelError } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
 import { ollamaParameters, type SamplingDefaults } from "../../models/generation-config";
@@ -109,6 +109,28 @@ export function ollamaRoutes(s: ServerState): Hono {
           },
         });
       }
+    // An alias whose weights are here (a model made by create, a path): as Ollama lists a model
+    // made FROM another, the files' details with its source as the parent model (as /v1/models lists them).
+    const aliases = loadAliases();
+    for (const name of localAliasNames(aliases))
+      if (!models.some((m) => m.name === name) && s.models.offersAlias(name)) {
+        const path = locateModel(name, aliases).path!;
+        const base = byPath.get(path);
+        const alias = aliases.models.get(name)!;
+        models.push({
+          name,
+          model: name,
+          modified_at: serverStartDate(s).toISOString(),
+          size: base?.totalBytes ?? 0,
+          digest: digest(`${path}\n${alias.definedAt}`),
+          details: {
+            ...(base
+              ? ollamaDetails(base.format, base.architecture, parameterSize(path), base.quantization)
+              : ollamaDetails(path.endsWith(".gguf") ? "gguf" : "mlx", undefined, parameterSize(path), undefined)),
+            parent_model: alias.source,
+          },
+        });
+      }
     // As Ollama lists its cloud models: where the answers come from, nothing stored here.
     for (const remote of remoteModelConfigs())
       if (!models.some((m) => m.name === remote.name))
@@ -175,7 +197,7 @@ export function ollamaRoutes(s: ServerState): Hono {
   });
 
   // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
-  for (const path of ["/api/push", "/api/create"]) {
+  for (const path of ["/api/push"]) {
     r.all(path, () => {
       throw new ApiError(
         501,
