@@ -24,6 +24,7 @@ const subCommands = {
   list: () => import("./cmd/list").then((m) => m.default),
   show: () => import("./cmd/show").then((m) => m.default),
   rm: () => import("./cmd/rm").then((m) => m.default),
+  create: () => import("./cmd/create").then((m) => m.default),
   verify: () => import("./cmd/verify").then((m) => m.default),
   serve: () => import("./cmd/serve").then((m) => m.default),
   bench: () => import("./cmd/bench").then((m) => m.default),

@@ -1,0 +1,104 @@
+// Ollama's Modelfile, read into what create makes of it (`mlx create NAME -f Modelfile`): FROM,
+// PARAMETER, SYSTEM, MESSAGE, ADAPTER and LICENSE, each an instruction (any case) at a line's
+// start followed by its argument: the rest of the line, a "quoted" string, or a """block""" of
+// lines. Lines starting with # are comments.
+import { dirname, resolve } from "node:path";
+import type { ModelRecipe } from "./create";
+
+/** A Modelfile's recipe (the name is the command's); `file` names its errors, and relative FROM and ADAPTER paths start from its folder. */
+export function parseModelfile(text: string, file: string): Omit<ModelRecipe, "name"> {
+  const recipe: Omit<ModelRecipe, "name" | "from"> & { from?: string } = {};
+  const parameters: Record<string, unknown> = {};
+  const messages: NonNullable<ModelRecipe["messages"]> = [];
+  const licenses: string[] = [];
+  const lines = text.replace(/\r\n/g, "\n").split("\n");
+  // A relative path is from the Modelfile's folder, as Ollama takes it; a name (an alias, a stored model) is a name.
+  const pathOrName = (value: string) => (/^\.\.?[/\\]|^~?\//.test(value) ? resolve(dirname(file), value) : value);
+  for (let i = 0; i < lines.length; i++) {
+    const at = `${file}:${i + 1}`;
+    const line = lines[i]!.trim();
+    if (line === "" || line.startsWith("#")) continue;
+    const instruction = /^([A-Za-z]+)\s*/.exec(line);
+    if (!instruction) throw new Error(`${at}: expected an instruction (FROM, PARAMETER, SYSTEM, ...), got '${line}'`);
+    const name = instruction[1]!.toUpperCase();
+    let rest = line.slice(instruction[0].length);
+    // PARAMETER and MESSAGE take a word (the parameter's name, the role) before their value.
+    let word = "";
+    if (name === "PARAMETER" || name === "MESSAGE") {
+      const first = /^(\S+)\s*/.exec(rest);
+      if (!first) throw new Error(`${at}: ${name} needs ${name === "PARAMETER" ? "a name" : "a role"} and a value`);
+      word = first[1]!;
+      rest = rest.slice(first[0].length);
+    }
+    const read = argument(rest, lines, i, at);
+    i = read.lastLine;
+    const value = read.value;
+    if (value === "" && name !== "SYSTEM" && name !== "MESSAGE") throw new Error(`${at}: ${name} needs a value`);
+    switch (name) {
+      case "FROM":
+        recipe.from = pathOrName(value);
+        break;
+      case "ADAPTER":
+        recipe.adapter = resolve(dirname(file), value);
+        break;
+      case "SYSTEM":
+        recipe.system = value;
+        break;
+      case "LICENSE":
+        licenses.push(value);
+        break;
+      case "PARAMETER":
+        if (word in parameters) throw new Error(`${at}: PARAMETER ${word} is given twice`);
+        parameters[word] = value;
+        break;
+      case "MESSAGE":
+        if (word !== "user" && word !== "assistant")
+          throw new Error(`${at}: MESSAGE's role must be user or assistant (a system prompt is SYSTEM), got '${word}'`);
+        messages.push({ role: word, content: value });
+        break;
+      case "TEMPLATE":
+        throw new Error(
+          `${at}: TEMPLATE is a Go template, which mlx does not render: a model answers through its own (Jinja) chat template; leave TEMPLATE out`,
+        );
+      default:
+        throw new Error(
+          `${at}: unknown instruction '${instruction[1]}' (known: FROM, PARAMETER, SYSTEM, MESSAGE, ADAPTER, LICENSE)`,
+        );
+    }
+  }
+  if (recipe.from === undefined) throw new Error(`${file}: no FROM line: name the model to make it from`);
+  return {
+    ...recipe,
+    from: recipe.from,
+    ...(Object.keys(parameters).length ? { parameters } : {}),
+    ...(messages.length ? { messages } : {}),
+    ...(licenses.length ? { license: licenses.join("\n") } : {}),
+  };
+}
+
+/**
+ * An instruction's argument from `rest` (what follows it on line `i`): a """block""" (which may
+ * run over the next lines), a "quoted" string (\" and \\ inside), or the rest of the line.
+ * `lastLine`: the line the argument ends on.
+ */
+function argument(rest: string, lines: string[], i: number, at: string): { value: string; lastLine: number } {
+  if (rest.startsWith('"""')) {
+    let text = rest.slice(3);
+    let line = i;
+    while (!text.includes('"""')) {
+      line++;
+      if (line >= lines.length) throw new Error(`${at}: a """ block that is never closed`);
+      text += `\n${lines[line]}`;
+    }
+    const end = text.indexOf('"""');
+    if (text.slice(end + 3).trim() !== "") throw new Error(`${at}: text after the closing """`);
+    // A block written on lines of its own (SYSTEM """, the text, """) is the text between them.
+    return { value: text.slice(0, end).replace(/^\n/, "").replace(/\n$/, ""), lastLine: line };
+  }
+  if (rest.startsWith('"')) {
+    const quoted = /^"((?:[^"\\]|\\.)*)"\s*$/.exec(rest);
+    if (!quoted) throw new Error(`${at}: a quoted value must end with " at the end of its line`);
+    return { value: quoted[1]!.replace(/\\(["\\])/g, "$1"), lastLine: i };
+  }
+  return { value: rest.trim(), lastLine: i };
+}

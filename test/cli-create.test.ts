@@ -1,0 +1,119 @@
+// `mlx create NAME -f Modelfile`: an Ollama Modelfile (FROM, PARAMETER, SYSTEM in a """ block,
+// MESSAGE, ADAPTER, LICENSE, comments) made into an alias in $MLX_HOME/models.toml, as
+// /api/create writes it; what it cannot honour (TEMPLATE, an unknown instruction or parameter, no
+// FROM) fails with a one-line error naming the line, nothing written. The CLI from source over a
+// temporary MLX_HOME and a tiny random-weight model.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { cliRunner } from "./helpers/cli";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+let root: string;
+let home: string;
+let tiny: string;
+let mlx: ReturnType<typeof cliRunner>;
+
+beforeAll(() => {
+  root = mkdtempSync(join(tmpdir(), "mlx-cli-create-"));
+  home = join(root, "home");
+  mkdirSync(home, { recursive: true });
+  tiny = join(root, "models", "tiny");
+  writeTinyModel(tiny, { contextLength: 512 });
+  mlx = cliRunner(home);
+});
+
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+/** A Modelfile in the models folder (where its relative FROM starts). */
+function modelfile(text: string): string {
+  const file = join(root, "models", "Modelfile");
+  writeFileSync(file, text);
+  return file;
+}
+
+const SYSTEM = 'You are Mario.\nSay "wahoo" often.';
+const aliasFile = () => join(home, "models.toml");
+
+describe("mlx create", () => {
+  test("makes the Modelfile's model: its system prompt, turns, parameters and license", async () => {
+    const file = modelfile(
+      [
+        "# Mario, from the tiny model beside this file",
+        "FROM ./tiny",
+        "parameter temperature 0.7",
+        "PARAMETER repeat_penalty 1.2",
+        'SYSTEM """',
+        ...SYSTEM.split("\n"),
+        '"""',
+        'MESSAGE user "Who are you?"',
+        "MESSAGE assistant It's-a me!",
+        "LICENSE MIT",
+        "",
+      ].join("\n"),
+    );
+    const r = await mlx(["create", "mario", "-f", file]);
+    expect(r).toMatchObject({ code: 0, stderr: "" });
+    expect(readFileSync(aliasFile(), "utf8")).toBe(
+      [
+        "[models.mario]",
+        `source = ${JSON.stringify(tiny)}`,
+        `system = ${JSON.stringify(SYSTEM)}`,
+        'license = "MIT"',
+        "temperature = 0.7",
+        "repetition_penalty = 1.2",
+        "messages = [",
+        '  { role = "user", content = "Who are you?" },',
+        `  { role = "assistant", content = "It's-a me!" },`,
+        "]",
+        "",
+      ].join("\n"),
+    );
+    const shown = await mlx(["show", "mario"]);
+    expect(shown.stdout).toContain("system ");
+    expect(shown.stdout).toMatch(/^license +MIT$/m);
+
+    // Its answers start from that system prompt and those turns.
+    const promptTokens = async (args: string[]) => {
+      const run = await mlx(["run", ...args, "--max-tokens", "1", "--temp", "0", "--json", "Hello"]);
+      expect(run.code).toBe(0);
+      return JSON.parse(run.stdout).stats.prompt_tokens as number;
+    };
+    const withSystem = await promptTokens(["-m", tiny, "--system", SYSTEM]);
+    expect(await promptTokens(["-m", "mario"])).toBeGreaterThan(withSystem);
+  });
+
+  test("made again, the entry is replaced where it is; the file's other lines stay", async () => {
+    writeFileSync(aliasFile(), `# mine\n[models.other]\nsource = "${tiny}"\n\n${readFileSync(aliasFile(), "utf8")}`);
+    const r = await mlx(["create", "mario", "-f", modelfile(`FROM ${tiny}\nSYSTEM Be brief.\n`)]);
+    expect(r.code).toBe(0);
+    expect(readFileSync(aliasFile(), "utf8")).toBe(
+      `# mine\n[models.other]\nsource = "${tiny}"\n\n[models.mario]\nsource = ${JSON.stringify(tiny)}\nsystem = "Be brief."\n`,
+    );
+  });
+
+  test("what it cannot honour fails naming the line, and nothing is written", async () => {
+    const before = readFileSync(aliasFile(), "utf8");
+    const refused = async (text: string, message: string) => {
+      const r = await mlx(["create", "luigi", "-f", modelfile(text)]);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr.trim().split("\n")).toHaveLength(1);
+      expect(r.stderr).toContain(message);
+      expect(readFileSync(aliasFile(), "utf8")).toBe(before);
+    };
+    await refused(`FROM ${tiny}\nTEMPLATE """{{ .Prompt }}"""\n`, "Modelfile:2: TEMPLATE is a Go template");
+    await refused(`FROM ${tiny}\nFROBNICATE yes\n`, "Modelfile:2: unknown instruction 'FROBNICATE'");
+    await refused(`SYSTEM hi\n`, "no FROM line");
+    await refused(`FROM ${tiny}\nSYSTEM """never closed\n`, 'Modelfile:2: a """ block that is never closed');
+    await refused(`FROM ${tiny}\nMESSAGE system hi\n`, "MESSAGE's role must be user or assistant");
+    await refused(`FROM ${tiny}\nPARAMETER temprature 0.5\n`, "unknown parameter 'temprature'");
+    await refused(`FROM ${tiny}\nPARAMETER stop "<|end|>"\n`, "parameter 'stop' is not kept with a model here");
+    await refused(`FROM ${tiny}\nPARAMETER top_k lots\n`, "parameter 'top_k' must be a whole number >= 0");
+    await refused(`FROM ./nowhere\n`, "not found");
+    const missing = await mlx(["create", "luigi", "-f", join(root, "no-such-Modelfile")]);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toContain("cannot read it");
+    expect(readFileSync(aliasFile(), "utf8")).toBe(before);
+  });
+});
