@@ -93,6 +93,15 @@ describe("mlx create", () => {
     );
   });
 
+  test("mlx rm of a made model removes its entry alone", async () => {
+    writeFileSync(aliasFile(), `# mine\n[models.other]\nsource = "${tiny}"\n`);
+    expect((await mlx(["create", "gone", "-f", modelfile(`FROM ${tiny}\nSYSTEM Bye.\n`)])).code).toBe(0);
+    const r = await mlx(["rm", "-y", "gone"]);
+    expect(r).toMatchObject({ code: 0, stderr: "" });
+    expect(readFileSync(aliasFile(), "utf8")).toBe(`# mine\n[models.other]\nsource = "${tiny}"\n`);
+    expect((await mlx(["rm", "-y", "gone"])).stderr).toContain("no stored model named 'gone'");
+  });
+
   test("what it cannot honour fails naming the line, and nothing is written", async () => {
     const before = readFileSync(aliasFile(), "utf8");
     const refused = async (text: string, message: string) => {

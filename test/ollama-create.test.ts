@@ -148,6 +148,7 @@ describe("POST /api/create", () => {
     await refused({ model: "tiny", from: "pirate" }, 400, /'tiny' is a stored model/);
     await refused({ model: "smollm2" }, 400, /'smollm2' is an alias models.toml ships/);
     await refused({ model: "loop", from: "loop" }, 400, /cannot be made from itself/);
+    await refused({ model: 'a "quoted" name' }, 400, /is not a model name/);
     // An adapter on a model whose source has one: the aliases it would make do not load.
     await refused({ from: "tuned", adapters: { a: join(root, "adapter") } }, 400, /both have an adapter/);
     // The official client's errors carry the message.

@@ -1,4 +1,5 @@
-// `mlx rm <model>...`: remove stored models (files other models share stay).
+// `mlx rm <model>...`: remove stored models (files other models share stay), and models mlx
+// create made (their models.toml entries).
 import { confirm, isCancel } from "@clack/prompts";
 import { defineCommand } from "citty";
 import { existsSync } from "node:fs";
@@ -6,6 +7,8 @@ import { manifestPath, readManifest } from "../store/manifest";
 import { formatBytes } from "../format";
 import { modelRequest } from "../store/pull";
 import { refuseInUse, removeModel } from "../store/store";
+import { userAliasFile } from "../store/aliases";
+import { isUserAlias, removeUserAlias } from "../store/create";
 import { fail, log } from "./log";
 import { variadic } from "./strict-flags";
 
@@ -18,19 +21,27 @@ export default defineCommand({
   },
   async run({ args }) {
     try {
+      // A model mlx create made has no files: its entry in the user's models.toml goes (its base stays).
+      const given = args._.map(String);
+      const made = given.filter((name) => !existsSync(manifestPath(name)) && isUserAlias(name));
       // Every name is checked before any model goes, so a typo in one, or one in use, removes none.
-      const names = args._.map((what) => modelRequest(String(what)).name);
+      const names = given.filter((name) => !made.includes(name)).map((what) => modelRequest(what).name);
       // An unreadable manifest still names a model whose files take space: removing it is the repair.
       for (const name of names)
         if (!existsSync(manifestPath(name))) throw new Error(`no stored model named '${name}' (see mlx list)`);
       for (const name of names) refuseInUse(name);
       // Only a person at a terminal can answer; scripts pass -y.
       if (!args.yes && process.stdin.isTTY) {
-        const answer = await confirm({ message: `Remove ${names.map(described).join(", ")}?`, initialValue: false });
+        const listed = [...made.map((name) => `${name} (an alias in models.toml)`), ...names.map(described)];
+        const answer = await confirm({ message: `Remove ${listed.join(", ")}?`, initialValue: false });
         if (isCancel(answer) || !answer) {
           log.info("nothing removed");
           return;
         }
+      }
+      for (const name of made) {
+        await removeUserAlias(name);
+        log.success(`removed ${name} from ${userAliasFile()}`);
       }
       for (const name of names) {
         const { freedBytes } = await removeModel(name);

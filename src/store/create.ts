@@ -187,8 +187,12 @@ async function sourceOf(from: string, name: string, paths: boolean): Promise<str
  */
 function checkName(name: string, userText: string): void {
   if (name.trim() === "") throw new InvalidParameterError("the model's name is empty", "model");
-  if (/[\u0000-\u001f\u007f]/.test(name))
-    throw new InvalidParameterError("a model's name cannot hold control characters", "model");
+  // As Ollama's names (namespace/model:tag); one models.toml reads back as the key it was written as.
+  if (!/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/.test(name))
+    throw new InvalidParameterError(
+      `'${name}' is not a model name: use letters, digits and . _ - : / (starting with a letter or digit)`,
+      "model",
+    );
   if (!modelNameFits(name))
     throw new InvalidParameterError(`a name of ${name.length} characters is too long; choose a shorter one`, "model");
   if (isRemoteSource(name)) throw new InvalidParameterError(`'${name}' is a source, not a model name`, "model");
@@ -232,7 +236,8 @@ function withEntry(text: string, name: string, entry?: string): string {
   // A removed entry leaves one blank line between its neighbours, not two.
   if (replacement.length === 0 && start > 0 && kept[start - 1]?.trim() === "" && kept[start]?.trim() === "")
     kept.splice(start, 1);
-  return `${kept.join("\n").replace(/^\n+/, "")}\n`;
+  const joined = kept.join("\n").replace(/^\n+/, "").replace(/\n+$/, "");
+  return joined === "" ? "" : `${joined}\n`;
 }
 
 /** Alias `name`'s entry as a [models.NAME] table. */
