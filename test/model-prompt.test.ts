@@ -161,6 +161,20 @@ describe("an alias's system prompt", () => {
     expect(shown.stdout).toMatch(/^message user +Ahoy\?$/m);
   });
 
+  test("mlx chat with the alias puts it in the conversation, and /show tells it", async () => {
+    const mlx = cliRunner(home);
+    /** The context the first answer leaves in use (prompt and answer), from --stats. */
+    const contextUsed = async (args: string[]) => {
+      const r = await mlx(["chat", ...args, "--max-tokens", "1", "--stats"], `${user.content}\n`);
+      expect(r.code).toBe(0);
+      return Number(/context (\d+)/.exec(r.stderr)![1]);
+    };
+    expect(await contextUsed(["-m", "pirate"])).toBe(await contextUsed(["-m", tiny, "--system", SYSTEM]));
+    const shown = await mlx(["chat", "-m", "primed"], "/show\n");
+    expect(shown.stderr).toContain(`system prompt:  ${SYSTEM} (the alias's, in models.toml)\n`);
+    expect(shown.stderr).toContain("first turns:    2 messages");
+  });
+
   test("a system prompt that is not a string, or messages not user/assistant turns, is an error naming the entry", async () => {
     const mlx = cliRunner(home);
     const file = join(home, "models.toml");

@@ -1,4 +1,5 @@
 // What a chat session can change with /set, and how /show describes the model.
+import type { ModelPrompt } from "../../store/aliases";
 import { readLayout } from "../../models/layout";
 import type { LoadedModel } from "../../models/load";
 import type { RemoteModel } from "../../providers";
@@ -147,7 +148,7 @@ export function describeModel(lm: LoadedModel, s: ChatSettings): string {
     `context length: ${c.maxPositionEmbeddings}`,
     `kv cache:       ${kvCacheOf(lm)}`,
     `speculation:    ${speculationOf(lm)}`,
-    ...describeSettings(s),
+    ...describeSettings(s, lm.prompt),
     `chat template:\n${template.length > 600 ? `${template.slice(0, 600)}…` : template}`,
   ].join("\n");
 }
@@ -159,7 +160,11 @@ export function describeRemoteModel(remote: RemoteModel, s: ChatSettings): strin
   ].join("\n");
 }
 
-const describeSettings = (s: ChatSettings) => [
+/** `model`: the turns the model's alias puts first (models.toml's system and messages), where /set system has not replaced them. */
+const describeSettings = (s: ChatSettings, model: ModelPrompt = {}) => [
   `settings:       temp ${s.sampling.temperature}, top_p ${s.sampling.topP}, top_k ${s.sampling.topK}, min_p ${s.sampling.minP}, repeat_penalty ${s.sampling.repetitionPenalty}, max_tokens ${s.maxTokens}, seed ${s.sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`,
-  `system prompt:  ${s.system ?? "(none)"}`,
+  `system prompt:  ${s.system ?? (model.system === undefined ? "(none)" : `${model.system} (the alias's, in models.toml)`)}`,
+  ...(model.messages?.length
+    ? [`first turns:    ${model.messages.length} messages (the alias's, in models.toml)`]
+    : []),
 ];
