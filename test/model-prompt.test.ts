@@ -161,6 +161,26 @@ describe("an alias's system prompt", () => {
     expect(shown.stdout).toMatch(/^message user +Ahoy\?$/m);
   });
 
+  test("mlx cache-prompt with the alias caches the document under its system prompt, which mlx run then reuses", async () => {
+    const mlx = cliRunner(home);
+    const file = join(home, "pirate.cache");
+    const cached = await mlx(["cache-prompt", "-m", "pirate", file], "A long document about ships.");
+    expect(cached.code).toBe(0);
+    const r = await mlx([
+      "run",
+      "-m",
+      "pirate",
+      "--prompt-cache",
+      file,
+      "--max-tokens",
+      "1",
+      "--json",
+      "Summarize it.",
+    ]);
+    expect(r.stderr).toBe("");
+    expect(JSON.parse(r.stdout).stats.cached_tokens).toBeGreaterThan(0);
+  });
+
   test("mlx chat with the alias puts it in the conversation, and /show tells it", async () => {
     const mlx = cliRunner(home);
     /** The context the first answer leaves in use (prompt and answer), from --stats. */

@@ -56,7 +56,8 @@ export default defineCommand({
       if (!text) throw new Error("the document on stdin is empty");
       const lm = await openModel(args.model, options);
       const started = performance.now();
-      const tokens = documentTokens(lm.tokenizer, text, { system: args.system, raw: args.raw });
+      // Under the alias's system prompt (models.toml) unless --system gives one, as mlx run with that alias reads it.
+      const tokens = documentTokens(lm.tokenizer, text, { system: args.system ?? lm.prompt?.system, raw: args.raw });
       checkContext(lm, tokens.length);
       const entry = prefillPrompt(lm, tokens);
       await savePrefilled(lm, args.file, entry, text).catch((error: Error) => {
