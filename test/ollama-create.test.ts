@@ -17,7 +17,9 @@ import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
 
 const savedHome = process.env.MLX_HOME;
 const SYSTEM = 'You are a pirate.\nAnswer in "rhymes".';
-const HAND_WRITTEN = `# My own models (a comment create keeps)\n\n[models.mine]\nsource = "tiny" # stored\ntemperature = 0.3\n`;
+const HAND_WRITTEN =
+  `# My own models (a comment create keeps)\n\n[models.mine]\nsource = "tiny" # stored\ntemperature = 0.3\n\n` +
+  `[models.far]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "tiny"\n`;
 let server: RunningServer;
 let ollama: Ollama;
 let root: string;
@@ -178,6 +180,16 @@ describe("POST /api/create", () => {
     }
   });
 
+  test("/api/copy of a made model copies its entry", async () => {
+    await ollama.copy({ source: "pirate:latest", destination: "corsair" });
+    const shown = await ollama.show({ model: "corsair" });
+    expect(shown.system).toBe(SYSTEM);
+    expect(shown.parameters).toMatch(/^top_k +7$/m);
+    expect(await promptTokens("corsair", [user])).toBe(await promptTokens("pirate", [user]));
+    // Not over a stored model.
+    await expect(ollama.copy({ source: "pirate", destination: "tiny" })).rejects.toThrow(/'tiny' is a stored model/);
+  });
+
   test("/api/delete of a made model removes its entry alone", async () => {
     await ollama.create({ model: "doomed", from: "tiny", system: "Bye." });
     await ollama.delete({ model: "doomed:latest" });
@@ -189,6 +201,9 @@ describe("POST /api/create", () => {
     expect(names).toContain("tiny");
     expect(names).not.toContain("doomed");
     await expect(ollama.show({ model: "doomed" })).rejects.toThrow();
+    // A remote provider's entry is the operator's configuration, not a model made here: it stays.
+    expect((await fetch(`${server.url}/api/delete`, { method: "DELETE", body: '{"model": "far"}' })).status).toBe(404);
+    expect(readFileSync(file, "utf8")).toContain("[models.far]");
     // One another is made from stays: that one would name nothing.
     const before = readFileSync(file, "utf8");
     const r = await fetch(`${server.url}/api/delete`, { method: "DELETE", body: JSON.stringify({ model: "parrot" }) });

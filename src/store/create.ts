@@ -6,7 +6,7 @@
 // they are written; a change whose result would not load is refused before anything is written.
 import { existsSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { stringify } from "smol-toml";
+import { parse, stringify } from "smol-toml";
 import { InvalidParameterError, ModelNotFoundError, UnsupportedError } from "../errors";
 import { SAMPLING_DEFAULT_KEYS } from "../models/generation-config";
 import {
@@ -111,10 +111,29 @@ export async function removeUserAlias(name: string): Promise<boolean> {
   });
 }
 
-/** Whether the user's models.toml has an entry `name` (one /api/delete may remove). */
+/**
+ * Copies alias `source` of the user's models.toml to `destination` (replacing an entry of that
+ * name the file has), its settings as written: Ollama's copy of a model create made.
+ */
+export async function copyUserAlias(source: string, destination: string): Promise<void> {
+  await withStoreLock(() => {
+    const file = userAliasFile();
+    const text = readUserFile(file);
+    const models = (parse(text) as { models?: Record<string, Record<string, unknown>> }).models ?? {};
+    const settings = models[source];
+    if (settings === undefined) throw new ModelNotFoundError(`no model named '${source}' in ${file}`);
+    checkName(destination, text);
+    writeUserAliases(withEntry(text, destination, entryText(destination, settings)));
+  });
+}
+
+/**
+ * Whether the user's models.toml has a local alias `name` (one /api/delete and mlx rm may remove,
+ * /api/copy copy); a remote provider's entry is the operator's configuration, not a model.
+ */
 export function isUserAlias(name: string): boolean {
   const file = userAliasFile();
-  return existsSync(file) && entryLine(readUserFile(file), name) !== undefined;
+  return existsSync(file) && entryLine(readUserFile(file), name) !== undefined && loadAliases().models.has(name);
 }
 
 /** The models.toml settings of `recipe`, each checked (the aliases they make are checked again before writing). */

@@ -16,7 +16,7 @@ import {
   type ModelRequest,
 } from "../../store/pull";
 import { loadAliases, userAliasFile } from "../../store/aliases";
-import { createModel, isUserAlias, removeUserAlias } from "../../store/create";
+import { copyUserAlias, createModel, isUserAlias, removeUserAlias } from "../../store/create";
 import { hubRepoNamed } from "../../store/hf";
 import { refuseRemoteAlias } from "../../store/resolve";
 import { modelNameFits } from "../../store/paths";
@@ -120,6 +120,12 @@ export function ollamaModelRoutes(s: ServerState): Hono {
 
   r.post("/api/copy", async (c) => {
     const { source, destination } = parseOllamaCopy(await readJson(c.req));
+    // A model create made (an alias in the user's models.toml, with no files of its own): its entry, copied.
+    const alias = knownName(source, isUserAlias);
+    if (alias !== undefined && readManifest(alias) === undefined) {
+      await copyUserAlias(alias, withoutLatestTag(destination) ?? destination);
+      return c.body(null, 200);
+    }
     const target = copyDestination(s, storedName(destination));
     // A model copied over would otherwise go on answering here with the weights it replaced.
     letGo(s, target, "copy over it");
