@@ -93,6 +93,16 @@ describe("mlx create", () => {
     );
   });
 
+  test("a model made from a stored one by its name runs, and pulling it pulls that one", async () => {
+    expect((await mlx(["pull", tiny])).code).toBe(0); // stored as "tiny"
+    expect((await mlx(["create", "stored-mario", "-f", modelfile("FROM tiny\nSYSTEM Wahoo.\n")])).code).toBe(0);
+    expect(readFileSync(aliasFile(), "utf8")).toContain('[models.stored-mario]\nsource = "tiny"\n');
+    const pulled = await mlx(["pull", "stored-mario"]);
+    expect(pulled).toMatchObject({ code: 0, stderr: "" });
+    const run = await mlx(["run", "-m", "stored-mario", "--max-tokens", "1", "hi"]);
+    expect(run).toMatchObject({ code: 0, stderr: "" });
+  });
+
   test("mlx rm of a made model removes its entry alone", async () => {
     writeFileSync(aliasFile(), `# mine\n[models.other]\nsource = "${tiny}"\n`);
     expect((await mlx(["create", "gone", "-f", modelfile(`FROM ${tiny}\nSYSTEM Bye.\n`)])).code).toBe(0);

@@ -4,7 +4,7 @@
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
-import { loadAliases } from "./aliases";
+import { loadAliases, type ModelAlias } from "./aliases";
 import { addBlob, blobPresent, blobsOnDisk } from "./blobs";
 import { ensureFreeSpace, type DownloadProgress } from "./download";
 import { parseHFSpec, pullHFRepo } from "./hf";
@@ -103,10 +103,26 @@ function refuseMalformedSource(source: string): void {
  */
 export function weightsRequest(what: string): ModelRequest {
   const aliases = loadAliases().models;
-  const source = aliases.get(what)?.source;
+  const alias = aliases.get(what);
+  const source = alias?.source;
   // A chain ends (checkAliasChains refuses a loop); an alias naming itself names a stored model.
   if (source !== undefined && source !== what && aliases.has(source)) return weightsRequest(source);
+  if (alias && storedModelNamed(alias)) return modelRequest(alias.source);
   return modelRequest(what);
+}
+
+/**
+ * Whether `alias` names a stored model by its name as its source (one mlx create or /api/create
+ * made from it): its source is no alias, no hf:/pypi: source and no path there is.
+ */
+export function storedModelNamed(alias: ModelAlias): boolean {
+  return (
+    alias.source !== alias.name &&
+    !loadAliases().models.has(alias.source) &&
+    !isRemoteSource(alias.source) &&
+    !existsSync(alias.sourcePath) &&
+    readManifest(alias.source) !== undefined
+  );
 }
 
 export async function pullModel(request: ModelRequest, options: PullOptions = {}): Promise<PullResult> {

@@ -8,7 +8,15 @@ import { hubRepoNamed } from "./hf";
 import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
 import { readManifest } from "./manifest";
-import { isRemoteSource, modelRequest, pullModel, refuseEmptyName, type ModelRequest, type PullResult } from "./pull";
+import {
+  isRemoteSource,
+  modelRequest,
+  pullModel,
+  refuseEmptyName,
+  storedModelNamed,
+  type ModelRequest,
+  type PullResult,
+} from "./pull";
 import {
   evictionNote,
   listModels,
@@ -80,8 +88,7 @@ export function locateModel(
   // An alias may name another one as its source (a base model plus an adapter).
   if (alias && source !== name && aliases.models.has(source)) return locateModel(source, aliases);
   // Or a stored model by its name (an alias mlx create or /api/create made from it), where no path is named so.
-  if (alias && source !== name && !isRemoteSource(source) && !existsSync(alias.sourcePath) && readManifest(source))
-    return locateModel(source, aliases, { paths: false });
+  if (alias && storedModelNamed(alias)) return locateModel(source, aliases, { paths: false });
   if (isRemoteSource(source)) {
     const request = modelRequest(name);
     const manifest = readManifest(request.name);
