@@ -195,6 +195,20 @@ describe("an alias's system prompt", () => {
     expect(shown.stderr).toContain("first turns:    2 messages");
   });
 
+  test("the library's model loaded by the alias's name puts it in its prompts", async () => {
+    const { load } = await import("../src/index");
+    const [pirate, plain] = [await load("pirate"), await load(tiny)];
+    try {
+      const tokens = async (model: typeof pirate, options: object) =>
+        (await model.generate(user.content, { maxTokens: 1, ...options })).stats.promptTokens;
+      expect(await tokens(pirate, {})).toBe(await tokens(plain, { system: SYSTEM }));
+      expect(await tokens(pirate, { system: "Be brief." })).toBe(await tokens(plain, { system: "Be brief." }));
+    } finally {
+      pirate.close();
+      plain.close();
+    }
+  });
+
   test("a system prompt that is not a string, or messages not user/assistant turns, is an error naming the entry", async () => {
     const mlx = cliRunner(home);
     const file = join(home, "models.toml");
