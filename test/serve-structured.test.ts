@@ -334,4 +334,54 @@ describe("structured output through the server", () => {
     expect(after.choices[0]!.finish_reason).toBe("length");
     expect(after.usage!.completion_tokens).toBe(3);
   });
+  test("a schema past the compile budget is a 400 naming the limit, before it holds the server for seconds", async () => {
+    // Five strings of distinct lengths: xgrammar took 16 s over them, answering nothing else meanwhile.
+    const costly = {
+      type: "object",
+      properties: Object.fromEntries(
+        Array.from({ length: 5 }, (_, i) => [`p${i}`, { type: "string", maxLength: 100 + i }]),
+      ),
+    };
+    const refused = await openai.chat.completions
+      .create({
+        model,
+        messages: [{ role: "user", content: "x" }],
+        max_tokens: 5,
+        response_format: { type: "json_schema", json_schema: { name: "x", schema: costly } },
+      })
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+    expect(refused).toBeInstanceOf(OpenAI.BadRequestError);
+    const e = refused as InstanceType<typeof OpenAI.BadRequestError>;
+    expect(e.message).toContain("over the limit of 256");
+    expect((e.error as any).type).toBe("invalid_request_error");
+    expect(e.param).toMatch(/response_format/);
+    // An enum of 20,000 values (ajv alone took seconds over its 400 KB) is refused by its size.
+    const big = await post(`${server.url}/api/chat`, {
+      model,
+      messages: [{ role: "user", content: "x" }],
+      stream: false,
+      format: { type: "string", enum: Array.from({ length: 20_000 }, (_, i) => `value number ${i}`) },
+    });
+    expect(big.status).toBe(400);
+    expect(JSON.stringify(big.json)).toContain("over the limit of 131072");
+    // A required call whose parameters are past the budget alike, naming the function.
+    const tool = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages: [{ role: "user", content: "x" }],
+      max_tokens: 5,
+      tools: [{ type: "function", function: { name: "f", parameters: costly } }],
+      tool_choice: "required",
+    });
+    expect(tool.status).toBe(400);
+    expect(tool.json.error.message).toContain("function 'f' parameters: unsupported schema: its counted repetitions");
+    const after = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 3,
+    });
+    expect(after.usage!.completion_tokens).toBe(3);
+  });
 });

@@ -230,9 +230,11 @@ export async function validateSchema(schema: unknown, { strict = true }: { stric
   if (known === true) return;
   if (known) throw known;
   try {
+    // Before ajv, whose own compile of a large schema holds the event loop too (a 1 MB enum: 15 s).
+    checkGrammarSize(key.length - `${strict}:`.length, "the schema");
     checkJsonSchema(schema);
     walkSchema(schema as Record<string, unknown>, "");
-    await schemaEbnf(schema, strict);
+    checkGrammarBudget(await schemaEbnf(schema, strict));
     checkFiniteValue(schema as Record<string, unknown>, strict);
     rememberValidation(key, true);
   } catch (error) {
@@ -661,6 +663,79 @@ export type GrammarSource = { key: string } & (
   | { structuralTag: () => Promise<XG.StructuralTag> }
 );
 
+// ---------------------------------------------------------------------------------------------
+// The compile budget. xgrammar compiles a grammar on the engine's thread (its WASM build has no
+// threads, and a compiled grammar cannot leave the instance its matchers run on, so it cannot
+// be compiled in a Worker and handed over), and nothing can interrupt it: while it runs no
+// request is answered, not even /health, and no stream gets a token. Measured on SmolLM2's
+// vocabulary (49,152 tokens): each position of a counted repetition of a broad character class
+// (a string's maxLength or minLength, a pattern's [^,]{0,n}) costs it a pass over the
+// vocabulary, ~25 ms (maxLength 256: 7 s, five strings of maxLength 100 to 104: 16 s with not
+// one /health answer), up to ~128 positions, past which xgrammar's cost stops growing; and a
+// grammar costs ~1 s a 100 KB of its text (2,000 properties: 268 KB, 2.7 s; an enum of 10,000
+// values: 280 KB, 1.3 s). So a grammar past either budget is refused before it is compiled, as
+// llama.cpp refuses a grammar's repetitions past 2,000, rather than stall every other request.
+
+/** The most characters of a schema, or of the grammar made of it, that constrained decoding compiles. */
+export const MAX_GRAMMAR_CHARS = 131_072;
+/**
+ * The most positions of counted character-class repetitions a grammar may hold, each distinct
+ * repetition counting up to REPETITION_POSITIONS_COUNTED of its bound, a class that allows few
+ * characters less than one that allows most (a string's maxLength of 200: 128; two: 256).
+ */
+export const MAX_REPEATED_POSITIONS = 256;
+const REPETITION_POSITIONS_COUNTED = 128;
+
+function checkGrammarSize(chars: number, what: string): void {
+  if (chars > MAX_GRAMMAR_CHARS)
+    throw new SchemaError(
+      `unsupported schema: ${what} is too large for constrained decoding (${chars} characters${what === "the schema" ? "" : " of grammar"}, over the limit of ${MAX_GRAMMAR_CHARS}): compiling it would stall the server`,
+    );
+}
+
+/** Throws a SchemaError when compiling `grammar` (EBNF, or a structural tag as JSON) would cost past the budget. */
+export function checkGrammarBudget(grammar: string): void {
+  checkGrammarSize(grammar.length, "the grammar (the schema, or the tools' schemas together)");
+  const positions = repeatedPositions(grammar);
+  if (positions > MAX_REPEATED_POSITIONS)
+    throw new SchemaError(
+      `unsupported schema: its counted repetitions (maxLength, minLength, or a pattern's {m,n}) span ${Math.round(positions)} positions, over the limit of ${MAX_REPEATED_POSITIONS} for constrained decoding (each string's length counts up to ${REPETITION_POSITIONS_COUNTED}): compiling it would stall the server`,
+    );
+}
+
+/**
+ * The character-class repetitions' positions in `grammar`, each distinct one counted once
+ * (xgrammar writes one rule for equal subschemas), at most REPETITION_POSITIONS_COUNTED each,
+ * weighted by how many of the 95 visible ASCII characters the class allows (a negated class:
+ * most). A repeated literal or rule costs xgrammar little (maxItems 10,000: 13 ms).
+ */
+function repeatedPositions(grammar: string): number {
+  const seen = new Set<string>();
+  let positions = 0;
+  for (const [whole, cls, low, high] of grammar.matchAll(/(\[(?:[^\]\\]|\\.)*\])\s*\{(\d+)(?:,(\d*))?\}/g)) {
+    if (seen.has(whole)) continue;
+    seen.add(whole);
+    const bound = Math.max(Number(low), high ? Number(high) : 0);
+    positions += Math.min(bound, REPETITION_POSITIONS_COUNTED) * classBreadth(cls!);
+  }
+  return positions;
+}
+
+/** The share of the 95 visible ASCII characters a class ("[a-z0-9]", "[^...]") allows, roughly. */
+function classBreadth(cls: string): number {
+  if (cls.startsWith("[^")) return 1;
+  let members = 0;
+  const body = cls.slice(1, -1);
+  for (let i = 0; i < body.length; ) {
+    const first = body[i] === "\\" ? body.slice(i, (i += 2)) : body[i++]!;
+    if (body[i] === "-" && i + 1 < body.length) {
+      const last = body[i + 1] === "\\" ? body.slice(i + 1, (i += 3)) : body[(i += 2) - 1]!;
+      members += Math.max(1, (last.at(-1)!.codePointAt(0) ?? 0) - (first.at(-1)!.codePointAt(0) ?? 0) + 1);
+    } else members++;
+  }
+  return Math.min(1, members / 95);
+}
+
 /** The compiled grammar for `source`, taken for one constraint until releaseGrammar. */
 function takeGrammar(t: TokenizerGrammars, source: GrammarSource): CompiledEntry {
   let entry = t.compiled.get(source.key);
@@ -668,10 +743,14 @@ function takeGrammar(t: TokenizerGrammars, source: GrammarSource): CompiledEntry
   else {
     const grammar =
       "ebnf" in source
-        ? source.ebnf().then((ebnf) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileGrammar(ebnf)))
-        : source
-            .structuralTag()
-            .then((tag) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileStructuralTag(tag)));
+        ? source.ebnf().then((ebnf) => {
+            checkGrammarBudget(ebnf);
+            return guarded(t.inst, "unsupported grammar", () => t.compiler.compileGrammar(ebnf));
+          })
+        : source.structuralTag().then((tag) => {
+            checkGrammarBudget(JSON.stringify(tag));
+            return guarded(t.inst, "unsupported grammar", () => t.compiler.compileStructuralTag(tag));
+          });
     const failed = (entry = { grammar, users: 0 });
     grammar.catch(() => t.compiled.get(source.key) === failed && t.compiled.delete(source.key));
   }
