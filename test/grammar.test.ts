@@ -21,9 +21,11 @@ import {
   initGrammar,
   jsonSafeStrings,
   MAX_COMPILED_GRAMMARS,
+  MAX_VOCABULARIES,
   MAX_VALIDATED_SCHEMAS,
   SchemaError,
   validatedSchemaCount,
+  vocabularyCount,
   validateSchema,
   type GrammarConstraint,
   type JsonFormat,
@@ -548,6 +550,38 @@ describe("a model loaded again", () => {
     // A TokenizerInfo and a compiler per load, never all given back: 12 loads grew it by ~25 MB.
     expect((await grammarMemoryBytes()) - warm).toBeLessThan(4 * 1024 * 1024);
   }, 120_000);
+
+  test("models of ever new vocabularies, and ever new schemas, do not grow xgrammar's memory past a warm-up", async () => {
+    // One model directory whose stop tokens change between loads: each load is a vocabulary of
+    // its own to xgrammar (a server that loads one model after another).
+    const dir = join(root, "vocabularies");
+    writeTinyModel(dir, { contextLength: 256 });
+    const loadConstrainFree = async (v: number) => {
+      writeFileSync(join(dir, "generation_config.json"), JSON.stringify({ eos_token_id: [2, 100 + v] }));
+      const loaded = loadModel(dir);
+      (await createJsonConstraint(loaded.tokenizer, { schema: { type: "object" } })).dispose();
+      loaded.free();
+    };
+    for (let v = 0; v < MAX_VOCABULARIES + 2; v++) await loadConstrainFree(v);
+    const warm = await grammarMemoryBytes();
+    for (let v = MAX_VOCABULARIES + 2; v < MAX_VOCABULARIES + 18; v++) await loadConstrainFree(v);
+    expect(vocabularyCount()).toBe(MAX_VOCABULARIES);
+    // Every vocabulary kept for good, with the vocabulary xgrammar's factory copied and never
+    // freed: 16 grew it by ~32 MB.
+    expect((await grammarMemoryBytes()) - warm).toBeLessThan(1024 * 1024);
+    // New schemas past the compiled-grammar bound: each compile left xgrammar's parsed Grammar
+    // behind (~4.7 KB; 1,000 of them grew it by ~5 MB).
+    const schema = (i: number) => ({ type: "object", properties: { [`new${i}`]: { type: "integer" } } });
+    for (let i = 0; i < MAX_COMPILED_GRAMMARS; i++)
+      (await createJsonConstraint(lm.tokenizer, { schema: schema(i) })).dispose();
+    const warmSchemas = await grammarMemoryBytes();
+    for (let i = MAX_COMPILED_GRAMMARS; i < MAX_COMPILED_GRAMMARS + 1000; i++)
+      (await createJsonConstraint(lm.tokenizer, { schema: schema(i) })).dispose();
+    expect((await grammarMemoryBytes()) - warmSchemas).toBeLessThan(1024 * 1024);
+    // The model of the test's other answers still constrains as before (its vocabulary made anew).
+    const { result, accepted } = await generate({ schema: schema(0) }, { temperature: 0.8, seed: 3 }, 40);
+    expect([result.finishReason, accepted]).toEqual(["stop", true]);
+  }, 300_000);
 });
 
 describe("invalid or unsupported schemas are a clear error naming the offending part", () => {

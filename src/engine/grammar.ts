@@ -71,8 +71,17 @@ export { SchemaError };
 
 type Xg = typeof XG;
 
+/** The parts of xgrammar's embind module we call ourselves (see newTokenizerInfo). */
+interface Binding {
+  vecStringFromJSArray(values: string[]): { delete(): void };
+  vecIntFromJSArray(values: number[]): { delete(): void };
+  TokenizerInfo: new (...args: unknown[]) => unknown;
+  GrammarMatcher: new (...args: unknown[]) => unknown;
+}
+
 interface Instance {
   xg: Xg;
+  binding: Binding;
   /** The instance's linear memory, to read bitmasks without a copy through embind. */
   memory: WebAssembly.Memory | undefined;
   /** Set while a call's diagnostics are collected instead of printed. */
@@ -103,17 +112,25 @@ async function loadInstance(): Promise<Instance> {
   loading = new Promise<void>((resolve) => (done = resolve));
   await previous;
   const exports = {} as Xg;
-  const inst: Instance = { xg: exports, memory: undefined, log: undefined, aborts: 0, directBitmask: false };
+  const inst: Instance = {
+    xg: exports,
+    binding: undefined as unknown as Binding,
+    memory: undefined,
+    log: undefined,
+    aborts: 0,
+    directBitmask: false,
+  };
   const originalLog = console.log;
   const originalError = console.error;
   const originalInstantiate = WebAssembly.instantiate;
   try {
-    new Function("exports", "module", "require", "__filename", xgrammarSource as unknown as string)(
-      exports,
-      { exports },
-      require,
-      "/xgrammar/index.js",
-    );
+    new Function(
+      "exports",
+      "module",
+      "require",
+      "__filename",
+      withBindingExported(xgrammarSource as unknown as string),
+    )(exports, { exports }, require, "/xgrammar/index.js");
     // The emscripten module binds console.log and console.error when it starts: route both
     // through us (its warnings go to stdout, which carries the answer): collected during a
     // guarded call, else sent to stderr.
@@ -131,6 +148,7 @@ async function loadInstance(): Promise<Instance> {
       return result;
     };
     await exports.Testings._jsonSchemaToEBNF('{"type":"integer"}');
+    inst.binding = (exports as unknown as { [BINDING_EXPORT]: () => Binding })[BINDING_EXPORT]();
   } finally {
     console.log = originalLog;
     console.error = originalError;
@@ -139,6 +157,79 @@ async function loadInstance(): Promise<Instance> {
   }
   await checkDirectBitmask(inst);
   return inst;
+}
+
+// web-xgrammar's factories copy their arguments into C++ vectors they never free: the whole
+// vocabulary with each TokenizerInfo (~2.5 MB of xgrammar's memory a vocabulary for SmolLM2's:
+// disposing the TokenizerInfo never gave it back), the stop tokens and a TokenizerInfo handle
+// with each matcher (~46 bytes a request), and compileGrammar(text) never frees the Grammar it
+// parses (~4.7 KB a compiled grammar). So we make these through its binding and free what we
+// hand it: the module's binding is exported by the text we evaluate.
+const BINDING_DECLARATION = "let binding = null;";
+const BINDING_EXPORT = "__mlxBinding";
+
+function withBindingExported(source: string): string {
+  if (!source.includes(BINDING_DECLARATION))
+    throw new Error(`web-xgrammar's module no longer declares "${BINDING_DECLARATION}": update withBindingExported`);
+  return source.replace(BINDING_DECLARATION, `${BINDING_DECLARATION} exports.${BINDING_EXPORT} = () => binding;`);
+}
+
+/** xgrammar's TokenizerInfo.createTokenizerInfo, with the vectors it converts freed. */
+function newTokenizerInfo(
+  inst: Instance,
+  vocab: string[],
+  vocabType: string,
+  prependSpace: boolean,
+  vocabSize: number,
+  stopIds: number[],
+): XG.TokenizerInfo {
+  const vocabVector = inst.binding.vecStringFromJSArray(vocab);
+  const stopVector = inst.binding.vecIntFromJSArray(stopIds);
+  try {
+    const handle = new inst.binding.TokenizerInfo(
+      vocabVector,
+      vocabType.toUpperCase(),
+      vocabSize,
+      stopVector,
+      prependSpace,
+    );
+    return new inst.xg.TokenizerInfo(handle);
+  } finally {
+    vocabVector.delete();
+    stopVector.delete();
+  }
+}
+
+/** xgrammar's GrammarMatcher.createGrammarMatcher, with its stop-token vector freed and no TokenizerInfo handle made. */
+function newMatcher(
+  inst: Instance,
+  grammar: XG.CompiledGrammar,
+  stopIds: number[],
+  vocabSize: number,
+): XG.GrammarMatcher {
+  const stopVector = inst.binding.vecIntFromJSArray(stopIds);
+  try {
+    const handle = new inst.binding.GrammarMatcher(
+      (grammar as unknown as { handle: unknown }).handle,
+      stopVector,
+      false,
+      -1,
+    );
+    const Matcher = inst.xg.GrammarMatcher as unknown as new (handle: unknown, vocabSize: number) => XG.GrammarMatcher;
+    return new Matcher(handle, vocabSize);
+  } finally {
+    stopVector.delete();
+  }
+}
+
+/** compiler.compileGrammar(ebnf), with the Grammar it parses freed (the compiled grammar keeps its own). */
+async function compileEbnf(inst: Instance, compiler: XG.GrammarCompiler, ebnf: string): Promise<XG.CompiledGrammar> {
+  const parsed = await inst.xg.Grammar.fromEBNF(ebnf);
+  try {
+    return await compiler.compileGrammar(parsed);
+  } finally {
+    parsed.dispose();
+  }
 }
 
 /** Runs an xgrammar call that may abort, turning an abort into an Error with xgrammar's message. */
@@ -159,7 +250,6 @@ async function guarded<T>(inst: Instance, what: string, call: () => Promise<T> |
     if ((trapped || ++inst.aborts >= MAX_ABORTS) && current) {
       // Retire this instance; compiled grammars made on it stay usable by their matchers.
       current = undefined;
-      perTokenizer = new WeakMap();
       perVocabulary = new Map();
     }
     if (trapped) throw new SchemaError(`${what}: it nests too deeply or is too large for constrained decoding`);
@@ -544,6 +634,10 @@ interface TokenizerGrammars {
   stopIds: number[];
   /** By key, the least recently used first. */
   compiled: Map<string, CompiledEntry>;
+  /** Let go of (past MAX_VOCABULARIES): freed as its last constraint is disposed. */
+  retired: boolean;
+  /** Whether its compiler and TokenizerInfo were freed. */
+  freed: boolean;
 }
 
 interface CompiledEntry {
@@ -559,35 +653,73 @@ interface CompiledEntry {
  */
 export const MAX_COMPILED_GRAMMARS = 64;
 
-let perTokenizer = new WeakMap<Tokenizer, Promise<TokenizerGrammars>>();
+/** Each tokenizer's vocabulary key (hashing a vocabulary costs a pass over it). */
+const vocabularyKeys = new WeakMap<Tokenizer, string>();
 
 /**
- * The same, by what xgrammar is given of the vocabulary: a model loaded again (keep_alive 0,
- * another model loaded between) brings a new Tokenizer of the same vocabulary. xgrammar never
- * gives all of a TokenizerInfo's and a compiler's memory back, even disposed (~2.5 MB each for
- * SmolLM2's), so one made per load grew the server for good; one per vocabulary is made once.
+ * Per vocabulary, what xgrammar is given of it: a model loaded again (keep_alive 0, another
+ * model loaded between) brings a new Tokenizer of the same vocabulary, which finds its
+ * TokenizerInfo, compiler and compiled grammars here. The latest MAX_VOCABULARIES are kept
+ * (the least recently used first): each holds ~2.5 MB of xgrammar's memory for SmolLM2's
+ * vocabulary and up to MAX_COMPILED_GRAMMARS grammars, and a server that loads model after
+ * model grew by that for every vocabulary it ever served. One let go is freed once no
+ * constraint uses it.
  */
 let perVocabulary = new Map<string, Promise<TokenizerGrammars>>();
+export const MAX_VOCABULARIES = 4;
 
 function grammarsFor(tokenizer: Tokenizer): Promise<TokenizerGrammars> {
-  let entry = perTokenizer.get(tokenizer);
-  if (!entry) {
-    const described = describeVocabulary(tokenizer);
-    const stopIds = [...tokenizer.eosTokenIds].filter((id) => id < tokenizer.vocabSize);
-    const key = createHash("sha256")
+  let described: ReturnType<typeof describeVocabulary> | undefined;
+  const stopIds = [...tokenizer.eosTokenIds].filter((id) => id < tokenizer.vocabSize);
+  let key = vocabularyKeys.get(tokenizer);
+  if (key === undefined) {
+    described = describeVocabulary(tokenizer);
+    key = createHash("sha256")
       .update(JSON.stringify([described, tokenizer.vocabSize, stopIds]))
       .digest("hex");
-    entry = perVocabulary.get(key);
-    if (!entry) {
-      const made = (entry = buildTokenizerGrammars(described, tokenizer.vocabSize, stopIds));
-      perVocabulary.set(key, made);
-      made.catch(() => perVocabulary.get(key) === made && perVocabulary.delete(key));
-    }
-    perTokenizer.set(tokenizer, entry);
-    entry.catch(() => perTokenizer.delete(tokenizer));
+    vocabularyKeys.set(tokenizer, key);
   }
-  return entry;
+  const known = perVocabulary.get(key);
+  if (known) {
+    perVocabulary.delete(key);
+    perVocabulary.set(key, known);
+    return known;
+  }
+  const made = buildTokenizerGrammars(described ?? describeVocabulary(tokenizer), tokenizer.vocabSize, stopIds);
+  const vocabularies = perVocabulary;
+  vocabularies.set(key, made);
+  made.catch(() => vocabularies.get(key) === made && vocabularies.delete(key));
+  for (const [oldest, entry] of vocabularies) {
+    if (vocabularies.size <= MAX_VOCABULARIES) break;
+    vocabularies.delete(oldest);
+    entry.then(retire, () => {});
+  }
+  return made;
 }
+
+/** Lets go of a vocabulary: its grammars no constraint holds now, the rest as they are released, then its compiler and TokenizerInfo. */
+function retire(t: TokenizerGrammars): void {
+  t.retired = true;
+  freeRetired(t);
+}
+
+function freeRetired(t: TokenizerGrammars): void {
+  for (const [key, entry] of t.compiled) {
+    if (entry.users > 0) continue;
+    t.compiled.delete(key);
+    entry.grammar.then(
+      (grammar) => grammar.dispose(),
+      () => {},
+    );
+  }
+  if (t.compiled.size > 0 || t.freed) return;
+  t.freed = true;
+  t.compiler.dispose();
+  t.info.dispose();
+}
+
+/** How many vocabularies xgrammar is given now (for tests). */
+export const vocabularyCount = (): number => perVocabulary.size;
 
 async function buildTokenizerGrammars(
   { vocab, vocabType, prependSpace }: ReturnType<typeof describeVocabulary>,
@@ -597,13 +729,13 @@ async function buildTokenizerGrammars(
   const inst = await instance();
   if (stopIds.length === 0)
     throw new Error("the model's tokenizer has no end-of-sequence token, so constrained output could not end");
-  const info = await inst.xg.TokenizerInfo.createTokenizerInfo(vocab, vocabType, prependSpace, vocabSize, stopIds);
+  const info = newTokenizerInfo(inst, vocab, vocabType, prependSpace, vocabSize, stopIds);
   // Without xgrammar's own cache (ours, `compiled`, keys by grammar already): that cache keys a
   // grammar by its printed text, which writes a non-ASCII character as a hex escape of no fixed
   // width ("ß" then "e" prints as "\xdfe", read back as U+0DFE), so a property name, enum value
   // or literal with such a character would be compiled into another text.
   const compiler = await inst.xg.GrammarCompiler.createGrammarCompiler(info, false);
-  return { inst, info, compiler, vocabSize, stopIds, compiled: new Map() };
+  return { inst, info, compiler, vocabSize, stopIds, compiled: new Map(), retired: false, freed: false };
 }
 
 // Special tokens some families write their tool calls with: a grammar must be able to pick them
@@ -745,7 +877,7 @@ function takeGrammar(t: TokenizerGrammars, source: GrammarSource): CompiledEntry
       "ebnf" in source
         ? source.ebnf().then((ebnf) => {
             checkGrammarBudget(ebnf);
-            return guarded(t.inst, "unsupported grammar", () => t.compiler.compileGrammar(ebnf));
+            return guarded(t.inst, "unsupported grammar", () => compileEbnf(t.inst, t.compiler, ebnf));
           })
         : source.structuralTag().then((tag) => {
             checkGrammarBudget(JSON.stringify(tag));
@@ -762,7 +894,8 @@ function takeGrammar(t: TokenizerGrammars, source: GrammarSource): CompiledEntry
 
 function releaseGrammar(t: TokenizerGrammars, entry: CompiledEntry): void {
   entry.users--;
-  letGoOfUnused(t);
+  if (t.retired) freeRetired(t);
+  else letGoOfUnused(t);
 }
 
 /** Past MAX_COMPILED_GRAMMARS, frees the least recently used grammars no constraint holds. */
@@ -1227,10 +1360,12 @@ export async function createGrammarConstraint(
   source: GrammarSource,
   steering?: BudgetSteering,
 ): Promise<GrammarConstraint> {
-  const t = await grammarsFor(tokenizer);
+  let t = await grammarsFor(tokenizer);
+  // Let go of and freed while this waited (other vocabularies came since): made again.
+  while (t.freed) t = await grammarsFor(tokenizer);
   const entry = takeGrammar(t, source);
   try {
-    const matcher = await t.inst.xg.GrammarMatcher.createGrammarMatcher(await entry.grammar, t.stopIds);
+    const matcher = newMatcher(t.inst, await entry.grammar, t.stopIds, t.vocabSize);
     return new Constraint(t, matcher, steering, () => releaseGrammar(t, entry));
   } catch (error) {
     releaseGrammar(t, entry);
@@ -1386,10 +1521,10 @@ async function checkDirectBitmask(inst: Instance): Promise<void> {
     ...Array.from({ length: 60 }, (_, i) => `t${i}`),
     "</s>",
   ];
-  const info = await inst.xg.TokenizerInfo.createTokenizerInfo(vocab, "raw", false, vocab.length, [vocab.length - 1]);
+  const info = newTokenizerInfo(inst, vocab, "raw", false, vocab.length, [vocab.length - 1]);
   const compiler = await inst.xg.GrammarCompiler.createGrammarCompiler(info, false);
-  const grammar = await compiler.compileGrammar('root ::= "[" ("0" | "1")* "]"');
-  const matcher = await inst.xg.GrammarMatcher.createGrammarMatcher(grammar);
+  const grammar = await compileEbnf(inst, compiler, 'root ::= "[" ("0" | "1")* "]"');
+  const matcher = newMatcher(inst, grammar, [vocab.length - 1], vocab.length);
   try {
     const reference = await matcher.getNextTokenBitmask();
     inst.directBitmask = true;
