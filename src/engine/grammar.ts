@@ -12,13 +12,14 @@
 // constraint also steers to the shortest valid completion as the budget runs out (see
 // budget/), so an answer cut by the budget still parses.
 import { createHash } from "node:crypto";
-import Ajv, { type ErrorObject } from "ajv";
+import Ajv, { type ErrorObject, type ValidateFunction } from "ajv";
 import { setNewest } from "../bounded-map";
 import type * as XG from "@mlc-ai/web-xgrammar";
 // The library's text, evaluated by us (see loadInstance): one WASM instance per evaluation.
 import xgrammarSource from "@mlc-ai/web-xgrammar/lib/index.js" with { type: "text" };
 import * as mx from "../mlx";
 import { SchemaError } from "../errors";
+import { compileAnswerSchema } from "./json-schema";
 import type { MxArray } from "../mlx";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import type { LogitsProcessor } from "./sampling";
@@ -356,7 +357,9 @@ export function checkJsonSchema(schema: object): void {
   ajv ??= new Ajv({ strict: false, validateFormats: false, allErrors: false });
   if (!ajv.validateSchema(rest)) throw new SchemaError(`invalid schema: ${ajvMessage(ajv.errors ?? [])}`);
   try {
-    ajv.compile(rest); // unresolvable $ref, bad regex
+    // Unresolvable $ref, bad regex. Not on `ajv`: an Ajv instance keeps every schema it compiles
+    // for good, and schemas come from requests (1,200 new ones grew the heap by ~120 MB).
+    compileAnswerSchema(rest);
   } catch (error) {
     throw new SchemaError(`invalid schema: ${(error as Error).message}`);
   }
@@ -505,10 +508,16 @@ const SIBLING_ADVICE: Record<string, string> = {
   allOf: "move it into the schema in allOf",
 };
 
+/** Validators of the constraints beside a const or enum, by canonical text: the same few recur across schemas. */
+const siblingValidators = new Map<string, ValidateFunction>();
+
 /** Whether `value` meets the constraints of `schema` (one without references). */
 function meets(schema: Record<string, unknown>, value: unknown): boolean {
   try {
-    return ajv!.validate(schema, value) === true;
+    const key = canonicalJson(schema);
+    let validate = siblingValidators.get(key);
+    if (!validate) setNewest(siblingValidators, key, (validate = compileAnswerSchema(schema)), MAX_VALIDATED_SCHEMAS);
+    return validate(value) === true;
   } catch {
     return false;
   }
