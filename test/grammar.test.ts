@@ -746,6 +746,23 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       { type: "object", properties: { a: { type: "integer" } }, required: ["a", "b"] },
       /\/required names 'b', which \/properties does not define/,
     ],
+    // Ajv ran out of stack following them: "Maximum call stack size exceeded."
+    [
+      "references that lead only to each other",
+      { $defs: { a: { $ref: "#/$defs/b" }, b: { $ref: "#/$defs/a" } }, $ref: "#/$defs/a" },
+      /its \$ref references go round in a cycle that reaches no schema of a value/,
+    ],
+    // xgrammar quoted the whole schema back as a JSON "syntax error"; embind named no place.
+    [
+      "a lone surrogate in an enum value",
+      { type: "string", enum: ["ok", "\ud800"] },
+      /\/enum\/1 holds a lone UTF-16 surrogate/,
+    ],
+    [
+      "a lone surrogate in a property name",
+      { type: "object", properties: { "x\udc00": { type: "integer" } } },
+      /\/properties\/x.* \(the name\) holds a lone UTF-16 surrogate/,
+    ],
   ];
   for (const [what, schema, message] of cases) {
     test(what, async () => {

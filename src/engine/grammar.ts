@@ -323,6 +323,7 @@ export async function validateSchema(schema: unknown, { strict = true }: { stric
   try {
     // Before ajv, whose own compile of a large schema holds the event loop too (a 1 MB enum: 15 s).
     checkGrammarSize(key.length - `${strict}:`.length, "the schema");
+    checkWellFormedStrings(schema, "");
     checkJsonSchema(schema);
     walkSchema(schema as Record<string, unknown>, "");
     checkGrammarBudget(await schemaEbnf(schema, strict));
@@ -361,8 +362,35 @@ export function checkJsonSchema(schema: object): void {
     // for good, and schemas come from requests (1,200 new ones grew the heap by ~120 MB).
     compileAnswerSchema(rest);
   } catch (error) {
+    // Ajv follows references that lead only to references (a to b, b to a) until the stack ends.
+    if (error instanceof RangeError)
+      throw new SchemaError(
+        "invalid schema: its $ref references go round in a cycle that reaches no schema of a value",
+      );
     throw new SchemaError(`invalid schema: ${(error as Error).message}`);
   }
+}
+
+/**
+ * Throws a SchemaError naming the first string (a value, or a property name) in `node` that holds
+ * a lone UTF-16 surrogate: no Unicode character, so no answer can hold it. xgrammar refused it
+ * with its JSON parser's "syntax error" and the whole schema quoted back, or embind with "String
+ * contained an illegal UTF-16 sequence", naming no place.
+ */
+function checkWellFormedStrings(node: unknown, path: string): void {
+  const refuse = (where: string) => {
+    throw new SchemaError(
+      `invalid schema: ${where || "/"} holds a lone UTF-16 surrogate, which is not a Unicode character`,
+    );
+  };
+  if (typeof node === "string") {
+    if (!node.isWellFormed()) refuse(path);
+  } else if (Array.isArray(node)) node.forEach((v, i) => checkWellFormedStrings(v, `${path}/${i}`));
+  else if (node && typeof node === "object")
+    for (const [k, v] of Object.entries(node)) {
+      if (!k.isWellFormed()) refuse(`${path}/${escapePointer(k)} (the name)`);
+      checkWellFormedStrings(v, `${path}/${escapePointer(k)}`);
+    }
 }
 
 function ajvMessage(errors: ErrorObject[]): string {
