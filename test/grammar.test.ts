@@ -746,6 +746,17 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       { type: "object", properties: { a: { type: "integer" } }, required: ["a", "b"] },
       /\/required names 'b', which \/properties does not define/,
     ],
+    // Three strings of xgrammar's ~3 s each (the budget counted a class repeated, not a group of one).
+    [
+      "patterns whose repeated groups are past the compile budget",
+      {
+        type: "object",
+        properties: Object.fromEntries(
+          [0, 1, 2].map((i) => [`p${i}`, { type: "string", pattern: `^(.){0,${150 + i}}$` }]),
+        ),
+      },
+      /its counted repetitions .* span 384 positions, over the limit of 256/,
+    ],
     // Ajv ran out of stack following them: "Maximum call stack size exceeded."
     [
       "references that lead only to each other",

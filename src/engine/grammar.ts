@@ -876,19 +876,28 @@ export function checkGrammarBudget(grammar: string): void {
  * The character-class repetitions' positions in `grammar`, each distinct one counted once
  * (xgrammar writes one rule for equal subschemas), at most REPETITION_POSITIONS_COUNTED each,
  * weighted by how many of the 95 visible ASCII characters the class allows (a negated class:
- * most). A repeated literal or rule costs xgrammar little (maxItems 10,000: 13 ms).
+ * most). A repeated literal or rule costs xgrammar little (maxItems 10,000: 13 ms; a pattern's
+ * "(a|b){0,300}": 0.4 s), a group holding a broad class as the class (a pattern's "(.){0,200}": 3 s).
  */
 function repeatedPositions(grammar: string): number {
   const seen = new Set<string>();
   let positions = 0;
-  for (const [whole, cls, low, high] of grammar.matchAll(/(\[(?:[^\]\\]|\\.)*\])\s*\{(\d+)(?:,(\d*))?\}/g)) {
+  // A class repeated, or a group (without groups inside) repeated, which costs as its broadest
+  // class would repeated alone: a pattern's "(.){0,200}" as much as ".{0,200}".
+  const repeated = new RegExp(`(${CLASS.source}|\\([^()]*\\))\\s*\\{(\\d+)(?:,(\\d*))?\\}`, "g");
+  for (const [whole, repeatedPart, low, high] of grammar.matchAll(repeated)) {
     if (seen.has(whole)) continue;
     seen.add(whole);
+    const breadth = Math.max(0, ...Array.from(repeatedPart!.matchAll(CLASS_G), ([cls]) => classBreadth(cls)));
     const bound = Math.max(Number(low), high ? Number(high) : 0);
-    positions += Math.min(bound, REPETITION_POSITIONS_COUNTED) * classBreadth(cls!);
+    positions += Math.min(bound, REPETITION_POSITIONS_COUNTED) * breadth;
   }
   return positions;
 }
+
+/** A character class in EBNF text ("[a-z]", "[^\"\\]"). */
+const CLASS = /\[(?:[^\]\\]|\\.)*\]/;
+const CLASS_G = new RegExp(CLASS.source, "g");
 
 /** The share of the 95 visible ASCII characters a class ("[a-z0-9]", "[^...]") allows, roughly. */
 function classBreadth(cls: string): number {
