@@ -862,10 +862,13 @@ function checkGrammarSize(chars: number, what: string): void {
     );
 }
 
-/** Throws a SchemaError when compiling `grammar` (EBNF, or a structural tag as JSON) would cost past the budget. */
-export function checkGrammarBudget(grammar: string): void {
+/**
+ * Throws a SchemaError when compiling `grammar` (EBNF, or a structural tag as JSON, whose
+ * grammars are `parts`) would cost past the budget.
+ */
+export function checkGrammarBudget(grammar: string, parts: string[] = [grammar]): void {
   checkGrammarSize(grammar.length, "the grammar (the schema, or the tools' schemas together)");
-  const positions = repeatedPositions(grammar);
+  const positions = parts.reduce((sum, part) => sum + repeatedPositions(part), 0);
   if (positions > MAX_REPEATED_POSITIONS)
     throw new SchemaError(
       `unsupported schema: its counted repetitions (maxLength, minLength, or a pattern's {m,n}) span ${Math.round(positions)} positions, over the limit of ${MAX_REPEATED_POSITIONS} for constrained decoding (each string's length counts up to ${REPETITION_POSITIONS_COUNTED}): compiling it would stall the server`,
@@ -873,31 +876,55 @@ export function checkGrammarBudget(grammar: string): void {
 }
 
 /**
- * The character-class repetitions' positions in `grammar`, each distinct one counted once
- * (xgrammar writes one rule for equal subschemas), at most REPETITION_POSITIONS_COUNTED each,
- * weighted by how many of the 95 visible ASCII characters the class allows (a negated class:
- * most). A repeated literal or rule costs xgrammar little (maxItems 10,000: 13 ms; a pattern's
- * "(a|b){0,300}": 0.4 s), a group holding a broad class as the class (a pattern's "(.){0,200}": 3 s).
+ * The positions of counted repetitions in `grammar` (EBNF) that cost xgrammar a pass over the
+ * vocabulary each: each distinct repetition counted once (xgrammar writes one rule for equal
+ * subschemas), at most REPETITION_POSITIONS_COUNTED of its bound, weighted by how many of the 95
+ * visible ASCII characters its broadest class allows (a negated class: most), and a group by its
+ * alternatives too. Measured: [^"]{0,200} and a pattern's "(.){0,200}" 3 s, "(.|x){0,200}" 15 s;
+ * a repeated literal or rule costs little (a pattern's "(a|b){0,300}" 0.4 s, maxItems 10,000
+ * 13 ms), as does a narrow class ([0-9]{0,199}: 0.1 s).
  */
 function repeatedPositions(grammar: string): number {
   const seen = new Set<string>();
   let positions = 0;
-  // A class repeated, or a group (without groups inside) repeated, which costs as its broadest
-  // class would repeated alone: a pattern's "(.){0,200}" as much as ".{0,200}".
-  const repeated = new RegExp(`(${CLASS.source}|\\([^()]*\\))\\s*\\{(\\d+)(?:,(\\d*))?\\}`, "g");
-  for (const [whole, repeatedPart, low, high] of grammar.matchAll(repeated)) {
-    if (seen.has(whole)) continue;
-    seen.add(whole);
-    const breadth = Math.max(0, ...Array.from(repeatedPart!.matchAll(CLASS_G), ([cls]) => classBreadth(cls)));
-    const bound = Math.max(Number(low), high ? Number(high) : 0);
-    positions += Math.min(bound, REPETITION_POSITIONS_COUNTED) * breadth;
+  // Open groups: where each starts, its broadest class so far, and its alternatives.
+  const open: { start: number; breadth: number; alternatives: number }[] = [];
+  const count = (end: number, part: string, breadth: number, alternatives: number) => {
+    const bounds = /^\s*\{(\d+)(?:,(\d*))?\}/.exec(grammar.slice(end, end + 32));
+    if (!bounds || breadth === 0) return;
+    const key = part + bounds[0];
+    if (seen.has(key)) return;
+    seen.add(key);
+    const bound = Math.max(Number(bounds[1]), bounds[2] ? Number(bounds[2]) : 0);
+    positions += Math.min(bound, REPETITION_POSITIONS_COUNTED) * breadth * alternatives ** 2;
+  };
+  for (let i = 0; i < grammar.length; i++) {
+    const c = grammar[i];
+    if (c === '"') {
+      for (i++; i < grammar.length && grammar[i] !== '"'; i++) if (grammar[i] === "\\") i++;
+    } else if (c === "[") {
+      const start = i;
+      for (i++; i < grammar.length && grammar[i] !== "]"; i++) if (grammar[i] === "\\") i++;
+      const cls = grammar.slice(start, i + 1);
+      const breadth = classBreadth(cls);
+      for (const group of open) group.breadth = Math.max(group.breadth, breadth);
+      count(i + 1, cls, breadth, 1);
+    } else if (c === "(") open.push({ start: i, breadth: 0, alternatives: 1 });
+    else if (c === "|" && open.length > 0) open.at(-1)!.alternatives++;
+    else if (c === ")" && open.length > 0) {
+      const group = open.pop()!;
+      count(i + 1, grammar.slice(group.start, i + 1), group.breadth, group.alternatives);
+    } else if (c === "\n") open.length = 0;
   }
   return positions;
 }
 
-/** A character class in EBNF text ("[a-z]", "[^\"\\]"). */
-const CLASS = /\[(?:[^\]\\]|\\.)*\]/;
-const CLASS_G = new RegExp(CLASS.source, "g");
+/** Every string in a structural tag (its grammars among them), each read as EBNF on its own. */
+function grammarStrings(node: unknown): string[] {
+  if (typeof node === "string") return [node];
+  if (node && typeof node === "object") return Object.values(node).flatMap(grammarStrings);
+  return [];
+}
 
 /** The share of the 95 visible ASCII characters a class ("[a-z0-9]", "[^...]") allows, roughly. */
 function classBreadth(cls: string): number {
@@ -926,7 +953,7 @@ function takeGrammar(t: TokenizerGrammars, source: GrammarSource): CompiledEntry
             return guarded(t.inst, "unsupported grammar", () => compileEbnf(t.inst, t.compiler, ebnf));
           })
         : source.structuralTag().then((tag) => {
-            checkGrammarBudget(JSON.stringify(tag));
+            checkGrammarBudget(JSON.stringify(tag), grammarStrings(tag));
             return guarded(t.inst, "unsupported grammar", () => t.compiler.compileStructuralTag(tag));
           });
     const failed = (entry = { grammar, users: 0 });
