@@ -837,13 +837,15 @@ export type GrammarSource = { key: string } & (
 // threads, and a compiled grammar cannot leave the instance its matchers run on, so it cannot
 // be compiled in a Worker and handed over), and nothing can interrupt it: while it runs no
 // request is answered, not even /health, and no stream gets a token. Measured on SmolLM2's
-// vocabulary (49,152 tokens): each position of a counted repetition of a broad character class
-// (a string's maxLength or minLength, a pattern's [^,]{0,n}) costs it a pass over the
-// vocabulary, ~25 ms (maxLength 256: 7 s, five strings of maxLength 100 to 104: 16 s with not
-// one /health answer), up to ~128 positions, past which xgrammar's cost stops growing; and a
-// grammar costs ~1 s a 100 KB of its text (2,000 properties: 268 KB, 2.7 s; an enum of 10,000
-// values: 280 KB, 1.3 s). So a grammar past either budget is refused before it is compiled, as
-// llama.cpp refuses a grammar's repetitions past 2,000, rather than stall every other request.
+// vocabulary (49,152 tokens, on two shared CPU cores): each position of a counted repetition of
+// a broad character class (a string's maxLength or minLength, a pattern's [^,]{0,n}) costs it a
+// pass over the vocabulary, 10-30 ms (maxLength 50: 0.9 s, 100: 2-3 s, 256: up to 7 s; five
+// strings of maxLength 100 to 104: 16 s with not one /health answer), though a bound in the
+// thousands or more cost no more than 100 (3 s: xgrammar writes it another way); and a grammar
+// costs ~1 s a 100 KB of its text (2,000 properties: 268 KB, 2.7 s; an enum of 10,000 values:
+// 280 KB, 1.3 s). So a grammar past either budget is refused before it is compiled, as llama.cpp
+// refuses a grammar's repetitions past 2,000, rather than stall every other request: one
+// string of any length, or two, fit; a schema of many long strings is refused.
 
 /** The most characters of a schema, or of the grammar made of it, that constrained decoding compiles. */
 export const MAX_GRAMMAR_CHARS = 131_072;
