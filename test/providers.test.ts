@@ -186,8 +186,10 @@ beforeAll(async () => {
       });
     },
   });
-  // As mlx_lm.server streams a long prompt's prefill: a comment per prefill step, each sooner than
-  // the read timeout, all of them longer; then its answer (its exact bytes: a role on every delta).
+  // As mlx_lm.server streams a long prompt's prefill: a comment per prefill step, each far sooner
+  // than the read timeout (1 s: a loaded machine that delays a step by 10 times still sends in time),
+  // all of them longer (15 sleeps of at least 0.1 s); then its answer (its exact bytes: a role on
+  // every delta).
   const keptAlive = Bun.serve({
     port: 0,
     fetch: () =>
@@ -195,8 +197,8 @@ beforeAll(async () => {
         new ReadableStream({
           async start(controller) {
             const send = (text: string) => controller.enqueue(new TextEncoder().encode(text));
-            for (let step = 1; step <= 8; step++) {
-              send(`: keepalive ${step * 512}/4096\n\n`);
+            for (let step = 1; step <= 15; step++) {
+              send(`: keepalive ${step * 256}/3840\n\n`);
               await Bun.sleep(100);
             }
             const chunk = (choice: object) =>
@@ -313,7 +315,7 @@ max_retries = 0
 provider = "openai"
 base_url = "http://127.0.0.1:${keptAlive.port}/v1"
 model = "default_model"
-read_timeout = 0.3
+read_timeout = 1
 max_retries = 0
 
 [models.notools]
