@@ -1119,9 +1119,10 @@ describe("locks", () => {
   test("a lock left by a dead process is broken at once", async () => {
     mkdirSync(locksDir(), { recursive: true });
     writeFileSync(join(locksDir(), "store.lock"), `${await deadPid()}\n`);
-    const started = performance.now();
-    expect(await withStoreLock(() => "got it")).toBe("got it");
-    expect(performance.now() - started).toBeLessThan(1_000);
+    // Broken at once: never waited for as a live holder.
+    let waitedFor: number | undefined;
+    expect(await withStoreLock(() => "got it", { onWait: (pid) => (waitedFor = pid) })).toBe("got it");
+    expect(waitedFor).toBeUndefined();
     expect(existsSync(join(locksDir(), "store.lock"))).toBe(false);
   });
 
@@ -1134,13 +1135,16 @@ describe("locks", () => {
       try {
         const { value } = await parent.stdout.getReader().read();
         const zombie = Number(new TextDecoder().decode(value).trim());
-        await Bun.sleep(700);
-        expect(readFileSync(`/proc/${zombie}/stat`, "utf8")).toContain(") Z ");
+        // Its 0.2 s are over whenever this machine gets to it: looked at up to 200 times, 50 ms apart.
+        const isZombie = () => readFileSync(`/proc/${zombie}/stat`, "utf8").includes(") Z ");
+        for (let look = 0; look < 200 && !isZombie(); look++) await Bun.sleep(50);
+        expect(isZombie()).toBe(true);
         mkdirSync(locksDir(), { recursive: true });
         symlinkSync(String(zombie), join(locksDir(), "store.lock"));
-        const started = performance.now();
-        expect(await withStoreLock(() => "got it")).toBe("got it");
-        expect(performance.now() - started).toBeLessThan(1_000);
+        // Broken at once: never waited for as a live holder.
+        let waitedFor: number | undefined;
+        expect(await withStoreLock(() => "got it", { onWait: (pid) => (waitedFor = pid) })).toBe("got it");
+        expect(waitedFor).toBeUndefined();
         await pull(fakeModel("alpha"));
         releaseModel("alpha");
         mkdirSync(join(inUseDir(), "alpha"), { recursive: true });
