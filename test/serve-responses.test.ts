@@ -4,7 +4,7 @@
 // previous_response_id over stored responses and their input_items, and what we refuse as 400s
 // naming it; the store's bound and time to live.
 // Tiny random-weight model: a call or a JSON answer is valid only because the grammar makes it so.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setSystemTime, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -777,14 +777,23 @@ describe("previous_response_id", () => {
     expect(chained.usage!.input_tokens).toBe(whole.usage!.input_tokens);
   });
 
-  test("the store keeps at most its bound, each entry for its time to live", async () => {
-    const store = new ResponseStore(2, 50, Infinity);
-    for (const id of ["a", "b", "c"])
-      store.set(id, { messages: [{ role: "user", content: id }], inputItems: [], response: { output: [] } });
-    expect(store.get("a")).toBeUndefined();
-    expect(store.get("c")?.messages).toEqual([{ role: "user", content: "c" }]);
-    await Bun.sleep(60);
-    expect(store.get("b")).toBeUndefined();
-    expect(store.get("c")).toBeUndefined();
+  test("the store keeps at most its bound, each entry for its time to live", () => {
+    // The clock set by the test: a loaded machine's pause between set and get is not time lived.
+    const now = Date.now();
+    setSystemTime(now);
+    try {
+      const store = new ResponseStore(2, 50, Infinity);
+      for (const id of ["a", "b", "c"])
+        store.set(id, { messages: [{ role: "user", content: id }], inputItems: [], response: { output: [] } });
+      expect(store.get("a")).toBeUndefined();
+      setSystemTime(now + 49);
+      expect(store.get("b")?.messages).toEqual([{ role: "user", content: "b" }]);
+      expect(store.get("c")?.messages).toEqual([{ role: "user", content: "c" }]);
+      setSystemTime(now + 50);
+      expect(store.get("b")).toBeUndefined();
+      expect(store.get("c")).toBeUndefined();
+    } finally {
+      setSystemTime();
+    }
   });
 });
