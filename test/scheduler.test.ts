@@ -33,11 +33,13 @@ async function alone(
   return { text: result.text, finish: result.finishReason };
 }
 
-async function collect(stream: AsyncIterable<GenerationEvent>) {
+/** The stream's text, last event and top-logprob counts; `onEvent` is told of each event as it comes. */
+async function collect(stream: AsyncIterable<GenerationEvent>, onEvent?: (e: GenerationEvent) => void) {
   let text = "";
   let done: Extract<GenerationEvent, { type: "done" }> | undefined;
   const tops: number[] = [];
   for await (const e of stream) {
+    onEvent?.(e);
     if (e.type === "text") {
       text += e.text;
       if (e.top) tops.push(e.top[0]!.length);
@@ -87,8 +89,9 @@ describe("Scheduler", () => {
     const controller = new AbortController();
     const long = scheduler.submit(request("Hello", { maxTokens: 100000, signal: controller.signal }));
     const next = scheduler.submit(request("Hi"));
-    setTimeout(() => controller.abort(), 100);
-    const [cancelled, after] = await Promise.all([collect(long), collect(next)]);
+    // Aborted once its answer has begun (at its first event), not at a guessed moment (100 ms):
+    // the abort lands in the middle of its generation, however fast or slow this machine is.
+    const [cancelled, after] = await Promise.all([collect(long, () => controller.abort()), collect(next)]);
     expect(cancelled.done.finishReason).toBe("cancelled");
     expect(after.text).toBe((await alone(prompt("Hi"), 12)).text);
     expect(scheduler.running + scheduler.waiting).toBe(0);
