@@ -249,9 +249,10 @@ describe("serve --prompt-cache-dir, when things go wrong", () => {
     try {
       const cached = async (question: string) => (await ask(server.url, question, 4)).cached;
       expect(await cached("What is rule 3?")).toBe(0);
-      // Written in the background: the cache offers a file a moment after it is renamed into place.
-      for (let i = 0; i < 100 && files(join(root, "over-budget-2")).length === 0; i++) await Bun.sleep(20);
-      await Bun.sleep(300);
+      // Written in the background: the cache offers a file once its write is done, a moment after
+      // it is renamed into place. Its file seen (the write queued), the server's writes are awaited.
+      for (let i = 0; i < 500 && files(join(root, "over-budget-2")).length === 0; i++) await Bun.sleep(20);
+      await server.state.promptCacheWrites();
       expect(await cached("And rule 5?")).toBeGreaterThan(system.length / 10);
     } finally {
       await server.stop();
