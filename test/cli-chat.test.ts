@@ -3,6 +3,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import {
   closeSync,
+  constants,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -10,6 +11,7 @@ import {
   readFileSync,
   statSync,
   writeFileSync,
+  writeSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -274,10 +276,22 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal, keys typed while a command ru
     const pipe = join(root, `slow-load-${++pipes}`);
     expect(Bun.spawnSync(["mkfifo", pipe]).exitCode).toBe(0);
     keysTo("C-u", `/load ${pipe}`, "Enter");
-    await Bun.sleep(500);
+    // The chat is in /load once it opens the pipe to read it, however long it takes to get there:
+    // until then, opening it to write without waiting fails (ENXIO). Looked for up to 200 times.
+    let writer: number | undefined;
+    for (let look = 0; look < 200 && writer === undefined; look++) {
+      try {
+        writer = openSync(pipe, constants.O_WRONLY | constants.O_NONBLOCK);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "ENXIO") throw error;
+        await Bun.sleep(50);
+      }
+    }
+    if (writer === undefined) throw new Error(`the chat never opened ${pipe}:\n${view()}`);
     keysTo(...keys);
-    await Bun.sleep(500);
-    writeFileSync(pipe, JSON.stringify({ messages: [] }));
+    await Bun.sleep(500); // for tmux to hand the keys to the terminal, while the load still waits
+    writeSync(writer, JSON.stringify({ messages: [] }));
+    closeSync(writer);
   };
   beforeAll(() => {
     writeTinyModel(commandModel);
