@@ -63,13 +63,12 @@ describe("convert into the store", () => {
     expect(manifest.derivedKey).toMatch(/^[0-9a-f]{64}$/);
     expect(CONVERTER_VERSION).toMatch(/^[0-9a-f]{16}$/);
 
-    const started = performance.now();
-    // The same bytes reached through another path (a symlink outside the store) are recognised by hash.
+    // The same bytes reached through another path (a symlink outside the store) are recognised by
+    // hash: a lookup (converted: false), however long hashing 98 MB takes on a busy machine.
     const elsewhere = join(work, "copy.gguf");
     symlinkSync(gguf, elsewhere);
     const second = await convertedModel(elsewhere, "other-name");
     expect(second).toEqual({ path: first.path, name: "smol-mlx", converted: false, evicted: [] });
-    expect(performance.now() - started).toBeLessThan(5_000);
 
     const lm = loadModel(second.path);
     loaded.push(lm);
