@@ -62,6 +62,26 @@ async function closeBoth(browser: Browser | undefined, server: RunningServer | u
   await server?.stop();
 }
 
+/**
+ * Run in the page (a string: this file is not typed for the DOM): whether its store (IndexedDB,
+ * as src/web/lib/store.ts keeps it) holds some text of the current conversation's answer, saved
+ * while it is written (its note then says it is unfinished).
+ */
+const savedSomeOfTheAnswer = `new Promise((resolve, reject) => {
+  const opened = indexedDB.open("mlx-chat", 1);
+  opened.onerror = () => reject(opened.error);
+  opened.onsuccess = () => {
+    const id = localStorage.getItem("mlx.conversation") ?? "";
+    const read = opened.result.transaction("conversations").objectStore("conversations").get(id);
+    read.onerror = () => reject(read.error);
+    read.onsuccess = () => {
+      opened.result.close();
+      const last = read.result?.messages.at(-1);
+      resolve(last?.role === "assistant" && last.content !== "" && String(last.note).startsWith("unfinished"));
+    };
+  };
+})`;
+
 describe.skipIf(!chromiumPath)("in Chromium", () => {
   let browser: Browser;
   let server: RunningServer;
@@ -137,8 +157,9 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(await page.locator("body.running").count()).toBe(1);
     expect(await messages.evaluate((m) => m.scrollTop)).toBe(0);
 
-    // A reload mid-answer keeps the question and what was written of the answer (saved as it streams).
-    await Bun.sleep(1500);
+    // A reload mid-answer keeps the question and what was written of the answer (saved as it
+    // streams, once a second): reloaded once the page's store holds some of it, however slow it comes.
+    await eventually(async () => (await page.evaluate(savedSomeOfTheAnswer)) === true, 30_000);
     await page.reload();
     await page.waitForSelector("body[data-ready]");
     expect(await page.locator(".message.user .body").textContent()).toBe("Tell me a long story");
