@@ -118,7 +118,10 @@ export class LineInput {
         this.#rl.resume();
       }
       this.#rl.setPrompt(prompt);
-      this.#rl.prompt();
+      // The cursor kept where it is: keys that came with the last line's Enter (typed ahead of this
+      // prompt) are readline's line already, and a cursor moved back to its start left them there
+      // when a Ctrl-C then cleared "the line before the cursor" (they reached the next prompt).
+      this.#rl.prompt(true);
       // After the prompt, as if typed at it: a line typed ahead shows behind it, and is sent by its Enter.
       if (held) this.#releaseKeys();
     }
