@@ -3,6 +3,7 @@
 import { createHash } from "node:crypto";
 import type { ConversationMessage } from "../engine/tools";
 import { THINKING_SWITCHES } from "../engine/reasoning";
+import type { AnswerControls } from "../engine/request";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
 import { REASONING_EFFORTS, TEXT_PARTS_SEPARATOR, WHOLE_CONTEXT } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
@@ -14,6 +15,8 @@ export interface OpenAIRequest {
   n: number;
   /** vLLM's ignore_eos: generate up to max_tokens whatever the model says. */
   ignoreEos: boolean;
+  /** vLLM's extra parameters on the answer's tokens and its end (min_tokens, stop_token_ids, ...). */
+  controls: AnswerControls;
   /** One prompt (chat), or a completion request's batch: each gets `n` choices. */
   prompts: PromptInput[];
   stream: boolean;
@@ -68,6 +71,11 @@ const COMMON_FIELDS = [
   "store",
   "ignore_eos",
   "adapters",
+  // vLLM's extra sampling parameters (its clients send them in extra_body).
+  "min_tokens",
+  "stop_token_ids",
+  "include_stop_str_in_output",
+  "skip_special_tokens",
 ];
 const CHAT_FIELDS = [
   ...COMMON_FIELDS,
@@ -144,6 +152,7 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
     model: f.string("model", { nonEmpty: true }),
     n,
     ignoreEos,
+    controls: answerControls(f, maxTokens),
     stream,
     includeUsage,
     maxTokens,
@@ -152,6 +161,36 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
     stop,
     format,
   };
+}
+
+/**
+ * vLLM's extra parameters on which tokens the answer holds and where it ends, checked as its
+ * SamplingParams checks them (min_tokens at most max_tokens). Token ids are checked against the
+ * model's vocabulary once it is known.
+ */
+function answerControls(f: Fields, maxTokens: number | undefined): AnswerControls {
+  const minTokens = f.integer("min_tokens", { min: 0 });
+  if (minTokens !== undefined && maxTokens !== undefined && minTokens > maxTokens)
+    f.fail("min_tokens", `must be at most max_tokens (${maxTokens}), got ${minTokens}`);
+  return {
+    minTokens: minTokens || undefined,
+    stopTokenIds: tokenIds(f, "stop_token_ids"),
+    includeStop: f.boolean("include_stop_str_in_output"),
+    skipSpecialTokens: f.boolean("skip_special_tokens"),
+  };
+}
+
+/** A list of token ids (whole numbers >= 0); undefined when absent or empty. */
+function tokenIds(f: Fields, field: string, o: { nonEmpty?: boolean } = {}): number[] | undefined {
+  const ids = f.array(field, { nonEmpty: o.nonEmpty });
+  ids?.forEach((id, i) => {
+    if (!Number.isInteger(id) || (id as number) < 0)
+      throw new ValidationError(
+        `'${f.name(field)}.${i}' must be a token id (a whole number >= 0), got ${JSON.stringify(id)}`,
+        `${f.name(field)}.${i}`,
+      );
+  });
+  return ids?.length ? (ids as number[]) : undefined;
 }
 
 /** OpenAI's service_tier names for how every request here is served (chat completions and Responses). */

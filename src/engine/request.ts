@@ -12,6 +12,7 @@ import { chatText, promptText } from "./prompt";
 import { runStepsAsync, type Steps } from "../event-loop";
 import {
   logitsProcessors,
+  minTokensProcessor,
   settleTemperature,
   validateSampling,
   type LogitsProcessor,
@@ -62,6 +63,29 @@ export interface FormatInput {
   param: string;
 }
 
+/**
+ * vLLM's extra sampling parameters that say which tokens an answer may hold and where it ends,
+ * as its SamplingParams reads them.
+ */
+export interface AnswerControls {
+  /** min_tokens: no end-of-sequence or stop token, nor stop string, before this many tokens. */
+  minTokens?: number;
+  /** stop_token_ids: tokens that end the answer. */
+  stopTokenIds?: number[];
+  /** include_stop_str_in_output: the stop string (or stop token) that ended the answer is shown. */
+  includeStop?: boolean;
+  /** skip_special_tokens: special tokens show no text. */
+  skipSpecialTokens?: boolean;
+}
+
+/** Each control's name in vLLM's API (in errors). */
+export const ANSWER_CONTROL_PARAMS: Record<keyof AnswerControls, string> = {
+  minTokens: "min_tokens",
+  stopTokenIds: "stop_token_ids",
+  includeStop: "include_stop_str_in_output",
+  skipSpecialTokens: "skip_special_tokens",
+};
+
 export interface GenerationSpec {
   prompt: PromptInput;
   /** The turns the model's alias puts first (models.toml's system and messages): see withModelPrompt. */
@@ -88,6 +112,8 @@ export interface GenerationSpec {
   thinking?: ThinkingRequest;
   /** Generate past end-of-sequence tokens, up to maxTokens. */
   ignoreEos?: boolean;
+  /** vLLM's controls of the answer's tokens and its end. */
+  controls?: AnswerControls;
   /** The caller's own logits processors (e.g. a grammar it made), after the sampling's own. */
   processors?: LogitsProcessor[];
   signal?: AbortSignal;
@@ -197,7 +223,15 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
     (thinking
       ? constraint.processorShaping(answerTokens(lm.tokenizer, promptIds.length, reasoning!))
       : constraint.processor);
+  const controls = spec.controls ?? {};
+  const stopTokenIds = checkedTokenIds(controls.stopTokenIds, vocab, "stop_token_ids");
+  // Before the grammar's mask: a grammar that allows only the end then allows nothing, and the
+  // answer goes on, as under vLLM, rather than end short of min_tokens.
+  // (Under ignore_eos the end tokens end nothing: only the stop tokens are held back.)
+  const ends = [...(spec.ignoreEos ? [] : lm.tokenizer.eosTokenIds), ...(stopTokenIds ?? [])];
+  const minTokens = controls.minTokens ? [minTokensProcessor(ends, controls.minTokens, promptIds.length)] : [];
   const processors = logitsProcessors(spec.sampling, promptIds.length, [
+    ...minTokens,
     ...(spec.processors ?? []),
     ...budget,
     ...(grammar ? [startingAt(promptIds.length + forced, grammar)] : []),
@@ -214,6 +248,10 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       processors,
       reasoning,
       ignoreEos: spec.ignoreEos,
+      minTokens: controls.minTokens,
+      stopTokenIds: stopTokenIds && new Set(stopTokenIds),
+      includeStop: controls.includeStop,
+      skipSpecialTokens: controls.skipSpecialTokens,
       // A grammar, a thinking budget (or a caller's processor) keeps state from step to step and
       // must see only tokens that were chosen, never drafts: such a request decodes without speculation.
       speculate: !constraint && budget.length === 0 && !spec.processors?.length,
@@ -265,6 +303,17 @@ export function withModelPrompt(
   // Turns before the prompt need the chat template; without one the text goes as it is (with the system before it).
   if (messages.length === 0 || !tokenizer.chatTemplate) return { ...prompt, system };
   return { kind: "chat", messages: [...systemTurn(system), ...messages, { role: "user", content: prompt.text }] };
+}
+
+/** Token ids a request names (`param`), each checked to be in the model's vocabulary. */
+function checkedTokenIds(ids: number[] | undefined, vocab: number, param: string): number[] | undefined {
+  const bad = ids?.find((id) => !(id >= 0 && id < vocab));
+  if (bad !== undefined)
+    throw new InvalidParameterError(
+      `${param} names token id ${bad}, outside the vocabulary (ids 0 to ${vocab - 1})`,
+      param,
+    );
+  return ids;
 }
 
 /**

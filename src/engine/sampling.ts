@@ -154,6 +154,23 @@ export function logitsProcessors(
   return [...processors, ...extra];
 }
 
+/**
+ * vLLM's min_tokens: the tokens that would end the answer (`ends`: its end-of-sequence and stop
+ * tokens) are not drawn while it holds fewer than `minTokens` tokens after the `promptLength` ones.
+ */
+export function minTokensProcessor(ends: readonly number[], minTokens: number, promptLength: number): LogitsProcessor {
+  return takingPending((history, logits, pending) => {
+    if (history.length + (pending ? 1 : 0) - promptLength >= minTokens || ends.length === 0) return logits;
+    return maskAt(logits, ends);
+  });
+}
+
+/** logits [1, vocab] with the tokens `ids` made impossible (-Infinity). */
+function maskAt(logits: MxArray, ids: readonly number[]): MxArray {
+  const index = mx.array(Int32Array.from(ids), [1, ids.length]);
+  return mx.putAlongAxis(logits, index, mx.broadcastTo(negativeInfinity(logits), index.shape), -1);
+}
+
 /** logits [1, vocab] with `values` ([ids' length], host or lazy) added at the positions `index` [1, n]. */
 function addAt(logits: MxArray, index: MxArray, values: Float32Array | MxArray): MxArray {
   const at = mx.takeAlongAxis(logits, index, -1);

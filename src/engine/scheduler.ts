@@ -28,6 +28,17 @@ export interface GenerationRequest {
   topLogprobs?: number;
   /** Generate past end-of-sequence tokens, up to maxTokens (vLLM's ignore_eos, for benchmarks). */
   ignoreEos?: boolean;
+  /**
+   * vLLM's min_tokens: stop strings are not looked for until the answer holds this many tokens
+   * (a logits processor keeps the end and stop tokens from being drawn until then).
+   */
+  minTokens?: number;
+  /** vLLM's stop_token_ids: tokens that end the answer as an end-of-sequence token does. */
+  stopTokenIds?: ReadonlySet<number>;
+  /** vLLM's include_stop_str_in_output: the stop string (or stop token's text) that ended the answer is shown. */
+  includeStop?: boolean;
+  /** vLLM's skip_special_tokens: special tokens show no text. */
+  skipSpecialTokens?: boolean;
   /** Set for a model that thinks: its text is split into reasoning and answer. */
   reasoning?: ReasoningFormat;
   /** Whether speculative decoding may draft for it (see SequenceRequest.speculate). */
@@ -254,8 +265,8 @@ export class Scheduler {
     const sequence: Running = {
       request,
       channel,
-      detokenizer: createDetokenizer(this.lm.tokenizer),
-      stops: new StopMatcher(request.stop ?? []),
+      detokenizer: createDetokenizer(this.lm.tokenizer, { skipSpecialTokens: request.skipSpecialTokens }),
+      stops: new StopMatcher(request.stop ?? [], { includeStop: request.includeStop }),
       reasoning: request.reasoning && newSplitter(request.reasoning),
       reasoningTokens: 0,
       submittedAt: performance.now(),
@@ -354,13 +365,20 @@ export class Scheduler {
     event.logprobs?.free();
     const isEnd = this.lm.tokenizer.eosTokenIds.has(event.token);
     if (isEnd && !s.request.ignoreEos) return this.#finish(event.id, s.request.closedEarly?.() ? "length" : "stop");
+    // A stop token ends the answer as an end token does; its text is the answer's only where
+    // include_stop_str_in_output asks for it (as vLLM's detokenizer drops it otherwise).
+    const stopToken = s.request.stopTokenIds?.has(event.token) ?? false;
+    if (stopToken && !s.request.includeStop) return this.#finish(event.id, "stop");
     s.tokenIds.push(event.token);
     if (s.reasoning?.inside) s.reasoningTokens++;
     // An end token generated past (ignore_eos) shows no text, as vLLM and llama.cpp show none.
-    const { text, stopped } = s.stops.push(isEnd ? "" : s.detokenizer.push(event.token));
+    // Stop strings count only past min_tokens, as vLLM looks for them: the answer keeps its
+    // min_tokens tokens before the one that ends it, as it does before an end token.
+    const matching = s.tokenIds.length > (s.request.minTokens ?? 0);
+    const { text, stopped } = s.stops.push(isEnd ? "" : s.detokenizer.push(event.token), matching);
     const tokens = [{ token: event.token, logprob: event.logprob }];
     this.#send(s, text, tokens, top && [top]);
-    if (stopped) return this.#finish(event.id, "stop");
+    if (stopped || stopToken) return this.#finish(event.id, "stop");
     if (event.finished) this.#finish(event.id, "length");
   }
 

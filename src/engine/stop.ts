@@ -40,15 +40,23 @@ export class StopMatcher {
   /** The stop string that ended the text, once one did. */
   matched: string | undefined;
 
-  constructor(stops: string[]) {
+  /** Whether the stop string that ends the text is shown with it (vLLM's include_stop_str_in_output). */
+  readonly #includeStop: boolean;
+
+  constructor(stops: string[], o: { includeStop?: boolean } = {}) {
     this.#stops = stops.filter((s) => s.length > 0);
+    this.#includeStop = o.includeStop ?? false;
   }
 
-  /** Adds generated text; returns what may be shown now and whether a stop string was hit. */
-  push(text: string): { text: string; stopped: boolean } {
+  /**
+   * Adds generated text; returns what may be shown now and whether a stop string was hit.
+   * `matching` false (an answer still short of min_tokens) shows it all, looking for no stop string.
+   */
+  push(text: string, matching = true): { text: string; stopped: boolean } {
     // Text after a stop string is never shown: not the rest of its token, nor the end of an
     // unfinished character the detokenizer flushes once the answer ends.
     if (this.matched !== undefined) return { text: "", stopped: true };
+    if (!matching) return { text: this.flush() + text, stopped: false };
     this.#pending += text;
     let cut = -1;
     for (const stop of this.#stops) {
@@ -59,7 +67,7 @@ export class StopMatcher {
       }
     }
     if (cut >= 0) {
-      const shown = this.#pending.slice(0, cut);
+      const shown = this.#pending.slice(0, this.#includeStop ? cut + this.matched!.length : cut);
       this.#pending = "";
       return { text: shown, stopped: true };
     }

@@ -7,6 +7,7 @@
 import type { SamplingInput } from "../api/common";
 import {
   prepareGeneration,
+  type AnswerControls,
   type ContextBound,
   type FormatInput,
   type PreparedGeneration,
@@ -58,6 +59,8 @@ export interface GenerateInput {
   thinking?: ThinkingRequest;
   /** Generate past end-of-sequence tokens (vLLM's ignore_eos). */
   ignoreEos?: boolean;
+  /** vLLM's controls of the answer's tokens and its end (min_tokens, stop_token_ids, ...). */
+  controls?: AnswerControls;
   /**
    * Set on a prompt's further choices (n > 1): the client sent the prompt once, and /metrics
    * counts its tokens once, as the answer's usage does.
@@ -220,6 +223,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       tools: input.tools,
       thinking: input.thinking,
       ignoreEos: input.ignoreEos,
+      controls: input.controls,
       signal: controller.signal,
     });
     beforeSubmitMs = performance.now() - arrived;

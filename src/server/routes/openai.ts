@@ -117,6 +117,7 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     logprobs: req.logprobs,
     thinking: req.thinking,
     ignoreEos: req.ignoreEos,
+    controls: req.controls,
     topLogprobs: req.topLogprobs,
   };
   // Each prompt's n choices are n sequences of the model's batch, choice i answering prompt

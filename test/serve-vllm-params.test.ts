@@ -1,0 +1,168 @@
+// vLLM's extra sampling parameters, as a vLLM user's official OpenAI client sends them (extra
+// body properties), against a real server: each changes its own request's answer, streamed or
+// whole, alone or in a batch, and leaves the other requests of the batch as they were.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import OpenAI from "openai";
+import type { RunningServer } from "../src/server/app";
+import { post, serve, tinyModel } from "./helpers/serve";
+
+let server: RunningServer;
+let openai: OpenAI;
+let model: string;
+/** The tiny model's end-of-sequence token (<|im_end|>), and one id for each text below. */
+const EOS = 2;
+let ids: Record<string, number>;
+
+/** The one token id `text` is. */
+async function tokenId(text: string): Promise<number> {
+  const { json } = await post(`${server.url}/tokenize`, { content: text });
+  expect(json.tokens).toHaveLength(1);
+  return json.tokens[0];
+}
+
+beforeAll(async () => {
+  model = tinyModel();
+  server = serve({ defaultModel: model });
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
+  ids = { a: await tokenId("a"), b: await tokenId("b"), start: await tokenId("<|im_start|>") };
+});
+
+afterAll(() => server.stop());
+
+type Extra = Record<string, unknown>;
+
+/** A greedy completion with vLLM's `extra` fields: its text, finish reason and token count. */
+async function complete(extra: Extra, o: { stream?: boolean; maxTokens?: number } = {}) {
+  const body = { model, prompt: "Once upon a time", max_tokens: o.maxTokens ?? 12, temperature: 0, ...extra };
+  if (!o.stream) {
+    const r = await openai.completions.create(body as OpenAI.CompletionCreateParamsNonStreaming);
+    return { text: r.choices[0]!.text, finish: r.choices[0]!.finish_reason, tokens: r.usage!.completion_tokens };
+  }
+  const stream = await openai.completions.create({
+    ...body,
+    stream: true,
+    stream_options: { include_usage: true },
+  } as OpenAI.CompletionCreateParamsStreaming);
+  let text = "";
+  let finish: string | null = null;
+  let tokens = -1;
+  for await (const chunk of stream) {
+    for (const c of chunk.choices) {
+      text += c.text;
+      finish = c.finish_reason ?? finish;
+    }
+    if (chunk.usage) tokens = chunk.usage.completion_tokens;
+  }
+  return { text, finish, tokens };
+}
+
+/** Both ways, streamed and whole: the same answer. */
+async function bothWays(extra: Extra, o: { maxTokens?: number } = {}) {
+  const [whole, streamed] = await Promise.all([complete(extra, o), complete(extra, { ...o, stream: true })]);
+  expect(streamed).toEqual(whole);
+  return whole;
+}
+
+const bias = (id: number) => ({ logit_bias: { [id]: 100 } });
+
+describe("vLLM's stop parameters (min_tokens, stop_token_ids, include_stop_str_in_output, skip_special_tokens)", () => {
+  test("min_tokens holds back the end token until that many tokens, streamed and whole", async () => {
+    // The end token biased to be the most likely: the answer ends at once, unless held back.
+    expect(await bothWays(bias(EOS))).toEqual({ text: "", finish: "stop", tokens: 0 });
+    const held = await bothWays({ ...bias(EOS), min_tokens: 5 });
+    expect(held.finish).toBe("stop");
+    expect(held.tokens).toBe(5);
+    expect(held.text.length).toBeGreaterThan(0);
+  });
+
+  test("stop_token_ids end the answer, without the token's text unless include_stop_str_in_output", async () => {
+    const repeated = await bothWays(bias(ids.a!));
+    expect(repeated).toEqual({ text: "a".repeat(12), finish: "length", tokens: 12 });
+    expect(await bothWays({ ...bias(ids.a!), stop_token_ids: [ids.a] })).toEqual({
+      text: "",
+      finish: "stop",
+      tokens: 0,
+    });
+    expect(await bothWays({ ...bias(ids.a!), stop_token_ids: [ids.a], include_stop_str_in_output: true })).toEqual({
+      text: "a",
+      finish: "stop",
+      tokens: 1,
+    });
+    // min_tokens holds a stop token back as it does the end token.
+    const held = await bothWays({ ...bias(ids.a!), stop_token_ids: [ids.a], min_tokens: 3 });
+    expect(held.finish).toBe("stop");
+    expect(held.tokens).toBe(3);
+    expect(held.text).not.toContain("a");
+  });
+
+  test("stop strings count from min_tokens on; include_stop_str_in_output shows the one that ended it", async () => {
+    expect(await bothWays({ ...bias(ids.a!), stop: ["a"] })).toEqual({ text: "", finish: "stop", tokens: 1 });
+    expect(await bothWays({ ...bias(ids.a!), stop: ["a"], include_stop_str_in_output: true })).toEqual({
+      text: "a",
+      finish: "stop",
+      tokens: 1,
+    });
+    expect(await bothWays({ ...bias(ids.a!), stop: ["a"], min_tokens: 3 })).toEqual({
+      text: "aaa",
+      finish: "stop",
+      tokens: 4,
+    });
+  });
+
+  test("skip_special_tokens drops a special token's text", async () => {
+    const shown = await bothWays({ ...bias(ids.start!), skip_special_tokens: false }, { maxTokens: 3 });
+    expect(shown.text).toBe("<|im_start|>".repeat(3));
+    expect(await bothWays({ ...bias(ids.start!), skip_special_tokens: true }, { maxTokens: 3 })).toEqual({
+      text: "",
+      finish: "length",
+      tokens: 3,
+    });
+  });
+
+  test("in a batch, each request gets its own, and a plain request's greedy answer is the one it gets alone", async () => {
+    const plain = await complete({});
+    const extras: Extra[] = [
+      { ...bias(EOS), min_tokens: 5 },
+      { ...bias(ids.a!), stop_token_ids: [ids.a], include_stop_str_in_output: true },
+      { ...bias(ids.a!), stop: ["a"], min_tokens: 3 },
+      { ...bias(ids.start!), skip_special_tokens: true },
+    ];
+    const alone = [];
+    for (const extra of extras) alone.push(await complete(extra));
+    const batched = await Promise.all([
+      complete({}),
+      ...extras.map((extra, i) => complete(extra, { stream: i % 2 === 0 })),
+      complete({}, { stream: true }),
+    ]);
+    expect(batched).toEqual([plain, ...alone, plain]);
+  });
+
+  test("chat completions take them too", async () => {
+    const r = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 10,
+      temperature: 0,
+      ...bias(EOS),
+      min_tokens: 4,
+    } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    expect(r.choices[0]!.finish_reason).toBe("stop");
+    expect(r.usage!.completion_tokens).toBe(4);
+  });
+
+  test("bad values are a 400 naming the parameter", async () => {
+    const bad: [Extra, string][] = [
+      [{ min_tokens: -1 }, "min_tokens"],
+      [{ min_tokens: 20, max_tokens: 10 }, "min_tokens"],
+      [{ stop_token_ids: [1.5] }, "stop_token_ids.0"],
+      [{ stop_token_ids: "2" }, "stop_token_ids"],
+      [{ stop_token_ids: [1 << 30] }, "stop_token_ids"],
+      [{ include_stop_str_in_output: "yes" }, "include_stop_str_in_output"],
+      [{ skip_special_tokens: 1 }, "skip_special_tokens"],
+    ];
+    for (const [extra, param] of bad) {
+      const r = await post(`${server.url}/v1/completions`, { model, prompt: "Hi", max_tokens: 10, ...extra });
+      expect({ status: r.status, param: r.json.error?.param }).toEqual({ status: 400, param });
+    }
+  });
+});
