@@ -166,3 +166,63 @@ describe("vLLM's stop parameters (min_tokens, stop_token_ids, include_stop_str_i
     }
   });
 });
+
+describe("vLLM's token sets (allowed_token_ids, bad_words)", () => {
+  test("allowed_token_ids: the answer holds no other token, streamed and whole", async () => {
+    const r = await bothWays({ allowed_token_ids: [ids.a, ids.b] });
+    expect(r.tokens).toBe(12);
+    expect(r.text).toMatch(/^[ab]{12}$/);
+  });
+
+  test("bad_words: a word's last token is banned after the rest of it, a one-token word everywhere", async () => {
+    // The tiny model's greedy answer (random weights, fixed): " bittern COVID COVID Lesbian Lesbian ...".
+    const plain = await bothWays({});
+    expect(plain.text).toStartWith(" bittern COVID COVID Lesbian");
+    // " Lesbian" is one token; "COVID Lesbian" is two, with or without a space before.
+    const [bare, spaced] = await Promise.all(
+      ["COVID Lesbian", " COVID Lesbian"].map(
+        async (content) => (await post(`${server.url}/tokenize`, { content })).json.tokens,
+      ),
+    );
+    expect([bare.length, spaced.length, bare[1] === spaced[1]]).toEqual([2, 2, true]);
+    const banned = await bothWays({ bad_words: ["COVID Lesbian"] });
+    expect(banned.text).toStartWith(" bittern COVID COVID");
+    expect(banned.text).not.toContain("COVID Lesbian");
+    expect(banned.tokens).toBe(12);
+    const single = await bothWays({ bad_words: ["COVID"] });
+    expect(single.text).toStartWith(" bittern");
+    expect(single.text).not.toContain("COVID");
+  });
+
+  test("in a batch, each request gets its own, and a plain request's greedy answer is the one it gets alone", async () => {
+    const plain = await complete({});
+    const extras: Extra[] = [
+      { allowed_token_ids: [ids.a, ids.b] },
+      { bad_words: ["COVID Lesbian"] },
+      { bad_words: ["COVID"], allowed_token_ids: [ids.a, ids.b, 7191] },
+    ];
+    const alone = [];
+    for (const extra of extras) alone.push(await complete(extra));
+    const batched = await Promise.all([
+      complete({}),
+      ...extras.map((extra, i) => complete(extra, { stream: i % 2 === 0 })),
+      complete({}, { stream: true }),
+    ]);
+    expect(batched).toEqual([plain, ...alone, plain]);
+  });
+
+  test("bad values are a 400 naming the parameter", async () => {
+    const bad: [Extra, string][] = [
+      [{ allowed_token_ids: [] }, "allowed_token_ids"],
+      [{ allowed_token_ids: [-1] }, "allowed_token_ids.0"],
+      [{ allowed_token_ids: [1 << 30] }, "allowed_token_ids"],
+      [{ bad_words: "COVID" }, "bad_words"],
+      [{ bad_words: ["ok", " "] }, "bad_words.1"],
+      [{ bad_words: [3] }, "bad_words.0"],
+    ];
+    for (const [extra, param] of bad) {
+      const r = await post(`${server.url}/v1/completions`, { model, prompt: "Hi", max_tokens: 10, ...extra });
+      expect({ status: r.status, param: r.json.error?.param }).toEqual({ status: 400, param });
+    }
+  });
+});

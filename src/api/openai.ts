@@ -76,6 +76,8 @@ const COMMON_FIELDS = [
   "stop_token_ids",
   "include_stop_str_in_output",
   "skip_special_tokens",
+  "allowed_token_ids",
+  "bad_words",
 ];
 const CHAT_FIELDS = [
   ...COMMON_FIELDS,
@@ -177,7 +179,22 @@ function answerControls(f: Fields, maxTokens: number | undefined): AnswerControl
     stopTokenIds: tokenIds(f, "stop_token_ids"),
     includeStop: f.boolean("include_stop_str_in_output"),
     skipSpecialTokens: f.boolean("skip_special_tokens"),
+    allowedTokenIds: tokenIds(f, "allowed_token_ids", { nonEmpty: true }),
+    badWords: badWords(f),
   };
+}
+
+/** vLLM's bad_words: a list of words (non-empty strings). */
+function badWords(f: Fields): string[] | undefined {
+  const words = f.array("bad_words");
+  words?.forEach((word, i) => {
+    if (typeof word !== "string" || word.trim().length === 0)
+      throw new ValidationError(
+        `'bad_words.${i}' must be a word (a string with more than spaces), got ${JSON.stringify(word)}`,
+        `bad_words.${i}`,
+      );
+  });
+  return words?.length ? (words as string[]) : undefined;
 }
 
 /** A list of token ids (whole numbers >= 0); undefined when absent or empty. */

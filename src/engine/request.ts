@@ -11,6 +11,8 @@ import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFor
 import { chatText, promptText } from "./prompt";
 import { runStepsAsync, type Steps } from "../event-loop";
 import {
+  allowedTokensProcessor,
+  badWordsProcessor,
   logitsProcessors,
   minTokensProcessor,
   settleTemperature,
@@ -76,6 +78,10 @@ export interface AnswerControls {
   includeStop?: boolean;
   /** skip_special_tokens: special tokens show no text. */
   skipSpecialTokens?: boolean;
+  /** allowed_token_ids: the only tokens the answer may hold. */
+  allowedTokenIds?: number[];
+  /** bad_words: words the answer never holds (as their tokens, with and without a leading space). */
+  badWords?: string[];
 }
 
 /** Each control's name in vLLM's API (in errors). */
@@ -84,6 +90,8 @@ export const ANSWER_CONTROL_PARAMS: Record<keyof AnswerControls, string> = {
   stopTokenIds: "stop_token_ids",
   includeStop: "include_stop_str_in_output",
   skipSpecialTokens: "skip_special_tokens",
+  allowedTokenIds: "allowed_token_ids",
+  badWords: "bad_words",
 };
 
 export interface GenerationSpec {
@@ -230,8 +238,13 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   // (Under ignore_eos the end tokens end nothing: only the stop tokens are held back.)
   const ends = [...(spec.ignoreEos ? [] : lm.tokenizer.eosTokenIds), ...(stopTokenIds ?? [])];
   const minTokens = controls.minTokens ? [minTokensProcessor(ends, controls.minTokens, promptIds.length)] : [];
+  const allowed = checkedTokenIds(controls.allowedTokenIds, vocab, "allowed_token_ids");
   const processors = logitsProcessors(spec.sampling, promptIds.length, [
     ...minTokens,
+    ...(allowed ? [allowedTokensProcessor(allowed)] : []),
+    ...(controls.badWords?.length
+      ? [badWordsProcessor(badWordTokens(lm.tokenizer, controls.badWords), promptIds.length)]
+      : []),
     ...(spec.processors ?? []),
     ...budget,
     ...(grammar ? [startingAt(promptIds.length + forced, grammar)] : []),
@@ -303,6 +316,22 @@ export function withModelPrompt(
   // Turns before the prompt need the chat template; without one the text goes as it is (with the system before it).
   if (messages.length === 0 || !tokenizer.chatTemplate) return { ...prompt, system };
   return { kind: "chat", messages: [...systemTurn(system), ...messages, { role: "user", content: prompt.text }] };
+}
+
+/**
+ * Each bad word's tokens as vLLM finds them: the word as it is (without leading spaces), and
+ * with one space before it where that makes other tokens of the same count (the word in the
+ * middle of a text, for a tokenizer that reads a space into the next word).
+ */
+function badWordTokens(tokenizer: Tokenizer, words: readonly string[]): number[][] {
+  const sequences: number[][] = [];
+  for (const word of words) {
+    const bare = tokenizer.encode(word.trimStart(), { addSpecialTokens: false });
+    const spaced = tokenizer.encode(` ${word.trimStart()}`, { addSpecialTokens: false });
+    if (bare.length > 0) sequences.push(bare);
+    if (spaced.length > 0 && spaced.length === bare.length && spaced[0] !== bare[0]) sequences.push(spaced);
+  }
+  return sequences;
 }
 
 /** Token ids a request names (`param`), each checked to be in the model's vocabulary. */

@@ -165,6 +165,36 @@ export function minTokensProcessor(ends: readonly number[], minTokens: number, p
   });
 }
 
+/** vLLM's allowed_token_ids: every token but these is made impossible. */
+export function allowedTokensProcessor(allowed: readonly number[]): LogitsProcessor {
+  return takingPending((_history, logits) => {
+    const mask = new Uint8Array(logits.shape.at(-1)!);
+    for (const id of allowed) mask[id] = 1;
+    return mx.where(mx.array(mask, [1, mask.length], mx.Dtype.bool), logits, negativeInfinity(logits));
+  });
+}
+
+/**
+ * vLLM's bad_words, as token sequences: the last token of each is made impossible where the
+ * answer (after the `promptLength` tokens) ends with the rest of it, so that none is ever
+ * generated whole (one of a single token never is). Only a sequence of one token needs no history.
+ */
+export function badWordsProcessor(words: readonly (readonly number[])[], promptLength: number): LogitsProcessor {
+  const always = words.filter((w) => w.length === 1).map((w) => w[0]!);
+  const longer = words.filter((w) => w.length > 1);
+  if (longer.length === 0) return takingPending((_history, logits) => maskAt(logits, always));
+  return (history, logits) => {
+    const banned = [...always];
+    for (const word of longer) {
+      const prefix = word.length - 1;
+      const from = history.length - prefix;
+      if (from < promptLength) continue;
+      if (word.slice(0, prefix).every((id, i) => history[from + i] === id)) banned.push(word.at(-1)!);
+    }
+    return banned.length > 0 ? maskAt(logits, banned) : logits;
+  };
+}
+
 /** logits [1, vocab] with the tokens `ids` made impossible (-Infinity). */
 function maskAt(logits: MxArray, ids: readonly number[]): MxArray {
   const index = mx.array(Int32Array.from(ids), [1, ids.length]);
