@@ -226,3 +226,53 @@ describe("vLLM's token sets (allowed_token_ids, bad_words)", () => {
     }
   });
 });
+
+describe("vLLM's truncate_prompt_tokens", () => {
+  /** A greedy completion of token ids, whole: its text and its usage. */
+  async function completeIds(prompt: number[], extra: Extra = {}) {
+    const r = await openai.completions.create({
+      model,
+      prompt,
+      max_tokens: 8,
+      temperature: 0,
+      ...extra,
+    } as OpenAI.CompletionCreateParamsNonStreaming);
+    return { text: r.choices[0]!.text, promptTokens: r.usage!.prompt_tokens };
+  }
+
+  test("keeps the prompt's last tokens: the answer is the one to those alone, and a prompt past the context is taken", async () => {
+    const prompt = Array.from({ length: 300 }, (_, i) => (i % 2 ? ids.a! : ids.b!) + (i % 7));
+    const tail = prompt.slice(-40);
+    const alone = await completeIds(tail);
+    expect(alone.promptTokens).toBe(40);
+    // 300 tokens do not fit the tiny model's context of 256.
+    const refused = await post(`${server.url}/v1/completions`, { model, prompt, max_tokens: 8 });
+    expect(refused.status).toBe(400);
+    expect(await completeIds(prompt, { truncate_prompt_tokens: 40 })).toEqual(alone);
+    // A prompt shorter than the count is read whole; chat completions take it too.
+    expect(await completeIds(tail, { truncate_prompt_tokens: 100 })).toEqual(alone);
+    const chat = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "Hello there, how are you today?" }],
+      max_tokens: 4,
+      temperature: 0,
+      truncate_prompt_tokens: 3,
+    } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    expect(chat.usage!.prompt_tokens).toBe(3);
+  });
+
+  test("bad values are a 400 naming it", async () => {
+    for (const value of [0, -2, 1.5, "10", 257]) {
+      const r = await post(`${server.url}/v1/completions`, {
+        model,
+        prompt: "Hi",
+        max_tokens: 4,
+        truncate_prompt_tokens: value,
+      });
+      expect({ status: r.status, param: r.json.error?.param }).toEqual({
+        status: 400,
+        param: "truncate_prompt_tokens",
+      });
+    }
+  });
+});

@@ -78,6 +78,7 @@ const COMMON_FIELDS = [
   "skip_special_tokens",
   "allowed_token_ids",
   "bad_words",
+  "truncate_prompt_tokens",
 ];
 const CHAT_FIELDS = [
   ...COMMON_FIELDS,
@@ -181,7 +182,16 @@ function answerControls(f: Fields, maxTokens: number | undefined): AnswerControl
     skipSpecialTokens: f.boolean("skip_special_tokens"),
     allowedTokenIds: tokenIds(f, "allowed_token_ids", { nonEmpty: true }),
     badWords: badWords(f),
+    truncatePromptTokens: truncatePromptTokens(f),
   };
+}
+
+/** vLLM's truncate_prompt_tokens: a count of tokens (>= 1), or -1 for as many as the context holds. */
+function truncatePromptTokens(f: Fields): number | undefined {
+  const keep = f.integer("truncate_prompt_tokens", { min: -1 });
+  if (keep === 0)
+    f.fail("truncate_prompt_tokens", "must be at least 1 (or -1: as many tokens as the context holds), got 0");
+  return keep;
 }
 
 /** vLLM's bad_words: a list of words (non-empty strings). */

@@ -66,8 +66,8 @@ export interface FormatInput {
 }
 
 /**
- * vLLM's extra sampling parameters that say which tokens an answer may hold and where it ends,
- * as its SamplingParams reads them.
+ * vLLM's extra sampling parameters that say which tokens a request's prompt and answer hold
+ * and where the answer ends, as its SamplingParams reads them.
  */
 export interface AnswerControls {
   /** min_tokens: no end-of-sequence or stop token, nor stop string, before this many tokens. */
@@ -82,6 +82,8 @@ export interface AnswerControls {
   allowedTokenIds?: number[];
   /** bad_words: words the answer never holds (as their tokens, with and without a leading space). */
   badWords?: string[];
+  /** truncate_prompt_tokens: only the prompt's last this many tokens are read (-1: as many as the context holds). */
+  truncatePromptTokens?: number;
 }
 
 /** Each control's name in vLLM's API (in errors). */
@@ -92,6 +94,7 @@ export const ANSWER_CONTROL_PARAMS: Record<keyof AnswerControls, string> = {
   skipSpecialTokens: "skip_special_tokens",
   allowedTokenIds: "allowed_token_ids",
   badWords: "bad_words",
+  truncatePromptTokens: "truncate_prompt_tokens",
 };
 
 export interface GenerationSpec {
@@ -165,16 +168,20 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const modelPrompt = spec.prefixIds?.length ? { system: given?.system } : given;
   const prompt = withModelPrompt(spec.prompt, modelPrompt, lm.tokenizer);
   const thinking = settleThinking(lm.tokenizer, prompt, spec.thinking, shaped);
-  const promptIds = withPrefix(
-    spec.prefixIds ?? [],
-    await runStepsAsync(tokenize(lm.tokenizer, prompt, template, offered, thinking?.templateVars)),
-    lm.tokenizer,
+  const { tokens: context, whose } = contextLimit(lm, spec.contextBound);
+  const promptIds = truncatedPrompt(
+    withPrefix(
+      spec.prefixIds ?? [],
+      await runStepsAsync(tokenize(lm.tokenizer, prompt, template, offered, thinking?.templateVars)),
+      lm.tokenizer,
+    ),
+    spec.controls?.truncatePromptTokens,
+    context,
   );
   if (promptIds.length === 0) throw new InvalidParameterError("the prompt is empty", "prompt");
   const badId = promptIds.find((id) => !(id >= 0 && id < vocab));
   if (badId !== undefined)
     throw new InvalidParameterError(`token id ${badId} is outside the model's vocabulary (${vocab})`, "prompt");
-  const { tokens: context, whose } = contextLimit(lm, spec.contextBound);
   // A rotating cache (--max-kv-size) holds a bounded part of any length: only max_tokens limits.
   const rotating = lm.maxKvSize !== undefined;
   if (!rotating && promptIds.length >= context) {
@@ -316,6 +323,21 @@ export function withModelPrompt(
   // Turns before the prompt need the chat template; without one the text goes as it is (with the system before it).
   if (messages.length === 0 || !tokenizer.chatTemplate) return { ...prompt, system };
   return { kind: "chat", messages: [...systemTurn(system), ...messages, { role: "user", content: prompt.text }] };
+}
+
+/**
+ * vLLM's truncate_prompt_tokens: the prompt's last `keep` tokens (-1: as many as the `context`
+ * holds), the start of a long conversation dropped rather than the request refused.
+ */
+function truncatedPrompt(promptIds: number[], keep: number | undefined, context: number): number[] {
+  if (keep === undefined) return promptIds;
+  if (keep > context)
+    throw new InvalidParameterError(
+      `truncate_prompt_tokens is ${keep}, more than the context of ${context} tokens (-1 keeps as many as it holds)`,
+      "truncate_prompt_tokens",
+    );
+  const kept = keep === -1 ? context : keep;
+  return promptIds.length > kept ? promptIds.slice(-kept) : promptIds;
 }
 
 /**
