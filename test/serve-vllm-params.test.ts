@@ -276,3 +276,96 @@ describe("vLLM's truncate_prompt_tokens", () => {
     }
   });
 });
+
+describe("vLLM's guided decoding (guided_json, guided_regex, guided_choice, guided_grammar, structured_outputs)", () => {
+  const schema = {
+    type: "object",
+    properties: { colour: { enum: ["red", "green"] }, n: { type: "integer", minimum: 0, maximum: 9 } },
+    required: ["colour", "n"],
+  };
+  const grammar = 'root ::= "hello " ("world" | "there") "!"';
+  const shapes: [string, Extra, (text: string) => boolean][] = [
+    ["guided_choice", { guided_choice: ["alpha", "beta", "gamma"] }, (t) => ["alpha", "beta", "gamma"].includes(t)],
+    ["guided_regex", { guided_regex: "(yes|no) [0-9]{2}" }, (t) => /^(yes|no) [0-9]{2}$/.test(t)],
+    ["guided_grammar", { guided_grammar: grammar }, (t) => /^hello (world|there)!$/.test(t)],
+    ["guided_json", { guided_json: schema }, (t) => ["red", "green"].includes(JSON.parse(t).colour)],
+    ["guided_json as text", { guided_json: JSON.stringify(schema) }, (t) => Object.keys(JSON.parse(t)).length === 2],
+    [
+      "structured_outputs.choice",
+      { structured_outputs: { choice: ["left", "right"] } },
+      (t) => /^(left|right)$/.test(t),
+    ],
+    ["structured_outputs.regex", { structured_outputs: { regex: "[a-c]{4}" } }, (t) => /^[a-c]{4}$/.test(t)],
+    ["structured_outputs.grammar", { structured_outputs: { grammar } }, (t) => /^hello (world|there)!$/.test(t)],
+    ["structured_outputs.json", { structured_outputs: { json: schema } }, (t) => Number.isInteger(JSON.parse(t).n)],
+    [
+      "structured_outputs.json_object",
+      { structured_outputs: { json_object: true } },
+      (t) => typeof JSON.parse(t) === "object",
+    ],
+  ];
+
+  for (const [name, extra, valid] of shapes)
+    test(`${name}: the answer has its shape, streamed and whole`, async () => {
+      const r = await bothWays(extra, { maxTokens: 60 });
+      // Any object may run past max_tokens: the budget then closes it early, still valid.
+      if (!name.endsWith("json_object")) expect(r.finish).toBe("stop");
+      expect(valid(r.text)).toBe(true);
+    });
+
+  test("in a batch, each request gets its own shape, and a plain request's greedy answer is the one it gets alone", async () => {
+    const plain = await complete({});
+    const alone = [];
+    for (const [, extra] of shapes) alone.push(await complete(extra, { maxTokens: 60 }));
+    const batched = await Promise.all([
+      complete({}),
+      ...shapes.map(([, extra], i) => complete(extra, { maxTokens: 60, stream: i % 2 === 0 })),
+      complete({}, { stream: true }),
+    ]);
+    expect(batched).toEqual([plain, ...alone, plain]);
+  });
+
+  test("chat completions take them", async () => {
+    const r = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "Pick one" }],
+      max_tokens: 20,
+      temperature: 0,
+      guided_choice: ["one", "two"],
+    } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    expect(["one", "two"]).toContain(r.choices[0]!.message.content!);
+  });
+
+  test("conflicting or bad ones are a 400 naming the field", async () => {
+    const bad: [Extra, string][] = [
+      [{ guided_json: schema, response_format: { type: "json_object" } }, "guided_json"],
+      [{ structured_outputs: { regex: "a+" }, response_format: { type: "json_object" } }, "structured_outputs"],
+      [{ guided_json: schema, guided_regex: "a+" }, "guided_regex"],
+      [{ guided_choice: ["a"], structured_outputs: { regex: "a+" } }, "structured_outputs.regex"],
+      [{ structured_outputs: { choice: ["a"], grammar } }, "structured_outputs.grammar"],
+      [{ structured_outputs: { structural_tag: "{}" } }, "structured_outputs.structural_tag"],
+      [{ guided_choice: [] }, "guided_choice"],
+      [{ guided_choice: ["a", 1] }, "guided_choice.1"],
+      [{ guided_regex: "(unclosed" }, "guided_regex"],
+      [{ guided_grammar: "root ::= missing_rule" }, "guided_grammar"],
+      [{ guided_json: "{not json" }, "guided_json"],
+      [{ guided_json: [1] }, "guided_json"],
+      [{ guided_decoding_backend: "xgrammar" }, "guided_decoding_backend"],
+    ];
+    for (const [extra, param] of bad) {
+      const r = await post(`${server.url}/v1/completions`, { model, prompt: "Hi", max_tokens: 10, ...extra });
+      expect({ status: r.status, param: r.json.error?.param }).toEqual({ status: 400, param });
+    }
+    const required = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages: [{ role: "user", content: "Hi" }],
+      tools: [{ type: "function", function: { name: "f", parameters: { type: "object" } } }],
+      tool_choice: "required",
+      guided_choice: ["a", "b"],
+    });
+    expect({ status: required.status, param: required.json.error?.param }).toEqual({
+      status: 400,
+      param: "guided_choice",
+    });
+  });
+});

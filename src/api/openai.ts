@@ -3,6 +3,7 @@
 import { createHash } from "node:crypto";
 import type { ConversationMessage } from "../engine/tools";
 import { THINKING_SWITCHES } from "../engine/reasoning";
+import type { TextPattern } from "../engine/grammar";
 import type { AnswerControls } from "../engine/request";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
 import { REASONING_EFFORTS, TEXT_PARTS_SEPARATOR, WHOLE_CONTEXT } from "./common";
@@ -79,6 +80,12 @@ const COMMON_FIELDS = [
   "allowed_token_ids",
   "bad_words",
   "truncate_prompt_tokens",
+  // vLLM's guided decoding, and its newer form of it.
+  "guided_json",
+  "guided_regex",
+  "guided_choice",
+  "guided_grammar",
+  "structured_outputs",
 ];
 const CHAT_FIELDS = [
   ...COMMON_FIELDS,
@@ -138,7 +145,13 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
     logitBias: logitBias(f),
   };
   const stop = f.stop("stop");
+  const guided = guidedDecoding(f);
   const format = responseFormat(f);
+  if (guided && format)
+    throw new ValidationError(
+      `'${guided.param.split(".")[0]}' cannot be combined with 'response_format': each asks for the answer's shape`,
+      guided.param.split(".")[0],
+    );
   if (f.has("functions")) throw unsupported("functions", "'functions' (use 'tools')");
   // mlx_lm.server's adapter per request: here an adapter is a model name of its own.
   if (f.has("adapters"))
@@ -155,14 +168,14 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
     model: f.string("model", { nonEmpty: true }),
     n,
     ignoreEos,
-    controls: answerControls(f, maxTokens),
+    controls: { ...answerControls(f, maxTokens), ...(guided && "pattern" in guided && { pattern: guided }) },
     stream,
     includeUsage,
     maxTokens,
     maxTokensParam: newer === undefined ? "max_tokens" : "max_completion_tokens",
     sampling,
     stop,
-    format,
+    format: format ?? (guided && "format" in guided ? guided : undefined),
   };
 }
 
@@ -184,6 +197,67 @@ function answerControls(f: Fields, maxTokens: number | undefined): AnswerControl
     badWords: badWords(f),
     truncatePromptTokens: truncatePromptTokens(f),
   };
+}
+
+/**
+ * vLLM's guided decoding: guided_json (a JSON Schema, as an object or its text), guided_regex,
+ * guided_choice (a list of strings), guided_grammar (EBNF in xgrammar's GBNF form), or the same
+ * under structured_outputs ({json, regex, choice, grammar, json_object}), its newer name. One
+ * shape at most: JSON goes to the structured output response_format asks for, the others to a
+ * pattern the answer must match. vLLM's guided_json is strict, as xgrammar's schemas are.
+ */
+function guidedDecoding(f: Fields): FormatInput | { pattern: TextPattern; param: string } | undefined {
+  const legacy = ["guided_json", "guided_regex", "guided_choice", "guided_grammar"].filter((field) => f.has(field));
+  const newer = f.object("structured_outputs");
+  newer?.onlyKnown(["json", "regex", "choice", "grammar", "json_object"]);
+  // json_object false asks for nothing.
+  const newerFields = ["json", "regex", "choice", "grammar"].filter((field) => newer?.has(field));
+  if (newer?.boolean("json_object")) newerFields.push("json_object");
+  const asked = [...legacy.map((field) => ({ at: f, field })), ...newerFields.map((field) => ({ at: newer!, field }))];
+  if (asked.length === 0) return undefined;
+  if (asked.length > 1)
+    throw new ValidationError(
+      `only one kind of guided decoding may be asked for, got ${asked.map(({ at, field }) => `'${at.name(field)}'`).join(" and ")}`,
+      asked[1]!.at.name(asked[1]!.field),
+    );
+  const { at, field } = asked[0]!;
+  const param = at.name(field);
+  switch (field.replace(/^guided_/, "")) {
+    case "json":
+      return { format: { schema: guidedSchema(at, field), strict: true }, param };
+    case "json_object":
+      return { format: "json", param };
+    case "regex":
+      return { pattern: { regex: at.string(field, { nonEmpty: true })! }, param };
+    case "grammar":
+      return { pattern: { grammar: at.string(field, { nonEmpty: true })! }, param };
+    default: {
+      const choices = at.array(field, { nonEmpty: true })!;
+      choices.forEach((choice, i) => {
+        if (typeof choice !== "string" || choice.length === 0)
+          throw new ValidationError(
+            `'${param}.${i}' must be a non-empty string, got ${JSON.stringify(choice)}`,
+            `${param}.${i}`,
+          );
+      });
+      return { pattern: { choice: choices as string[] }, param };
+    }
+  }
+}
+
+/** guided_json's schema: a JSON Schema object, or its text (as vLLM takes either). */
+function guidedSchema(at: Fields, field: string): object {
+  const value = at.raw(field);
+  let schema = value;
+  if (typeof value === "string")
+    try {
+      schema = JSON.parse(value);
+    } catch (error) {
+      at.fail(field, `is not a JSON Schema: its text is not valid JSON (${(error as Error).message})`);
+    }
+  if (schema === null || typeof schema !== "object" || Array.isArray(schema))
+    at.fail(field, "must be a JSON Schema (an object, or its text)");
+  return schema as object;
 }
 
 /** vLLM's truncate_prompt_tokens: a count of tokens (>= 1), or -1 for as many as the context holds. */
@@ -342,11 +416,10 @@ export function parseChatRequest(body: unknown): OpenAIRequest {
   });
   const common = commonFields(f);
   const tools = toolRequest(f, { withChoice: true });
-  if (tools && tools.choice !== "auto" && tools.choice !== "none" && common.format) {
-    throw new ValidationError(
-      "'response_format' cannot be combined with a 'tool_choice' that requires a call",
-      "response_format",
-    );
+  // The answer's shape: response_format's, or guided decoding's (named by its top-level field).
+  const shapedBy = (common.format?.param ?? common.controls.pattern?.param)?.split(".")[0];
+  if (tools && tools.choice !== "auto" && tools.choice !== "none" && shapedBy) {
+    throw new ValidationError(`'${shapedBy}' cannot be combined with a 'tool_choice' that requires a call`, shapedBy);
   }
   const logprobs = f.boolean("logprobs") ?? false;
   const topLogprobs = f.integer("top_logprobs", { min: 0, max: 20 }) ?? 0;

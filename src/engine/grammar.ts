@@ -1429,6 +1429,27 @@ export async function createJsonConstraint(
   return createGrammarConstraint(tokenizer, jsonGrammar(format), steering);
 }
 
+/**
+ * Text of a shape other than JSON, as vLLM's guided decoding asks for it: the whole answer
+ * matching a regular expression, one of a list of strings, or a grammar in xgrammar's EBNF (the
+ * GBNF form: rules `name ::= ...`, the first named root).
+ */
+export type TextPattern = { regex: string } | { choice: string[] } | { grammar: string };
+
+/** A constraint for one sequence on `tokenizer`'s model whose answer is `pattern` (a SchemaError when xgrammar refuses it). */
+export function createPatternConstraint(tokenizer: Tokenizer, pattern: TextPattern): Promise<GrammarConstraint> {
+  return createGrammarConstraint(tokenizer, patternGrammar(pattern));
+}
+
+function patternGrammar(pattern: TextPattern): GrammarSource {
+  if ("grammar" in pattern) return { key: `grammar:${pattern.grammar}`, ebnf: async () => pattern.grammar };
+  const format: XG.StructuralTagFormat =
+    "regex" in pattern
+      ? { type: "regex", pattern: pattern.regex }
+      : { type: "or", elements: pattern.choice.map((value) => ({ type: "const_string", value })) };
+  return { key: `pattern:${canonicalJson(format)}`, structuralTag: async () => ({ type: "structural_tag", format }) };
+}
+
 /** A constraint for one sequence on `tokenizer`'s model that follows any grammar (and the budget, given `steering`). */
 export async function createGrammarConstraint(
   tokenizer: Tokenizer,

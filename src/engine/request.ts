@@ -7,7 +7,14 @@ import { BudgetError } from "./budget/steering";
 import type { LoadedModel } from "../models/load";
 import { TemplateParseError, TemplateRaisedError, TemplateTypeError } from "../tokenizer/python-jinja";
 import type { Tokenizer } from "../tokenizer/tokenizer";
-import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFormat } from "./grammar";
+import {
+  createJsonConstraint,
+  createPatternConstraint,
+  SchemaError,
+  type GrammarConstraint,
+  type JsonFormat,
+  type TextPattern,
+} from "./grammar";
 import { chatText, promptText } from "./prompt";
 import { runStepsAsync, type Steps } from "../event-loop";
 import {
@@ -84,10 +91,12 @@ export interface AnswerControls {
   badWords?: string[];
   /** truncate_prompt_tokens: only the prompt's last this many tokens are read (-1: as many as the context holds). */
   truncatePromptTokens?: number;
+  /** guided_regex, guided_choice, guided_grammar (or structured_outputs'): the answer's shape, and the field that asked. */
+  pattern?: { pattern: TextPattern; param: string };
 }
 
 /** Each control's name in vLLM's API (in errors). */
-export const ANSWER_CONTROL_PARAMS: Record<keyof AnswerControls, string> = {
+export const ANSWER_CONTROL_PARAMS: Record<Exclude<keyof AnswerControls, "pattern">, string> = {
   minTokens: "min_tokens",
   stopTokenIds: "stop_token_ids",
   includeStop: "include_stop_str_in_output",
@@ -162,7 +171,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const template = toolTemplate(lm.tokenizer.chatTemplateFor(offered));
   // A format that types arguments by the functions' schemas reads them from the offered ones.
   const toolFormat = offered && (template.format.withTools?.(offered) ?? template.format);
-  const shaped = shapedAnswer(spec.format !== undefined, spec.tools);
+  const shaped = shapedAnswer(spec.format !== undefined || spec.controls?.pattern !== undefined, spec.tools);
   // An earlier exchange's ids (Ollama's context) already hold the alias's messages, as Ollama leaves them out then.
   const given = spec.modelPrompt ?? lm.prompt;
   const modelPrompt = spec.prefixIds?.length ? { system: given?.system } : given;
@@ -597,6 +606,8 @@ async function grammarConstraint(
     );
   if (format)
     return withSchemaErrors(format.param, () => createJsonConstraint(lm.tokenizer, format.format, { maxTokens }));
+  const pattern = spec.controls?.pattern;
+  if (pattern) return withSchemaErrors(pattern.param, () => createPatternConstraint(lm.tokenizer, pattern.pattern));
   // Harmony's calls are messages of their own, headed by special tokens a grammar's free text
   // does not take: calls the model may make are read, not shaped.
   if (tools && toolFormat.name !== "harmony")

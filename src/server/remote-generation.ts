@@ -48,7 +48,10 @@ export async function startRemoteGeneration(
   // They act on the model's tokens, which a provider's API does not let through.
   const control = Object.entries(input.controls ?? {}).find(([, value]) => value !== undefined);
   if (control) {
-    const param = ANSWER_CONTROL_PARAMS[control[0] as keyof typeof ANSWER_CONTROL_PARAMS];
+    const param =
+      control[0] === "pattern"
+        ? input.controls!.pattern!.param
+        : ANSWER_CONTROL_PARAMS[control[0] as keyof typeof ANSWER_CONTROL_PARAMS];
     throw new UnsupportedError(`model '${name}' is remote: '${param}' cannot be sent to it`, param);
   }
   if (input.contextBound)
