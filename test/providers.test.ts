@@ -751,6 +751,30 @@ test("ignore_eos reaches an OpenAI-compatible provider; an Anthropic one, which 
   });
 });
 
+test("vLLM's token-level parameters are refused for a remote model, whose API does not carry tokens", async () => {
+  const ask = (extra: Record<string, unknown>) =>
+    post(`${proxy.url}/v1/chat/completions`, {
+      model: "rscripted",
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 6,
+      ...extra,
+    });
+  for (const [extra, param] of [
+    [{ min_tokens: 2 }, "min_tokens"],
+    [{ stop_token_ids: [2] }, "stop_token_ids"],
+    [{ bad_words: ["no"] }, "bad_words"],
+    [{ guided_choice: ["a", "b"] }, "guided_choice"],
+    [{ structured_outputs: { regex: "a+" } }, "structured_outputs.regex"],
+  ] as const) {
+    const refused = await ask(extra);
+    expect(refused.status).toBe(400);
+    expect(refused.json.error).toMatchObject({
+      param,
+      message: `model 'rscripted' is remote: '${param}' cannot be sent to it`,
+    });
+  }
+});
+
 describe("the command line", () => {
   test("mlx run and chat refuse a flag for a model loaded here (a KV cache, an adapter, drafting), which was ignored", async () => {
     const cli = cliRunner(home);
