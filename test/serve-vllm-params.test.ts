@@ -95,6 +95,30 @@ describe("vLLM's stop parameters (min_tokens, stop_token_ids, include_stop_str_i
     expect(held.text).not.toContain("a");
   });
 
+  test("the stop token that ended a choice is its stop_reason, as vLLM reports it, streamed and whole", async () => {
+    const body = {
+      model,
+      prompt: "Hi",
+      max_tokens: 6,
+      temperature: 0,
+      ...bias(ids.a!),
+      stop_token_ids: [ids.b, ids.a],
+    };
+    const whole = await post(`${server.url}/v1/completions`, body);
+    expect(whole.json.choices[0]).toMatchObject({ finish_reason: "stop", stop_reason: ids.a });
+    const streamed = await fetch(`${server.url}/v1/completions`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ ...body, stream: true }),
+    });
+    const last = (await streamed.text())
+      .split("\n")
+      .filter((line) => line.startsWith("data: {"))
+      .map((line) => JSON.parse(line.slice(6)))
+      .findLast((chunk) => chunk.choices?.[0]?.finish_reason);
+    expect(last.choices[0]).toMatchObject({ finish_reason: "stop", stop_reason: ids.a });
+  });
+
   test("stop strings count from min_tokens on; include_stop_str_in_output shows the one that ended it", async () => {
     expect(await bothWays({ ...bias(ids.a!), stop: ["a"] })).toEqual({ text: "", finish: "stop", tokens: 1 });
     expect(await bothWays({ ...bias(ids.a!), stop: ["a"], include_stop_str_in_output: true })).toEqual({

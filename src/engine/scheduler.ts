@@ -68,8 +68,18 @@ export type GenerationEvent =
    * a thinking model's reasoning comes apart from its answer (`text`).
    */
   | { type: "text"; text: string; reasoning?: string; tokens: TokenLogprob[]; top?: TokenLogprob[][] }
-  /** `stopSequence`: the stop string that ended the answer (Anthropic reports which). */
-  | { type: "done"; finishReason: FinishReason; usage: GenerationUsage; tokenIds: number[]; stopSequence?: string }
+  /**
+   * `stopSequence`: the stop string that ended the answer (Anthropic reports which); `stopToken`:
+   * the stop token (of the request's stopTokenIds) that did (vLLM reports it as its stop_reason).
+   */
+  | {
+      type: "done";
+      finishReason: FinishReason;
+      usage: GenerationUsage;
+      tokenIds: number[];
+      stopSequence?: string;
+      stopToken?: number;
+    }
   | { type: "error"; error: Error };
 
 export interface GenerationUsage {
@@ -167,6 +177,8 @@ interface Running {
   drafted: number;
   accepted: number;
   finished: boolean;
+  /** The stop token that ended it, if one did. */
+  stopToken?: number;
 }
 
 export class Scheduler {
@@ -368,6 +380,7 @@ export class Scheduler {
     // A stop token ends the answer as an end token does; its text is the answer's only where
     // include_stop_str_in_output asks for it (as vLLM's detokenizer drops it otherwise).
     const stopToken = s.request.stopTokenIds?.has(event.token) ?? false;
+    if (stopToken) s.stopToken = event.token;
     if (stopToken && !s.request.includeStop) return this.#finish(event.id, "stop");
     s.tokenIds.push(event.token);
     if (s.reasoning?.inside) s.reasoningTokens++;
@@ -425,6 +438,7 @@ export class Scheduler {
       },
       tokenIds: s.tokenIds,
       stopSequence: s.stops.matched,
+      stopToken: s.stopToken,
     });
     s.channel.close();
   }

@@ -218,11 +218,17 @@ function completionLogprobs(
   return out;
 }
 
-/** OpenAI's finish_reason, and vLLM's stop_reason: the stop string that ended the answer, where one did. */
-const finish = (done: { finishReason: string; stopSequence?: string }, calls = 0) => ({
-  finish_reason: done.finishReason === "length" ? "length" : calls > 0 ? "tool_calls" : "stop",
-  ...(done.stopSequence !== undefined && calls === 0 ? { stop_reason: done.stopSequence } : {}),
-});
+/**
+ * OpenAI's finish_reason, and vLLM's stop_reason: the stop string that ended the answer, or the
+ * stop token (of stop_token_ids), where one did.
+ */
+const finish = (done: { finishReason: string; stopSequence?: string; stopToken?: number }, calls = 0) => {
+  const stopReason = done.stopSequence ?? done.stopToken;
+  return {
+    finish_reason: done.finishReason === "length" ? "length" : calls > 0 ? "tool_calls" : "stop",
+    ...(stopReason !== undefined && calls === 0 ? { stop_reason: stopReason } : {}),
+  };
+};
 
 /** Calls as OpenAI writes them: arguments as JSON text; `index` places them in a stream. */
 const openaiToolCalls = (calls: ToolCall[], withIndex: boolean) =>
