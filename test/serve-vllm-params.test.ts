@@ -360,6 +360,20 @@ describe("vLLM's guided decoding (guided_json, guided_regex, guided_choice, guid
     expect(["one", "two"]).toContain(r.choices[0]!.message.content!);
   });
 
+  test("beside the token controls, the grammar's shape wins where they leave it nothing, and the batch goes on", async () => {
+    // A complete choice allows only the end, which min_tokens holds back; a grammar allowing only
+    // tokens allowed_token_ids or bad_words forbid. Each drew a token the grammar refused, which
+    // failed every request of the batch (a 500).
+    const plain = complete({});
+    const [held, allowed, banned] = await Promise.all([
+      complete({ guided_choice: ["alpha"], min_tokens: 5 }, { stream: true }),
+      complete({ guided_choice: ["alpha"], allowed_token_ids: [ids.a, ids.b] }),
+      complete({ guided_choice: ["alpha"], bad_words: ["alpha"] }),
+    ]);
+    for (const r of [held, allowed, banned]) expect(r).toMatchObject({ text: "alpha", finish: "stop" });
+    expect(await plain).toEqual(await complete({}));
+  });
+
   test("conflicting or bad ones are a 400 naming the field", async () => {
     const bad: [Extra, string][] = [
       [{ guided_json: schema, response_format: { type: "json_object" } }, "guided_json"],

@@ -249,21 +249,24 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       : constraint.processor);
   const controls = spec.controls ?? {};
   const stopTokenIds = checkedTokenIds(controls.stopTokenIds, vocab, "stop_token_ids");
-  // Before the grammar's mask: a grammar that allows only the end then allows nothing, and the
-  // answer goes on, as under vLLM, rather than end short of min_tokens.
   // (Under ignore_eos the end tokens end nothing: only the stop tokens are held back.)
   const ends = [...(spec.ignoreEos ? [] : lm.tokenizer.eosTokenIds), ...(stopTokenIds ?? [])];
-  const minTokens = controls.minTokens ? [minTokensProcessor(ends, controls.minTokens, promptIds.length)] : [];
   const allowed = checkedTokenIds(controls.allowedTokenIds, vocab, "allowed_token_ids");
-  const processors = logitsProcessors(spec.sampling, promptIds.length, [
-    ...minTokens,
+  // After the grammar's mask, and each only narrowing what it leaves where that leaves a token:
+  // the grammar's shape wins (a complete answer, which allows only the end, ends short of
+  // min_tokens), where a step with no token left drew one the grammar refuses, which failed the batch.
+  const tokenControls = [
     ...(allowed ? [allowedTokensProcessor(allowed)] : []),
     ...(controls.badWords?.length
       ? [badWordsProcessor(badWordTokens(lm.tokenizer, controls.badWords), promptIds.length)]
       : []),
+    ...(controls.minTokens ? [minTokensProcessor(ends, controls.minTokens, promptIds.length)] : []),
+  ];
+  const processors = logitsProcessors(spec.sampling, promptIds.length, [
     ...(spec.processors ?? []),
     ...budget,
     ...(grammar ? [startingAt(promptIds.length + forced, grammar)] : []),
+    ...tokenControls,
   ]);
   return {
     request: {

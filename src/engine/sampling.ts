@@ -156,7 +156,8 @@ export function logitsProcessors(
 
 /**
  * vLLM's min_tokens: the tokens that would end the answer (`ends`: its end-of-sequence and stop
- * tokens) are not drawn while it holds fewer than `minTokens` tokens after the `promptLength` ones.
+ * tokens) are not drawn while it holds fewer than `minTokens` tokens after the `promptLength` ones,
+ * unless nothing else may be (as these token controls all: see unlessNothingLeft).
  */
 export function minTokensProcessor(ends: readonly number[], minTokens: number, promptLength: number): LogitsProcessor {
   return takingPending((history, logits, pending) => {
@@ -170,7 +171,10 @@ export function allowedTokensProcessor(allowed: readonly number[]): LogitsProces
   return takingPending((_history, logits) => {
     const mask = new Uint8Array(logits.shape.at(-1)!);
     for (const id of allowed) mask[id] = 1;
-    return mx.where(mx.array(mask, [1, mask.length], mx.Dtype.bool), logits, negativeInfinity(logits));
+    return unlessNothingLeft(
+      logits,
+      mx.where(mx.array(mask, [1, mask.length], mx.Dtype.bool), logits, negativeInfinity(logits)),
+    );
   });
 }
 
@@ -195,10 +199,22 @@ export function badWordsProcessor(words: readonly (readonly number[])[], promptL
   };
 }
 
-/** logits [1, vocab] with the tokens `ids` made impossible (-Infinity). */
+/** logits [1, vocab] with the tokens `ids` made impossible (-Infinity), unless no token would be left. */
 function maskAt(logits: MxArray, ids: readonly number[]): MxArray {
   const index = mx.array(Int32Array.from(ids), [1, ids.length]);
-  return mx.putAlongAxis(logits, index, mx.broadcastTo(negativeInfinity(logits), index.shape), -1);
+  return unlessNothingLeft(
+    logits,
+    mx.putAlongAxis(logits, index, mx.broadcastTo(negativeInfinity(logits), index.shape), -1),
+  );
+}
+
+/**
+ * `masked`, a narrowing of `logits` [1, vocab], where it leaves some token possible; else
+ * `logits`: an earlier mask (a grammar's) allowed only tokens this one forbids, and a draw from
+ * nothing would take a token both refuse. Chosen lazily, with no wait for the host.
+ */
+function unlessNothingLeft(logits: MxArray, masked: MxArray): MxArray {
+  return mx.where(mx.greater(mx.max(masked, -1, true), negativeInfinity(logits)), masked, logits);
 }
 
 /** logits [1, vocab] with `values` ([ids' length], host or lazy) added at the positions `index` [1, n]. */
