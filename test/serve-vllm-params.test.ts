@@ -131,6 +131,12 @@ describe("vLLM's stop parameters (min_tokens, stop_token_ids, include_stop_str_i
       finish: "stop",
       tokens: 4,
     });
+    // A stop string the first token past min_tokens completes counts, begun before it or not (as vLLM's).
+    expect(await bothWays({ ...bias(ids.a!), stop: ["aa"], min_tokens: 3 })).toEqual({
+      text: "aa",
+      finish: "stop",
+      tokens: 4,
+    });
   });
 
   test("skip_special_tokens drops a special token's text", async () => {

@@ -50,16 +50,16 @@ export class StopMatcher {
 
   /**
    * Adds generated text; returns what may be shown now and whether a stop string was hit.
-   * `matching` false (an answer still short of min_tokens) shows it all, looking for no stop string.
+   * `matching` false (an answer still short of min_tokens) looks for no stop string, but still
+   * holds back a tail that may begin one: as vLLM's, a stop string the next text completes counts.
    */
   push(text: string, matching = true): { text: string; stopped: boolean } {
     // Text after a stop string is never shown: not the rest of its token, nor the end of an
     // unfinished character the detokenizer flushes once the answer ends.
     if (this.matched !== undefined) return { text: "", stopped: true };
-    if (!matching) return { text: this.flush() + text, stopped: false };
     this.#pending += text;
     let cut = -1;
-    for (const stop of this.#stops) {
+    for (const stop of matching ? this.#stops : []) {
       const at = indexOfWhole(this.#pending, stop);
       if (at >= 0 && (cut < 0 || at < cut)) {
         cut = at;
