@@ -24,7 +24,7 @@ import {
   streamTogether,
   writeLoopbackRing,
 } from "./helpers/launch";
-import { eventually, serve } from "./helpers/serve";
+import { eventually, serve, startServe } from "./helpers/serve";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
 import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
 
@@ -501,6 +501,57 @@ describe("mlx launch -- serve", () => {
     expect(expected[1]).not.toBe(expected[0]);
     const server = await launchServe(3, ["--adapter", `tuned=${adapter}`]);
     expect(await completeTogether(server, requests)).toEqual(expected);
+  }, 120_000);
+
+  test("an adapter under speculation: a split model gives one process's log-probabilities", async () => {
+    const { hidden, heads, headDim, intermediate } = tinyDims;
+    const adapter = join(dir, "adapter-speculated");
+    writeRandomAdapter(adapter, {
+      layers: lastLayers(5, 3, {
+        "self_attn.q_proj": [hidden, heads * headDim],
+        "mlp.down_proj": [intermediate, hidden],
+      }),
+      seed: 2,
+      strength: 0.5,
+    });
+    // Prompt lookup drafts from the prompt's repeats: its verifying steps adapt several positions
+    // at once, which every rank must compute each on its own, as rank 0 does (Flag.apart).
+    const request = {
+      model: "tuned",
+      prompt: "one two three four one two three four one two three four one two",
+      max_tokens: 16,
+      temperature: 0,
+      logprobs: 1,
+    };
+    const flags = ["--adapter", `tuned=${adapter}`, "--prompt-lookup"];
+    const answer = async (url: string) => {
+      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      const choice = (await client.completions.create(request)).choices[0]!;
+      const stats = await (await fetch(`${url}/stats`)).text();
+      return {
+        text: choice.text,
+        logprobs: choice.logprobs!.token_logprobs,
+        drafted: /"accepted_tokens":[1-9]/.test(stats),
+      };
+    };
+    const one = await startServe(tiny, flags);
+    let expected: Awaited<ReturnType<typeof answer>>;
+    try {
+      expected = await answer(one.url);
+    } finally {
+      one.proc.kill();
+      await one.proc.exited;
+    }
+    expect(expected.drafted).toBe(true);
+    // (Tensor parallel sums each layer's partial products across the ranks: its log-probabilities
+    // are one process's only to rounding, with or without an adapter.)
+    const server = await launchServe(2, [...flags, "--layers", "0-2,3-4"]);
+    try {
+      expect(await answer(server.url)).toEqual(expected);
+    } finally {
+      server.proc.kill();
+      await server.proc.exited;
+    }
   }, 120_000);
 
   test("an adapter whose share does not fit a later rank's layers is refused for its requests; the split server goes on", async () => {

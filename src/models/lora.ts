@@ -160,6 +160,11 @@ export class LoraLayers {
     return this.#rows?.map((a) => a?.id ?? 0);
   }
 
+  /** Whether the running forward pass adapts its positions each on its own (run's positionsApart). */
+  get positionsApart(): boolean {
+    return this.#selection?.kind === "rows" && this.#selection.positionsApart;
+  }
+
   /** `project`, with the selected adapters' update of layer `prefix` added. */
   wrap(prefix: string, project: (x: MxArray) => MxArray): (x: MxArray) => MxArray {
     return (x) => this.apply(prefix, x, project(x));

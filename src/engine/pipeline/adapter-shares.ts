@@ -7,6 +7,8 @@ export class AdapterShares {
   readonly #loaded = new Map<number, Adapter>();
   /** The next forward pass's adapter per row, until that pass has run (clear()). */
   selected?: (Adapter | undefined)[];
+  /** Whether the next forward pass adapts its positions each on its own, as rank 0's does. */
+  #positionsApart = false;
 
   constructor(readonly lora: LoraLayers) {}
 
@@ -19,8 +21,9 @@ export class AdapterShares {
     this.#loaded.delete(id);
   }
 
-  select(ids: number[]): void {
+  select(ids: number[], positionsApart: boolean): void {
     this.selected = ids.map((id) => this.#loaded.get(id));
+    this.#positionsApart = positionsApart;
   }
 
   clear(): void {
@@ -29,7 +32,7 @@ export class AdapterShares {
 
   /** `forward` under the selected adapters, if rank 0 named any. */
   run(forward: () => MxArray): MxArray {
-    return this.selected ? this.lora.run(this.selected, forward) : forward();
+    return this.selected ? this.lora.run(this.selected, forward, { positionsApart: this.#positionsApart }) : forward();
   }
 
   freeAll(): void {

@@ -118,8 +118,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     const out =
       decode || whole ? this.local.layers(h, caches, this.stage.start, this.stage.end) : this.#prefillLayers(h, caches);
     const [rows, length, width] = out.shape as [number, number, number];
-    const adapters = this.lora?.selectedIds;
-    if (adapters) this.post({ op: Op.adapters, rows }, () => mx.array(Int32Array.from(adapters)));
+    this.tellAdapters(rows);
     const sent = this.#send(
       {
         op: Op.forward,

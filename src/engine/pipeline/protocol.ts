@@ -71,7 +71,8 @@ export type OpCode = (typeof Op)[keyof typeof Op];
  * pass's (embeddings), comes back to rank 0. A prefill marked `last` (a prompt's last chunk)
  * sends its last position back, after its progress messages: the first token is sampled from it.
  */
-export const Flag = { prefill: 1, decode: 2, whole: 4, last: 8 } as const;
+// apart (with Op.adapters): the next pass's positions are adapted each on its own (LoraLayers.run's positionsApart).
+export const Flag = { prefill: 1, decode: 2, whole: 4, last: 8, apart: 16 } as const;
 
 export interface Header {
   op: OpCode;

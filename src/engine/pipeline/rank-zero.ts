@@ -7,7 +7,7 @@ import type { MxArray } from "../../mlx";
 import type { AttentionCache, KVCache } from "../../models/cache";
 import type { Adapter, AdapterMirror, LoraLayers } from "../../models/lora";
 import type { DecoderModel, RemoteLayers } from "../../models/model";
-import { Op, type Header } from "./protocol";
+import { Flag, Op, type Header } from "./protocol";
 import { RankLostError } from "../../errors";
 
 const { distributed } = mx;
@@ -120,6 +120,14 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   removePrefixFile(file: string): void {
     const text = utf8(JSON.stringify({ file }));
     this.post({ op: Op.removePrefixFile, rows: text.length }, () => mx.array(text));
+  }
+
+  /** Tells the other ranks each of the next forward pass's `rows`' adapter, and how it adapts them, where it uses any. */
+  protected tellAdapters(rows: number): void {
+    const ids = this.lora?.selectedIds;
+    if (!ids) return;
+    const flags = this.lora!.positionsApart ? Flag.apart : 0;
+    this.post({ op: Op.adapters, rows, flags }, () => mx.array(Int32Array.from(ids)));
   }
 
   /** The other ranks load (and unload) their layers' share of every adapter this one does. */

@@ -262,7 +262,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           return false;
         case Op.adapters: {
           const ids = receive([h.rows], mx.Dtype.int32);
-          adapters.select(ids.toArray());
+          adapters.select(ids.toArray(), (h.flags & Flag.apart) !== 0);
           passOn(h, ids);
           return false;
         }

@@ -49,8 +49,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
     const [rows, length, width] = h.shape as [number, number, number];
     const decode = this.isBatch(caches);
     // Each rank adapts its slice of every layer by the rows' adapters.
-    const adapters = this.lora?.selectedIds;
-    if (adapters) this.post({ op: Op.adapters, rows }, () => mx.array(Int32Array.from(adapters)));
+    this.tellAdapters(rows);
     const fields = { op: Op.forward, set: this.id(caches), rows, length, width, dtype: h.dtype };
     const flags = decode ? Flag.decode : this.isWhole(caches) ? Flag.whole : Flag.prefill;
     return this.#step({ ...fields, flags }, h, (hidden) => {
@@ -219,7 +218,7 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
           adapters.free(h.entry);
           break;
         case Op.adapters:
-          adapters.select(receive([h.rows], mx.Dtype.int32).toArray());
+          adapters.select(receive([h.rows], mx.Dtype.int32).toArray(), (h.flags & Flag.apart) !== 0);
           break;
         case Op.extend:
           sets.extend(h.set, h.rows);
