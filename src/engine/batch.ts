@@ -53,6 +53,11 @@ export interface SequenceEvent {
   /** On the first token of a speculative step: tokens drafted, and how many of them the target kept. */
   drafted?: number;
   accepted?: number;
+  /**
+   * Set, in place of a token (`token` is -1), where this sequence alone failed (its logits
+   * processors or its sampler threw): it has left the batch, and the other sequences go on.
+   */
+  error?: Error;
 }
 
 interface Sequence extends SpeculatingSequence {
@@ -66,6 +71,8 @@ interface Sequence extends SpeculatingSequence {
   /** Steps left before it drafts again, and the drafting rounds in a row that gained nothing. */
   pause: number;
   misses: number;
+  /** Why its processors or sampler threw at a step: it leaves the batch when that step is read. */
+  failure?: Error;
 }
 
 /**
@@ -749,11 +756,18 @@ export class BatchGenerator {
       };
     }
     const rows = batch.map((s, b) => {
-      let row = mx.slice(logits, [b, 0], [b + 1, vocab]);
-      for (const process of s.processors) row = process(s.history, row, pending[b]);
-      const logprobs = mx.subtract(row, mx.logsumexp(row, undefined, true));
-      const token = s.sample(logprobs);
-      return { token, chosen: mx.reshape(mx.takeAlongAxis(logprobs, mx.reshape(token, [1, 1]), -1), [1]), logprobs };
+      const raw = mx.slice(logits, [b, 0], [b + 1, vocab]);
+      try {
+        let row = raw;
+        for (const process of s.processors) row = process(s.history, row, pending[b]);
+        return sampledRow(row, s.sample);
+      } catch (error) {
+        // One sequence's failure (a grammar that refuses the token its row drew) is its own: its
+        // row stands in with the unprocessed logits' greedy token, and it leaves the batch when
+        // the step is read, as a removed sequence does, rather than failing every other one.
+        s.failure = error as Error;
+        return sampledRow(raw, (logprobs) => mx.argmax(logprobs, -1));
+      }
     });
     return {
       rows: batch,
@@ -773,8 +787,8 @@ export class BatchGenerator {
       const event = tokenEvent(s, tokens[b]!, chosen[b]!, step.logprobs?.[b]);
       if (!event) return;
       // The step built on top of this one has already put this token in the cache.
-      if (fedBy?.rows.includes(s)) s.history.push(event.token);
-      if (event.finished) finished.push(s);
+      if (fedBy?.rows.includes(s) && !event.error) s.history.push(event.token);
+      if (event.finished || event.error) finished.push(s);
       events.push(event);
     });
     step.tokens.free();
@@ -835,12 +849,14 @@ const freeStep = (step: PendingStep): void => {
   for (const t of [step.tokens, step.chosen, ...(step.logprobs ?? [])]) t.free();
 };
 
-/** A sampled token as its sequence's event; undefined where the sequence was removed meanwhile. */
+/**
+ * A sampled token as its sequence's event; undefined where the sequence was removed meanwhile,
+ * and its failure where its processors or sampler threw (the token only stood in for its row).
+ */
 function tokenEvent(s: Sequence, token: number, logprob: number, row?: MxArray): SequenceEvent | undefined {
-  if (s.done) {
-    row?.free();
-    return undefined;
-  }
+  if (s.done || s.failure) row?.free();
+  if (s.done) return undefined;
+  if (s.failure) return { id: s.id, token: -1, logprob: Number.NaN, error: s.failure };
   const event: SequenceEvent = { id: s.id, token, logprob };
   if (row) {
     if (s.request.keepLogprobs) event.logprobs = row;
@@ -860,7 +876,7 @@ function readFirst(s: Sequence, first: PendingStep): SequenceEvent[] {
   first.chosen.free();
   const event = tokenEvent(s, token!, logprob!, first.logprobs?.[0]);
   if (!event) return [];
-  if (event.finished) s.done = true;
+  if (event.finished || event.error) s.done = true;
   return [event];
 }
 
@@ -890,6 +906,13 @@ const buildsAhead = (group: DecodeGroup): boolean =>
 /** Where a sequence's keys and values go in the prefix cache: the base model's, or its adapter's. */
 const namespace = (s: Sequence): number => s.request.adapter?.id ?? 0;
 
+/** A row's token drawn by `sample` from its (processed) logits [1, vocab], with its log-probabilities. */
+function sampledRow(row: MxArray, sample: (logprobs: MxArray) => MxArray) {
+  const logprobs = mx.subtract(row, mx.logsumexp(row, undefined, true));
+  const token = sample(logprobs);
+  return { token, chosen: mx.reshape(mx.takeAlongAxis(logprobs, mx.reshape(token, [1, 1]), -1), [1]), logprobs };
+}
+
 /** The rows as one array (a batch of one needs no copy). */
 const joined = (rows: MxArray[]): MxArray => (rows.length === 1 ? rows[0]! : mx.concatenate(rows, 0));
 
@@ -916,7 +939,12 @@ export function* generateSteps(
   const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization, ...options });
   try {
     generator.add("0", request);
-    while (!generator.idle) yield generator.step();
+    while (!generator.idle) {
+      const events = generator.step();
+      const failed = events.find((e) => e.error);
+      if (failed) throw failed.error;
+      yield events;
+    }
   } finally {
     generator.dispose();
   }

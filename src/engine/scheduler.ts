@@ -361,7 +361,8 @@ export class Scheduler {
    * last token gets it from a decode step).
    */
   #intervalsEnded(events: SequenceEvent[]): number {
-    return new Set(events.filter((e) => this.#running.get(e.id)?.firstTokenAt !== undefined).map((e) => e.id)).size;
+    const ended = events.filter((e) => !e.error && this.#running.get(e.id)?.firstTokenAt !== undefined);
+    return new Set(ended.map((e) => e.id)).size;
   }
 
   #deliver(event: SequenceEvent): void {
@@ -370,6 +371,7 @@ export class Scheduler {
       event.logprobs?.free();
       return;
     }
+    if (event.error) return this.#fail(event.id, event.error);
     s.firstTokenAt ??= performance.now();
     s.drafted += event.drafted ?? 0;
     s.accepted += event.accepted ?? 0;
@@ -440,6 +442,17 @@ export class Scheduler {
       stopSequence: s.stops.matched,
       stopToken: s.stopToken,
     });
+    s.channel.close();
+  }
+
+  /** Ends one stream with its own failure (its row has left the batch): the others go on. */
+  #fail(id: string, error: Error): void {
+    const s = this.#running.get(id);
+    if (!s || s.finished) return;
+    s.finished = true;
+    this.#running.delete(id);
+    this.#generator.remove(id);
+    s.channel.push({ type: "error", error });
     s.channel.close();
   }
 
