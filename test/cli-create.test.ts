@@ -84,6 +84,68 @@ describe("mlx create", () => {
     expect(await promptTokens(["-m", "mario"])).toBeGreaterThan(withSystem);
   });
 
+  test("a real Modelfile's parameters: several stop lines, num_ctx, num_predict, seed, and /api/chat's no-ops", async () => {
+    const file = modelfile(
+      [
+        "FROM ./tiny",
+        'PARAMETER stop "<|im_start|>"',
+        'PARAMETER stop "<|im_end|>"',
+        "PARAMETER stop ###",
+        "PARAMETER num_ctx 4096",
+        "PARAMETER num_predict 2",
+        "PARAMETER seed -1",
+        "PARAMETER repeat_last_n -1",
+        "PARAMETER presence_penalty 0.5",
+        "PARAMETER num_keep 24",
+        "PARAMETER penalize_newline false",
+        "PARAMETER mirostat 0",
+        "",
+      ].join("\n"),
+    );
+    const r = await mlx(["create", "qwen-like", "-f", file]);
+    expect(r).toMatchObject({ code: 0, stderr: "" });
+    expect(readFileSync(aliasFile(), "utf8")).toContain(
+      [
+        "[models.qwen-like]",
+        `source = ${JSON.stringify(tiny)}`,
+        'stop = [ "<|im_start|>", "<|im_end|>", "###" ]',
+        "num_ctx = 4096",
+        "num_predict = 2",
+        "repeat_last_n = -1",
+        "presence_penalty = 0.5",
+        "",
+      ].join("\n"),
+    );
+    expect((await mlx(["rm", "-y", "qwen-like"])).code).toBe(0);
+  });
+
+  test("mlx run takes the made model's stop strings, num_predict and num_ctx where its flags give none", async () => {
+    const run = async (args: string[]) => {
+      const r = await mlx(["run", ...args, "--temp", "0", "--json", "Hello"]);
+      expect(r).toMatchObject({ code: 0, stderr: "" });
+      return JSON.parse(r.stdout) as { text: string; finish_reason: string; stats: { generated_tokens: number } };
+    };
+    const { text } = await run(["-m", tiny, "--max-tokens", "8"]);
+    const stop = text.slice(-2);
+    const file = modelfile(
+      `FROM ./tiny\nPARAMETER num_predict 3\nPARAMETER num_ctx 40\nPARAMETER stop """${stop}"""\n`,
+    );
+    expect((await mlx(["create", "brief", "-f", file])).code).toBe(0);
+    // num_predict: the answer's length (the stop string comes later); --max-tokens replaces it.
+    const short = await run(["-m", "brief"]);
+    expect(short.stats.generated_tokens).toBe((await run(["-m", tiny, "--max-tokens", "3"])).stats.generated_tokens);
+    expect(short.text).toBe((await run(["-m", tiny, "--max-tokens", "3"])).text);
+    // stop: the answer ends before the stop string; --stop replaces it.
+    const stopped = await run(["-m", "brief", "--max-tokens", "8"]);
+    expect(stopped).toMatchObject({ text: text.slice(0, text.indexOf(stop)), finish_reason: "stop" });
+    expect((await run(["-m", "brief", "--max-tokens", "8", "--stop", "<|never|>"])).text).toBe(text);
+    // num_ctx: a longer prompt is refused, naming it.
+    const long = await mlx(["run", "-m", "brief", "treasure ".repeat(60)]);
+    expect(long.code).not.toBe(0);
+    expect(long.stderr).toContain("num_ctx in models.toml is 40 tokens");
+    expect((await mlx(["rm", "-y", "brief"])).code).toBe(0);
+  });
+
   test("made again, the entry is replaced where it is; the file's other lines stay", async () => {
     writeFileSync(aliasFile(), `# mine\n[models.other]\nsource = "${tiny}"\n\n${readFileSync(aliasFile(), "utf8")}`);
     const r = await mlx(["create", "mario", "-f", modelfile(`FROM ${tiny}\nSYSTEM Be brief.\n`)]);
@@ -127,7 +189,9 @@ describe("mlx create", () => {
     await refused(`FROM ${tiny}\nSYSTEM """never closed\n`, 'Modelfile:2: a """ block that is never closed');
     await refused(`FROM ${tiny}\nMESSAGE system hi\n`, "MESSAGE's role must be user or assistant");
     await refused(`FROM ${tiny}\nPARAMETER temprature 0.5\n`, "unknown parameter 'temprature'");
-    await refused(`FROM ${tiny}\nPARAMETER stop "<|end|>"\n`, "parameter 'stop' is not kept with a model here");
+    await refused(`FROM ${tiny}\nPARAMETER mirostat 2\n`, "parameter 'mirostat' is not supported here");
+    await refused(`FROM ${tiny}\nPARAMETER num_ctx lots\n`, "num_ctx must be a whole number >= 1");
+    await refused(`FROM ${tiny}\nPARAMETER seed 1\nPARAMETER seed 2\n`, "Modelfile:3: PARAMETER seed is given twice");
     await refused(`FROM ${tiny}\nPARAMETER top_k lots\n`, "parameter 'top_k' must be a whole number >= 0");
     await refused(`FROM ./nowhere\n`, "not found");
     const missing = await mlx(["create", "luigi", "-f", join(root, "no-such-Modelfile")]);

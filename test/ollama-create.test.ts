@@ -119,6 +119,89 @@ describe("POST /api/create", () => {
     );
   });
 
+  test("a Modelfile's usual parameters (stop, num_ctx, num_predict, seed, penalties) are the model's defaults", async () => {
+    const answer = (model: string, options: object, messages: object[] = [user]) =>
+      ollama.chat({ model, messages: messages as any, stream: false, options });
+    // The made model's penalties, which a request to the tiny model gives to answer as it does.
+    const penalties = { repeat_last_n: 32, presence_penalty: 0.5, frequency_penalty: 0.25 };
+    const never = "<|never|>";
+    // The tiny model's greedy answer, whose last characters the made model stops at.
+    const text = (await answer("tiny", { temperature: 0, num_predict: 8, ...penalties })).message.content;
+    expect(text.length).toBeGreaterThan(3);
+    const stop = text.slice(-2);
+    await ollama.create({
+      model: "bounded",
+      from: "tiny",
+      parameters: {
+        stop: [stop, never],
+        num_ctx: 64,
+        num_predict: 3,
+        seed: 42,
+        ...penalties,
+        // /api/chat's no-ops and off values: taken, nothing to keep.
+        num_keep: 24,
+        num_thread: 4,
+        use_mmap: true,
+        mirostat: 0,
+        typical_p: 1,
+        tfs_z: 1,
+        mirostat_eta: 0.1,
+      },
+    });
+    const entry = readFileSync(file, "utf8").split("[models.bounded]")[1]!;
+    expect(entry).toContain(`stop = [ ${JSON.stringify(stop)}, "${never}" ]`);
+    expect(entry).toContain("num_ctx = 64");
+    expect(entry).not.toContain("num_keep");
+    const shown = await ollama.show({ model: "bounded" });
+    // As Ollama shows them: a name, spaces, the value (a stop string as Go's %#v quotes it, one line each).
+    const parameters = shown.parameters.split("\n").map((line) => /^(\S+) +(.*)$/.exec(line)!.slice(1));
+    expect(parameters).toEqual(
+      expect.arrayContaining([
+        ["stop", JSON.stringify(stop)],
+        ["stop", `"${never}"`],
+        ["num_ctx", "64"],
+        ["num_predict", "3"],
+        ["seed", "42"],
+        ["repeat_last_n", "32"],
+        ["presence_penalty", "0.5"],
+        ["frequency_penalty", "0.25"],
+      ]),
+    );
+    expect(shown.modelfile).toContain(`PARAMETER stop "${never}"\n`);
+
+    // num_predict: the answer's length where a request sets none.
+    const short = await answer("bounded", { temperature: 0, stop: [never] });
+    expect(short.eval_count).toBe(3);
+    expect(short.message.content).toBe(
+      (await answer("tiny", { temperature: 0, num_predict: 3, ...penalties })).message.content,
+    );
+    // stop: its answer ends before the stop string; a request's own stop replaces the model's.
+    const stopped = await answer("bounded", { temperature: 0, num_predict: 8 });
+    expect(stopped.done_reason).toBe("stop");
+    expect(stopped.message.content).toBe(text.slice(0, text.indexOf(stop)));
+    expect((await answer("bounded", { temperature: 0, num_predict: 8, stop: [never] })).message.content).toBe(text);
+    // num_ctx: a prompt longer than the model's context is refused, naming it; a request's own num_ctx replaces it.
+    const long = [{ role: "user", content: "treasure ".repeat(80) }];
+    await expect(answer("bounded", {}, long)).rejects.toThrow(/num_ctx of model 'bounded' is 64 tokens/);
+    expect((await answer("bounded", { num_ctx: 512 }, long)).done).toBe(true);
+    // seed: sampled as a request giving it gets it sampled.
+    const sampled = { temperature: 1, num_predict: 8, stop: [never] };
+    expect((await answer("bounded", sampled)).message.content).toBe(
+      (await answer("tiny", { ...sampled, seed: 42, ...penalties })).message.content,
+    );
+    // Every API: OpenAI's chat completions take the model's length too.
+    const openai = await post(`${server.url}/v1/chat/completions`, {
+      model: "bounded",
+      messages: [user],
+      temperature: 0,
+      stop: [never],
+    });
+    expect(openai.json.usage.completion_tokens).toBe(3);
+    // A model made from it inherits them.
+    await ollama.create({ model: "bounded-child", from: "bounded", parameters: { temperature: 0.1 } });
+    expect((await ollama.show({ model: "bounded-child" })).parameters).toMatch(/^num_ctx +64$/m);
+  });
+
   test("an adapter's directory is the model's adapter", async () => {
     const { hidden, heads, headDim } = tinyDims;
     const adapter = join(root, "adapter");
@@ -139,7 +222,13 @@ describe("POST /api/create", () => {
     await refused({ from: "nothing-here" }, 404, /model 'nothing-here' not found/);
     await refused({ from: undefined }, 400, /'from' is required/);
     await refused({ parameters: { temprature: 1 } }, 400, /unknown parameter 'temprature'/);
-    await refused({ parameters: { seed: 1 } }, 400, /parameter 'seed' is not kept with a model here/);
+    await refused({ parameters: { mirostat: 2 } }, 400, /parameter 'mirostat' is not supported here \(only 0/);
+    await refused({ parameters: { typical_p: 0.5 } }, 400, /parameter 'typical_p' is not supported here/);
+    await refused({ parameters: { num_ctx: 0 } }, 400, /num_ctx must be a whole number >= 1/);
+    await refused({ parameters: { num_predict: 2.5 } }, 400, /num_predict must be a whole number >= -2/);
+    await refused({ parameters: { stop: [""] } }, 400, /parameter 'stop' must be a string or a list of strings/);
+    await refused({ parameters: { num_keep: "many" } }, 400, /parameter 'num_keep' must be a whole number/);
+    await refused({ parameters: { presence_penalty: 3 } }, 400, /presence_penalty' must be a number in \[-2, 2\]/);
     await refused({ parameters: { top_p: 2 } }, 400, /parameter 'top_p' must be a number in \(0, 1\]/);
     await refused({ template: "{{ .Prompt }}" }, 400, /'template' is a Go template/);
     await refused({ quantize: "q4_K_M" }, 400, /'quantize' is not supported/);

@@ -1630,6 +1630,28 @@ describe("commands and bad input", () => {
     expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': kv_bits must be 4 or 8`);
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nmax_kv_size = 4\n`);
     expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': max_kv_size must be a whole number > 4`);
+    // An Ollama Modelfile's stop, num_predict, num_ctx, seed and penalties, as an alias writes them.
+    for (const [setting, message] of [
+      ['stop = "<|im_end|>"', 'stop must be a list of strings (stop = ["<|im_end|>"])'],
+      ["stop = [1]", "stop must be a list of strings"],
+      ["num_predict = -3", "num_predict must be a whole number >= -2 (-1: no limit)"],
+      ["num_ctx = 0.5", "num_ctx must be a whole number >= 1"],
+      ["seed = -1", "seed must be a whole number >= 0"],
+      ["repeat_last_n = -2", "repeat_last_n must be a whole number >= -1"],
+      ["presence_penalty = 2.5", "presence_penalty must be a number in [-2, 2]"],
+      ["frequency_penalty = -3", "frequency_penalty must be a number in [-2, 2]"],
+    ]) {
+      writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\n${setting}\n`);
+      expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': ${message}`);
+    }
+    writeFileSync(
+      file,
+      `[models.tiny]\nsource = "hf:org/tiny"\nstop = ["<|im_end|>"]\nnum_ctx = 4096\nrepeat_last_n = -1\nseed = 7\n\n[models.child]\nsource = "tiny"\nnum_predict = 9\n`,
+    );
+    expect(loadAliases().models.get("child")).toMatchObject({
+      limits: { stop: ["<|im_end|>"], numCtx: 4096, numPredict: 9 },
+      sampling: { repetitionContext: 1 << 30, seed: 7 },
+    });
     // A value of the wrong type is refused, not dropped without a word.
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\ndescription = 5\n`);
     expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': description must be a string`);
@@ -1638,7 +1660,7 @@ describe("commands and bad input", () => {
     // A misspelt key is refused, not ignored (the setting would silently not apply).
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nkv_bit = 8\n`);
     expect(() => loadAliases()).toThrow(
-      `${file}:1: model 'tiny': unknown key 'kv_bit' (known: source, description, kv_bits, max_kv_size, adapter, draft_model, prompt_lookup, num_draft, system, messages, license, temperature, top_p, top_k, min_p, repetition_penalty)`,
+      `${file}:1: model 'tiny': unknown key 'kv_bit' (known: source, description, kv_bits, max_kv_size, adapter, draft_model, prompt_lookup, num_draft, system, messages, license, stop, num_predict, num_ctx, temperature, top_p, top_k, min_p, repetition_penalty, repeat_last_n, seed, presence_penalty, frequency_penalty)`,
     );
     // A misspelt source is named as such, not as a source missing.
     writeFileSync(file, `[models.tiny]\nsorce = "hf:org/tiny"\n`);

@@ -114,6 +114,29 @@ export const OPTIONS = [
   "embedding_only",
 ];
 
+/** Options that would change sampling in ways not implemented here: each taken only at the value that turns it off. */
+export const OFF_ONLY_OPTIONS: Record<string, number> = { mirostat: 0, typical_p: 1, tfs_z: 1 };
+
+/**
+ * The runtime hints that cannot change an answer here, by their type (as Ollama types them):
+ * taken, then unused (mirostat's tau and eta mean nothing without it).
+ */
+export const IGNORED_OPTIONS = {
+  integer: ["num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep"],
+  boolean: [
+    "penalize_newline",
+    "use_mlock",
+    "use_mmap",
+    "numa",
+    "low_vram",
+    "f16_kv",
+    "logits_all",
+    "vocab_only",
+    "embedding_only",
+  ],
+  number: ["mirostat_tau", "mirostat_eta"],
+} as const;
+
 /**
  * Settings sent beside `options` under OpenAI's names for them, with the option Ollama reads
  * instead: refused like any field we do not read, but naming where they belong. (Ollama's own
@@ -166,29 +189,19 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
   const numPredict = o.integer("num_predict", { min: -2 });
   const seed = o.integer("seed", { min: -1, max: Number.MAX_SAFE_INTEGER });
   const repeatLastN = o.integer("repeat_last_n", { min: -1 });
-  if ((o.number("mirostat", { min: 0, max: 2 }) ?? 0) !== 0) throw unsupported(o.name("mirostat"));
+  if ((o.number("mirostat", { min: 0, max: 2 }) ?? 0) !== OFF_ONLY_OPTIONS.mirostat)
+    throw unsupported(o.name("mirostat"));
   // 1 is the value at which typical and tail-free sampling keep every token.
   for (const name of ["typical_p", "tfs_z"])
-    if ((o.number(name, { min: 0 }) ?? 1) !== 1) throw unsupported(o.name(name));
+    if ((o.number(name, { min: 0 }) ?? 1) !== OFF_ONLY_OPTIONS[name]) throw unsupported(o.name(name));
   // The context a request fills, as Ollama's num_ctx: a longer prompt is a 400 (as Ollama's
   // `truncate: false`; its silent default cuts the prompt's start, system prompt included), and
   // the answer ends ("length") where the context is full. Above the model's own, the model's holds.
   const numCtx = o.integer("num_ctx", { min: 1 });
   // Hints to Ollama's runner that this engine has no use for: typed as Ollama types them, then unused.
-  for (const name of ["num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep"]) o.integer(name);
-  for (const name of [
-    "penalize_newline",
-    "use_mlock",
-    "use_mmap",
-    "numa",
-    "low_vram",
-    "f16_kv",
-    "logits_all",
-    "vocab_only",
-    "embedding_only",
-  ])
-    o.boolean(name);
-  for (const name of ["mirostat_tau", "mirostat_eta"]) o.number(name);
+  for (const name of IGNORED_OPTIONS.integer) o.integer(name);
+  for (const name of IGNORED_OPTIONS.boolean) o.boolean(name);
+  for (const name of IGNORED_OPTIONS.number) o.number(name);
   return {
     contextBound: numCtx === undefined ? undefined : { tokens: numCtx, param: o.name("num_ctx") },
     // As Ollama's runner, which limits only a positive count: 0, -1 and -2 all run until a stop or the context's end.

@@ -6,6 +6,7 @@ import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel, type OpenOptions } from "./open-model";
 import { remoteModel, RemoteModel } from "../providers";
+import type { LoadedModel } from "../models/load";
 import { locateModel } from "../store/resolve";
 import {
   adapterArg,
@@ -14,6 +15,7 @@ import {
   distributedArgs,
   kvQuantizationFrom,
   maxKvSizeFrom,
+  maxTokensFrom,
   modelArg,
   pipelineFrom,
   positiveInteger,
@@ -34,7 +36,10 @@ export default defineCommand({
     ...modelArg,
     ...adapterArg,
     system: { type: "string", description: "System prompt" },
-    "max-tokens": { type: "string", description: "Most tokens per answer", default: "1024" },
+    "max-tokens": {
+      type: "string",
+      description: "Most tokens per answer (default: the model's num_predict in models.toml, else 1024)",
+    },
     ...samplingArgs,
     ...kvCacheArgs,
     ...thinkingArgs,
@@ -48,9 +53,10 @@ export default defineCommand({
     setVerbose(verbose);
     let input: LineInput | undefined;
     try {
+      const maxTokensFlag =
+        args["max-tokens"] === undefined ? undefined : positiveInteger("max-tokens", args["max-tokens"]);
       const settings = {
         sampling: samplingFrom(args),
-        maxTokens: positiveInteger("max-tokens", args["max-tokens"]),
         system: args.system,
         stats: Boolean(args.stats),
         thinking: thinkingFrom(args),
@@ -74,6 +80,10 @@ export default defineCommand({
           adapter: adapterFrom(args, args.model),
           pipeline,
         }));
+      // A num_predict of 0 or less is Ollama's "to the context's end": an answer fills what the context leaves.
+      const maxTokens =
+        maxTokensFrom(maxTokensFlag, remote ? undefined : (model as LoadedModel), 1024) ??
+        (model as LoadedModel).config.maxPositionEmbeddings;
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       // An --adapter is trained for the first model's weights: another model gets only its alias's.
@@ -88,7 +98,7 @@ export default defineCommand({
         }
         return openModel(name, cacheAndSpeculation(name));
       };
-      const session = new ChatSession(model, modelName, settings, say, openSwitched);
+      const session = new ChatSession(model, modelName, { ...settings, maxTokens }, say, openSwitched);
       if (input.interactive)
         say(`chatting with ${args.model ?? "the default model"}; /help for commands, Ctrl-D to leave`);
 

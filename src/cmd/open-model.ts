@@ -5,7 +5,7 @@ import { applySettings, type ModelSettings } from "../engine/model-settings";
 import { openPipeline, type PipelineSpec } from "../engine/pipeline";
 import { resolveModelPath } from "../store/resolve";
 import { withRepairHint } from "../store/store";
-import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasPrompt } from "../store/aliases";
+import { aliasAdapter, aliasKvQuantization, aliasLimits, aliasMaxKvSize, aliasPrompt } from "../store/aliases";
 import { log } from "./log";
 
 /**
@@ -29,6 +29,7 @@ export async function openModel(
     adapter = aliasAdapter(spec),
     speculation,
     prompt = aliasPrompt(spec),
+    limits = aliasLimits(spec),
     pipeline,
   }: OpenOptions = {},
 ): Promise<LoadedModel> {
@@ -46,7 +47,9 @@ export async function openModel(
     // lost peer of a pipeline (whose ranks other than 0 serve from inside this call).
     throw withRepairHint(error, path);
   }
-  await applySettings(lm, { kvQuantization, maxKvSize, adapter, speculation, prompt }, (name) => openModel(name));
+  await applySettings(lm, { kvQuantization, maxKvSize, adapter, speculation, prompt, limits }, (name) =>
+    openModel(name),
+  );
   if (lm.adapter) log.debug(`adapter ${adapter}: ${lm.adapter.layers.size} layers (${lm.adapter.kind})`);
   for (const note of lm.notes) log.warn(note);
   log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);

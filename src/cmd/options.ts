@@ -13,7 +13,7 @@ import {
   defaultNumDraft,
   maxNumDraft,
 } from "../store/aliases";
-import type { SpeculationChoice } from "../models/load";
+import type { LoadedModel, SpeculationChoice } from "../models/load";
 import type { PipelineSpec } from "../engine/pipeline";
 import { fileErrorReason } from "../format";
 import { InvalidParameterError } from "../errors";
@@ -145,6 +145,21 @@ export function samplingFrom(args: Record<string, unknown>): SamplingParams {
 
 export function positiveInteger(name: string, value: unknown): number {
   return numberFlag(name, value, { whole: true });
+}
+
+/**
+ * --max-tokens where given, else the num_predict models.toml gives the model opened by its
+ * alias (0 or less: to the context's end, undefined), else `fallback`.
+ */
+export function maxTokensFrom(
+  flag: number | undefined,
+  lm: Pick<LoadedModel, "limits"> | undefined,
+  fallback: number,
+): number | undefined {
+  if (flag !== undefined) return flag;
+  const numPredict = lm?.limits?.numPredict;
+  if (numPredict === undefined) return fallback;
+  return numPredict > 0 ? numPredict : undefined;
 }
 
 /** A numeric flag's value, whole when `whole`, above 0 (or from 0 when `zero`); else a one-line error. */

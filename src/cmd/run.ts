@@ -14,6 +14,7 @@ import {
   kvQuantizationFrom,
   maxKvSizeFrom,
   list,
+  maxTokensFrom,
   modelArg,
   type OutputFormat,
   pipelineFrom,
@@ -45,7 +46,10 @@ export default defineCommand({
     ...modelArg,
     ...adapterArg,
     system: { type: "string", description: "System prompt" },
-    "max-tokens": { type: "string", description: "Most tokens to generate", default: "512" },
+    "max-tokens": {
+      type: "string",
+      description: "Most tokens to generate (default: the model's num_predict in models.toml, else 512)",
+    },
     ...samplingArgs,
     ...kvCacheArgs,
     ...speculationArgs,
@@ -74,7 +78,8 @@ export default defineCommand({
     setVerbose(verbose);
     try {
       const sampling = samplingFrom(args);
-      const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
+      const maxTokensFlag =
+        args["max-tokens"] === undefined ? undefined : positiveInteger("max-tokens", args["max-tokens"]);
       const thinking = thinkingFrom(args);
       checkRawThinking(thinking, Boolean(args.raw));
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
@@ -94,6 +99,7 @@ export default defineCommand({
             pipeline,
           });
       if (lm) checkThinking(lm, thinking);
+      const maxTokens = maxTokensFrom(maxTokensFlag, lm, 512);
       checkSystemPrompt(args.system, {
         raw: Boolean(args.raw),
         template: lm ? Boolean(lm.tokenizer.chatTemplate) : true,
@@ -137,7 +143,12 @@ export default defineCommand({
         process.stderr.write(`note: --max-tokens ran out, so the JSON was closed early (it is valid but cut short)\n`);
       // A local model's answer cut short before --max-tokens: the context is full, else it would
       // end mid-sentence without a word (--json says so in finish_reason; a remote provider's limits are not known here).
-      else if (lm && !args.json && result.finishReason === "length" && result.stats.generatedTokens < maxTokens)
+      else if (
+        lm &&
+        !args.json &&
+        result.finishReason === "length" &&
+        result.stats.generatedTokens < (maxTokens ?? Infinity)
+      )
         process.stderr.write(
           `note: the context is full (${lm.config.maxPositionEmbeddings} tokens): the answer was cut short\n`,
         );

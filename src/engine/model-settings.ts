@@ -7,9 +7,11 @@ import { loadAdapter } from "../models/lora";
 import {
   aliasAdapter,
   aliasKvQuantization,
+  aliasLimits,
   aliasMaxKvSize,
   aliasPrompt,
   aliasSpeculation,
+  type ModelLimits,
   type ModelPrompt,
 } from "../store/aliases";
 import { attachSpeculation } from "./speculative";
@@ -24,6 +26,8 @@ export interface ModelSettings {
   speculation?: SpeculationChoice;
   /** The turns put before each prompt (the alias's system and messages). */
   prompt?: ModelPrompt;
+  /** A request's stop strings, answer length and context where it sets none (the alias's stop, num_predict, num_ctx). */
+  limits?: ModelLimits;
 }
 
 /** What models.toml's alias `spec` (default: the default model) asks for. */
@@ -34,6 +38,7 @@ export function aliasSettings(spec: string | undefined): ModelSettings {
     adapter: aliasAdapter(spec),
     speculation: aliasSpeculation(spec),
     prompt: aliasPrompt(spec),
+    limits: aliasLimits(spec),
   };
 }
 
@@ -51,6 +56,7 @@ export async function applySettings(
   lm.kvQuantization = settings.kvQuantization;
   lm.maxKvSize = settings.maxKvSize;
   lm.prompt = settings.prompt;
+  lm.limits = settings.limits;
   try {
     if (settings.adapter) lm.adapter = loadAdapter(settings.adapter, lm.weights.lora);
     return await attachSpeculation(lm, settings.speculation, openDraft, speculation);

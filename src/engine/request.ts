@@ -156,6 +156,12 @@ export interface ContextBound {
   param: string;
 }
 
+/** The context its alias gives a model opened by that name (models.toml's num_ctx), which a request's own replaces. */
+function modelContextBound(lm: LoadedModel): ContextBound | undefined {
+  const tokens = lm.limits?.numCtx;
+  return tokens === undefined ? undefined : { tokens, param: "num_ctx in models.toml" };
+}
+
 /** The context a request may fill: the model's, or less where the request bounds it. */
 function contextLimit(lm: LoadedModel, bound: ContextBound | undefined): { tokens: number; whose: string } {
   const model = lm.config.maxPositionEmbeddings;
@@ -177,7 +183,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const modelPrompt = spec.prefixIds?.length ? { system: given?.system } : given;
   const prompt = withModelPrompt(spec.prompt, modelPrompt, lm.tokenizer);
   const thinking = settleThinking(lm.tokenizer, prompt, spec.thinking, shaped);
-  const { tokens: context, whose } = contextLimit(lm, spec.contextBound);
+  const { tokens: context, whose } = contextLimit(lm, spec.contextBound ?? modelContextBound(lm));
   const promptIds = truncatedPrompt(
     withPrefix(
       spec.prefixIds ?? [],
@@ -275,7 +281,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       maxTokens,
       // A schema or a required call fixes the answer's whole shape, and the grammar ends it there:
       // a stop string met inside (a quote, a newline) would only cut it into something invalid.
-      stop: shaped !== undefined ? undefined : spec.stop,
+      stop: shaped !== undefined ? undefined : spec.stop?.length ? spec.stop : lm.limits?.stop,
       topLogprobs: spec.topLogprobs,
       processors,
       reasoning,

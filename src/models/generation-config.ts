@@ -3,11 +3,23 @@
 // every request that does not set them. A GGUF has no such file.
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { WHOLE_CONTEXT } from "../api/common";
 import type { SamplingParams } from "../engine/sampling";
 
 /** The sampling values a model or its alias may recommend. */
 export type SamplingDefaults = Partial<
-  Pick<SamplingParams, "temperature" | "topP" | "topK" | "minP" | "repetitionPenalty">
+  Pick<
+    SamplingParams,
+    | "temperature"
+    | "topP"
+    | "topK"
+    | "minP"
+    | "repetitionPenalty"
+    | "repetitionContext"
+    | "seed"
+    | "presencePenalty"
+    | "frequencyPenalty"
+  >
 >;
 
 /**
@@ -19,8 +31,14 @@ export const SAMPLING_DEFAULT_KEYS: {
   name: string;
   /** Its name as an Ollama Modelfile's PARAMETER, where that is not `name`. */
   ollamaName?: string;
+  /** Set where only models.toml gives it (an Ollama Modelfile's PARAMETER), not generation_config.json. */
+  aliasOnly?: true;
   valid: (v: number) => boolean;
   range: string;
+  /** The engine's value for the one written, where they differ (repeat_last_n's -1: the whole context). */
+  engine?: (v: number) => number;
+  /** The value written for the engine's (engine's inverse). */
+  written?: (v: number) => number;
 }[] = [
   { key: "temperature", name: "temperature", valid: (v) => v >= 0 && v < Infinity, range: "a number >= 0" },
   { key: "topP", name: "top_p", valid: (v) => v > 0 && v <= 1, range: "a number in (0, 1]" },
@@ -32,6 +50,37 @@ export const SAMPLING_DEFAULT_KEYS: {
     ollamaName: "repeat_penalty",
     valid: (v) => v > 0 && v < Infinity,
     range: "a number > 0",
+  },
+  // Ollama's options a Modelfile's PARAMETER keeps with a model, applied as /api/chat applies them.
+  {
+    key: "repetitionContext",
+    name: "repeat_last_n",
+    aliasOnly: true,
+    valid: (v) => Number.isInteger(v) && v >= -1,
+    range: "a whole number >= -1 (-1: the whole context, 0: no repetition penalty)",
+    engine: (v) => (v === -1 ? WHOLE_CONTEXT : v),
+    written: (v) => (v === WHOLE_CONTEXT ? -1 : v),
+  },
+  {
+    key: "seed",
+    name: "seed",
+    aliasOnly: true,
+    valid: (v) => Number.isSafeInteger(v) && v >= 0,
+    range: "a whole number >= 0",
+  },
+  {
+    key: "presencePenalty",
+    name: "presence_penalty",
+    aliasOnly: true,
+    valid: (v) => v >= -2 && v <= 2,
+    range: "a number in [-2, 2]",
+  },
+  {
+    key: "frequencyPenalty",
+    name: "frequency_penalty",
+    aliasOnly: true,
+    valid: (v) => v >= -2 && v <= 2,
+    range: "a number in [-2, 2]",
   },
 ];
 
@@ -49,7 +98,8 @@ export function readGenerationDefaults(path: string): SamplingDefaults {
   } catch {
     // Unreadable: no recommendation (the tokenizer reads its end tokens the same forgiving way).
   }
-  for (const { key, name, valid } of SAMPLING_DEFAULT_KEYS) {
+  for (const { key, name, valid, aliasOnly } of SAMPLING_DEFAULT_KEYS) {
+    if (aliasOnly) continue;
     const value = config?.[name];
     if (typeof value === "number" && valid(value)) defaults[key] = value;
   }
@@ -58,8 +108,7 @@ export function readGenerationDefaults(path: string): SamplingDefaults {
 
 /** The values `defaults` sets, each by its name as an Ollama Modelfile's PARAMETER (Ollama's clients read them by those). */
 export function ollamaParameters(defaults: SamplingDefaults): [name: string, value: number][] {
-  return SAMPLING_DEFAULT_KEYS.filter(({ key }) => defaults[key] !== undefined).map(({ key, name, ollamaName }) => [
-    ollamaName ?? name,
-    defaults[key]!,
-  ]);
+  return SAMPLING_DEFAULT_KEYS.filter(({ key }) => defaults[key] !== undefined).map(
+    ({ key, name, ollamaName, written }) => [ollamaName ?? name, written ? written(defaults[key]!) : defaults[key]!],
+  );
 }

@@ -1,6 +1,6 @@
 // Loading a model from disk: an MLX-community directory (config.json + safetensors) or a
 // single GGUF file. Both end as the same thing: HF-named weights, a config, a tokenizer.
-import type { ModelPrompt } from "../store/aliases";
+import type { ModelLimits, ModelPrompt } from "../store/aliases";
 import type { KvQuantization } from "./cache";
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
@@ -48,6 +48,11 @@ export interface LoadedModel {
    * names, gives each request its name's instead (GenerationSpec.modelPrompt).
    */
   prompt?: ModelPrompt;
+  /**
+   * Its alias's stop strings, answer length and context (models.toml's stop, num_predict,
+   * num_ctx), where it was opened by that name, as `prompt`; a server gives each request its name's.
+   */
+  limits?: ModelLimits;
   free(): void;
 }
 

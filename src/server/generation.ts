@@ -22,7 +22,14 @@ import type { Tokenizer } from "../tokenizer/tokenizer";
 import { remoteModel } from "../providers";
 import { readGenerationDefaults, type SamplingDefaults } from "../models/generation-config";
 import type { LoadedModel } from "../models/load";
-import { aliasPrompt, aliasSampling, loadAliases, type ModelPrompt } from "../store/aliases";
+import {
+  aliasLimits,
+  aliasPrompt,
+  aliasSampling,
+  loadAliases,
+  type ModelLimits,
+  type ModelPrompt,
+} from "../store/aliases";
 import { badRequest, requestTimeout, serverStopping, toApiError } from "./errors";
 import { knownName, type Lease, type ModelRegistry } from "./model-registry";
 import { startRemoteGeneration } from "./remote-generation";
@@ -213,11 +220,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       modelPrompt: modelPrompt(input.model),
       prefixIds: input.prefixIds,
       sampling,
-      maxTokens: input.maxTokens,
-      strictMaxTokens: input.strictMaxTokens,
-      maxTokensParam: input.maxTokensParam,
-      contextBound: input.contextBound,
-      stop: input.stop,
+      ...settleLimits(input, modelLimits(input.model)),
       topLogprobs: input.topLogprobs ?? 0,
       format: input.format,
       tools: input.tools,
@@ -324,6 +327,35 @@ export function modelSamplingDefaults(
   own: SamplingDefaults = readGenerationDefaults(path),
 ): SamplingDefaults {
   return { ...own, ...aliasSampling(aliasNamed(name)) };
+}
+
+/** The stop strings, answer length and context the alias a request names gives it (models.toml's stop, num_predict, num_ctx). */
+export function modelLimits(name: string): ModelLimits {
+  return aliasLimits(aliasNamed(name));
+}
+
+/**
+ * The request's stop strings, answer length and context, else its model's (`limits`), as Ollama
+ * applies a Modelfile's stop, num_predict and num_ctx: a request's own replaces the model's.
+ */
+function settleLimits(
+  input: GenerateInput,
+  limits: ModelLimits,
+): Pick<GenerateInput, "maxTokens" | "strictMaxTokens" | "maxTokensParam" | "contextBound" | "stop"> {
+  const model = aliasNamed(input.model);
+  // As Ollama's runner, a count of 0 or less runs until a stop or the context's end.
+  const numPredict = limits.numPredict !== undefined && limits.numPredict > 0 ? limits.numPredict : undefined;
+  const ownLength = input.maxTokens !== undefined || numPredict === undefined;
+  return {
+    maxTokens: input.maxTokens ?? numPredict,
+    // The model's length is a default, clamped to the context as Ollama clamps it, never the request's error.
+    strictMaxTokens: ownLength && input.strictMaxTokens,
+    maxTokensParam: ownLength ? input.maxTokensParam : `num_predict of model '${model}'`,
+    contextBound:
+      input.contextBound ??
+      (limits.numCtx === undefined ? undefined : { tokens: limits.numCtx, param: `num_ctx of model '${model}'` }),
+    stop: input.stop?.length ? input.stop : limits.stop,
+  };
 }
 
 /** The turns the alias a request names puts before its prompt (models.toml's system and messages). */

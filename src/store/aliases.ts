@@ -28,6 +28,8 @@ export interface ModelAlias {
   maxKvSize?: number;
   /** Sampling values serve's requests get when they set none (temperature = 0.6, ...). */
   sampling: SamplingDefaults;
+  /** Its answers' stop strings, length and context where a request sets none (stop, num_predict, num_ctx). */
+  limits: ModelLimits;
   /** The turns every prompt to it starts with (system, messages), as an Ollama Modelfile's SYSTEM and MESSAGE. */
   prompt: ModelPrompt;
   /** Its license text, as an Ollama Modelfile's LICENSE (shown, never used). */
@@ -43,6 +45,18 @@ export interface ModelAlias {
 export interface ModelPrompt {
   system?: string;
   messages?: { role: "user" | "assistant"; content: string }[];
+}
+
+/**
+ * An Ollama Modelfile's PARAMETERs that are not sampling values, as models.toml's `stop` (a list
+ * of strings), `num_predict` and `num_ctx`: each a request's default, which its own value replaces.
+ */
+export interface ModelLimits {
+  stop?: string[];
+  /** The most tokens an answer takes; 0 or less: until a stop or the context's end, as Ollama's. */
+  numPredict?: number;
+  /** The context a request fills (Ollama's num_ctx): a longer prompt is refused, the answer ends where it is full. */
+  numCtx?: number;
 }
 
 /** Tokens drafted per speculative step unless told otherwise (mlx-lm's default). */
@@ -74,6 +88,9 @@ const ALIAS_KEYS = [
   "system",
   "messages",
   "license",
+  "stop",
+  "num_predict",
+  "num_ctx",
   ...SAMPLING_DEFAULT_KEYS.map((k) => k.name),
 ];
 
@@ -276,6 +293,12 @@ function toAlias(name: string, e: Record<string, unknown>, at: string, relativeT
     throw new Error(
       `${at}: model '${name}': messages must be a list of { role = "user" | "assistant", content = "..." }`,
     );
+  if (e.stop !== undefined && !(Array.isArray(e.stop) && e.stop.every((s) => typeof s === "string" && s !== "")))
+    throw new Error(`${at}: model '${name}': stop must be a list of strings (stop = ["<|im_end|>"])`);
+  if (e.num_predict !== undefined && !(Number.isSafeInteger(e.num_predict) && (e.num_predict as number) >= -2))
+    throw new Error(`${at}: model '${name}': num_predict must be a whole number >= -2 (-1: no limit)`);
+  if (e.num_ctx !== undefined && !(Number.isSafeInteger(e.num_ctx) && (e.num_ctx as number) >= 1))
+    throw new Error(`${at}: model '${name}': num_ctx must be a whole number >= 1`);
   if (e.max_kv_size !== undefined && !(Number.isInteger(e.max_kv_size) && (e.max_kv_size as number) > 4))
     throw new Error(`${at}: model '${name}': max_kv_size must be a whole number > 4`);
   const source = e.source as string;
@@ -289,6 +312,11 @@ function toAlias(name: string, e: Record<string, unknown>, at: string, relativeT
     speculation: aliasSpeculationEntry(e, `${at}: model '${name}'`, relativeTo),
     maxKvSize: e.max_kv_size as number | undefined,
     sampling: aliasSamplingEntry(e, `${at}: model '${name}'`),
+    limits: {
+      stop: e.stop as string[] | undefined,
+      numPredict: e.num_predict as number | undefined,
+      numCtx: e.num_ctx as number | undefined,
+    },
     prompt: { system: e.system as string | undefined, messages: e.messages as ModelPrompt["messages"] },
     license: e.license as string | undefined,
     definedAt: at,
@@ -387,14 +415,14 @@ export function aliasSpeculation(spec: string | undefined): SpeculationChoice | 
   return table.models.get(spec ?? table.defaultModel)?.speculation;
 }
 
-/** An alias's sampling values (temperature, top_p, top_k, min_p, repetition_penalty), each checked. */
+/** An alias's sampling values (temperature, top_p, top_k, min_p, repetition_penalty, seed, ...), each checked. */
 function aliasSamplingEntry(e: Record<string, unknown>, where: string): SamplingDefaults {
   const sampling: SamplingDefaults = {};
-  for (const { key, name, valid, range } of SAMPLING_DEFAULT_KEYS) {
+  for (const { key, name, valid, range, engine } of SAMPLING_DEFAULT_KEYS) {
     const value = e[name];
     if (value === undefined) continue;
     if (typeof value !== "number" || !valid(value)) throw new Error(`${where}: ${name} must be ${range}`);
-    sampling[key] = value;
+    sampling[key] = engine ? engine(value) : value;
   }
   return sampling;
 }
@@ -403,6 +431,12 @@ function aliasSamplingEntry(e: Record<string, unknown>, where: string): Sampling
 export function aliasSampling(spec: string | undefined): SamplingDefaults {
   const table = loadAliases();
   return table.models.get(spec ?? table.defaultModel)?.sampling ?? {};
+}
+
+/** The stop strings, answer length and context models.toml gives the model named `spec` (default: the default model). */
+export function aliasLimits(spec: string | undefined): ModelLimits {
+  const table = loadAliases();
+  return table.models.get(spec ?? table.defaultModel)?.limits ?? {};
 }
 
 /** The turns models.toml puts before every prompt to the model named `spec` (default: the default model). */

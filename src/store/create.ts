@@ -8,6 +8,7 @@ import { existsSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs
 import { resolve } from "node:path";
 import { parse, stringify } from "smol-toml";
 import { InvalidParameterError, ModelNotFoundError, UnsupportedError } from "../errors";
+import { IGNORED_OPTIONS, OFF_ONLY_OPTIONS } from "../api/ollama";
 import { SAMPLING_DEFAULT_KEYS } from "../models/generation-config";
 import {
   closeMatches,
@@ -33,44 +34,26 @@ export interface ModelRecipe {
   from: string;
   system?: string;
   messages?: ModelPrompt["messages"];
-  /** Sampling values by their Ollama names (temperature, top_p, repeat_penalty, ...). */
+  /** Ollama's parameters by its names (temperature, top_p, repeat_penalty, stop, num_ctx, ...). */
   parameters?: Record<string, unknown>;
   /** A LoRA/DoRA adapter directory. */
   adapter?: string;
   license?: string;
 }
 
-/**
- * Ollama's parameters that are a request's, not a model's, here: a request gives them in its own
- * options (or they are the server's settings); a model made with one would not keep it.
- */
-const REQUEST_PARAMETERS = [
-  "seed",
-  "num_predict",
-  "stop",
-  "num_ctx",
-  "num_keep",
-  "repeat_last_n",
-  "presence_penalty",
-  "frequency_penalty",
-  "typical_p",
-  "mirostat",
-  "mirostat_eta",
-  "mirostat_tau",
-  "penalize_newline",
-  "num_batch",
-  "num_gpu",
-  "main_gpu",
-  "num_thread",
-  "use_mmap",
-  "use_mlock",
-  "numa",
-  "low_vram",
-  "tfs_z",
-];
-
-/** Each parameter's models.toml key by its Ollama name (repeat_penalty is repetition_penalty). */
+/** Each sampling parameter's models.toml key by its Ollama name (repeat_penalty is repetition_penalty). */
 const PARAMETER_KEYS = new Map(SAMPLING_DEFAULT_KEYS.map((k) => [k.ollamaName ?? k.name, k]));
+
+/** The parameters kept under their own names that are not sampling values (models.toml's stop, num_predict, num_ctx). */
+const LIMIT_PARAMETERS = ["stop", "num_predict", "num_ctx"];
+
+/** Every parameter a model may be made with, for the error naming an unknown one. */
+const KNOWN_PARAMETERS = [
+  ...PARAMETER_KEYS.keys(),
+  ...LIMIT_PARAMETERS,
+  ...Object.keys(OFF_ONLY_OPTIONS),
+  ...Object.values(IGNORED_OPTIONS).flat(),
+];
 
 /**
  * Writes `recipe` as an alias in the user's models.toml (replacing an entry of that name the
@@ -154,23 +137,46 @@ async function aliasEntry(recipe: ModelRecipe, paths: boolean): Promise<Record<s
     settings.adapter = dir;
   }
   for (const [name, given] of Object.entries(recipe.parameters ?? {})) {
-    const key = PARAMETER_KEYS.get(name);
-    if (!key) {
-      if (REQUEST_PARAMETERS.includes(name))
+    // A Modelfile's values are text ("0.7", "true"); the JSON API's are typed.
+    const value =
+      typeof given === "string" && given.trim() !== "" && !Number.isNaN(Number(given)) ? Number(given) : given;
+    const refused = (range: string) =>
+      new InvalidParameterError(`parameter '${name}' must be ${range} (got ${String(given)})`, "parameters");
+    if (name === "stop") {
+      // One string, or several (a Modelfile's PARAMETER stop lines, the API's list).
+      const stop = typeof given === "string" ? [given] : given;
+      if (!Array.isArray(stop) || !stop.every((s) => typeof s === "string" && s !== ""))
+        throw refused("a string or a list of strings");
+      settings.stop = stop;
+    } else if (LIMIT_PARAMETERS.includes(name)) {
+      // Its range is checked with the alias it makes, as models.toml's own num_ctx is.
+      settings[name] = value;
+    } else if (name in OFF_ONLY_OPTIONS) {
+      // As /api/chat takes it: only the value that turns it off, which leaves nothing to keep.
+      if (value !== OFF_ONLY_OPTIONS[name])
         throw new UnsupportedError(
-          `parameter '${name}' is not kept with a model here: give it in each request's options`,
+          `parameter '${name}' is not supported here (only ${OFF_ONLY_OPTIONS[name]}, which turns it off)`,
           "parameters",
         );
-      throw new InvalidParameterError(
-        `unknown parameter '${name}' (known: ${[...PARAMETER_KEYS.keys()].join(", ")})`,
-        "parameters",
-      );
+    } else if ((IGNORED_OPTIONS.integer as readonly string[]).includes(name)) {
+      if (!Number.isSafeInteger(value)) throw refused("a whole number");
+    } else if ((IGNORED_OPTIONS.number as readonly string[]).includes(name)) {
+      if (typeof value !== "number") throw refused("a number");
+    } else if ((IGNORED_OPTIONS.boolean as readonly string[]).includes(name)) {
+      // A runtime hint /api/chat takes and leaves unused, as this engine has no use for it: nothing to keep.
+      if (typeof value !== "boolean" && value !== "true" && value !== "false") throw refused("true or false");
+    } else if (name === "seed" && value === -1) {
+      // Ollama's own default, a random seed: what a model without one has.
+    } else {
+      const key = PARAMETER_KEYS.get(name);
+      if (!key)
+        throw new InvalidParameterError(
+          `unknown parameter '${name}' (known: ${KNOWN_PARAMETERS.join(", ")})`,
+          "parameters",
+        );
+      if (typeof value !== "number" || !key.valid(value)) throw refused(key.range);
+      settings[key.name] = value;
     }
-    // A Modelfile's values are text ("0.7").
-    const value = typeof given === "string" && given.trim() !== "" ? Number(given) : given;
-    if (typeof value !== "number" || !key.valid(value))
-      throw new InvalidParameterError(`parameter '${name}' must be ${key.range} (got ${String(given)})`, "parameters");
-    settings[key.name] = value;
   }
   return settings;
 }

@@ -48,8 +48,10 @@ export function parseModelfile(text: string, file: string): Omit<ModelRecipe, "n
         licenses.push(value);
         break;
       case "PARAMETER":
-        if (word in parameters) throw new Error(`${at}: PARAMETER ${word} is given twice`);
-        parameters[word] = value;
+        // Each stop line adds a stop string, as Ollama reads them; any other parameter is one value.
+        if (word === "stop") parameters.stop = [...((parameters.stop as string[] | undefined) ?? []), value];
+        else if (word in parameters) throw new Error(`${at}: PARAMETER ${word} is given twice`);
+        else parameters[word] = value;
         break;
       case "MESSAGE":
         if (word !== "user" && word !== "assistant")

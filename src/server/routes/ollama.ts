@@ -316,20 +316,28 @@ function showModel(
   const facts = withModelErrors(path, () =>
     statSync(path).isDirectory() ? directoryFacts(path) : ggufFacts(readGGUFHeader(path)),
   );
-  // The sampling values its requests get when they set none, as Ollama shows a Modelfile's.
-  const values = ollamaParameters(defaults);
+  // The sampling values, stop strings, length and context its requests get when they set none, as
+  // Ollama shows a Modelfile's (each stop string a line of its own, quoted as Go's %#v quotes it).
+  const { stop = [], numPredict, numCtx } = alias?.limits ?? {};
+  const values: [name: string, value: number | string][] = [
+    ...ollamaParameters(defaults),
+    ...(numCtx === undefined ? [] : [["num_ctx", numCtx] as [string, number]]),
+    ...(numPredict === undefined ? [] : [["num_predict", numPredict] as [string, number]]),
+    ...stop.map((text): [string, string] => ["stop", text]),
+  ];
+  const shownValue = (value: number | string) => (typeof value === "string" ? JSON.stringify(value) : value);
   const { system, messages = [] } = alias?.prompt ?? {};
   return {
     license: alias?.license ?? "",
     modelfile: [
       `FROM ${path}\n`,
       adapter === undefined ? "" : `ADAPTER ${adapter}\n`,
-      ...values.map(([name, value]) => `PARAMETER ${name} ${value}\n`),
+      ...values.map(([name, value]) => `PARAMETER ${name} ${modelfileParameter(value)}\n`),
       system === undefined ? "" : `SYSTEM ${modelfileText(system)}\n`,
       ...messages.map((m) => `MESSAGE ${m.role} ${modelfileText(m.content)}\n`),
       alias?.license === undefined ? "" : `LICENSE ${modelfileText(alias.license)}\n`,
     ].join(""),
-    parameters: values.map(([name, value]) => `${name.padEnd(30)} ${value}`).join("\n"),
+    parameters: values.map(([name, value]) => `${name.padEnd(30)} ${shownValue(value)}`).join("\n"),
     // The alias's system prompt (models.toml's system), as Ollama shows a Modelfile's SYSTEM.
     ...(system === undefined ? {} : { system }),
     template: facts.template,
@@ -358,6 +366,10 @@ function showModel(
 
 /** A Modelfile's text argument: in triple quotes, which keep its lines and quotes as they are (Ollama writes them so). */
 const modelfileText = (text: string) => `"""${text}"""`;
+
+/** A PARAMETER's value as a Modelfile reads it back: a number as it is, a stop string quoted (in triple quotes where it has lines or quotes). */
+const modelfileParameter = (value: number | string) =>
+  typeof value === "number" ? String(value) : /["\\\n]/.test(value) ? modelfileText(value) : `"${value}"`;
 
 /** /api/show's answer for a remote alias: no files to describe; any chat model of a provider takes tools. */
 function showRemoteModel(remote: RemoteModelConfig, listedAt: Date) {
