@@ -146,6 +146,13 @@ describe("mlx create", () => {
     expect((await mlx(["rm", "-y", "brief"])).code).toBe(0);
   });
 
+  test("a FROM or ADAPTER path starting with ~/ is from the home folder", async () => {
+    const r = await cliRunner(home, { HOME: root })(["create", "homely", "-f", modelfile("FROM ~/models/tiny\n")]);
+    expect(r).toMatchObject({ code: 0, stderr: "" });
+    expect(readFileSync(aliasFile(), "utf8")).toContain(`[models.homely]\nsource = ${JSON.stringify(tiny)}\n`);
+    expect((await mlx(["rm", "-y", "homely"])).code).toBe(0);
+  });
+
   test("made again, the entry is replaced where it is; the file's other lines stay", async () => {
     writeFileSync(aliasFile(), `# mine\n[models.other]\nsource = "${tiny}"\n\n${readFileSync(aliasFile(), "utf8")}`);
     const r = await mlx(["create", "mario", "-f", modelfile(`FROM ${tiny}\nSYSTEM Be brief.\n`)]);

@@ -202,6 +202,60 @@ describe("POST /api/create", () => {
     expect((await ollama.show({ model: "bounded-child" })).parameters).toMatch(/^num_ctx +64$/m);
   });
 
+  test("the older create's `modelfile` text is read as mlx create reads a Modelfile", async () => {
+    // As older clients send it (the official client passes the field on as it is).
+    const modelfile = [
+      "# a real Modelfile",
+      "FROM tiny:latest",
+      'PARAMETER stop "<|im_start|>"',
+      'PARAMETER stop "<|im_end|>"',
+      "PARAMETER num_ctx 128",
+      "PARAMETER temperature 0.2",
+      `SYSTEM """${SYSTEM}"""`,
+      "MESSAGE user Ahoy?",
+      "MESSAGE assistant Arr!",
+    ].join("\n");
+    await ollama.create({ model: "written", modelfile } as any);
+    const shown = await ollama.show({ model: "written" });
+    expect(shown.system).toBe(SYSTEM);
+    expect(shown.parameters).toMatch(/^stop +"<\|im_start\|>"\nstop +"<\|im_end\|>"$/m);
+    expect(shown.parameters).toMatch(/^num_ctx +128$/m);
+    expect(shown.parameters).toMatch(/^temperature +0\.2$/m);
+    expect(await promptTokens("written", [user])).toBe(
+      await promptTokens(tiny, [{ role: "system", content: SYSTEM }, ...turns, user]),
+    );
+    // An absolute path is a path; the fields beside it replace what it says.
+    const r = await post(`${server.url}/api/create`, {
+      model: "written",
+      modelfile: `FROM ${tiny}\nSYSTEM Old.\nPARAMETER top_k 5`,
+      system: "New.",
+      parameters: { top_p: 0.5 },
+      stream: false,
+    });
+    expect(r).toMatchObject({ status: 200, json: { status: "success" } });
+    const entry = readFileSync(file, "utf8").split("[models.written]")[1]!;
+    expect(entry).toContain(`source = ${JSON.stringify(tiny)}\nsystem = "New."\n`);
+    expect(entry).toContain("top_k = 5\ntop_p = 0.5\n");
+
+    // A server has no folder to start a relative path from: a 400 saying to give an absolute one, nothing written.
+    const before = readFileSync(file, "utf8");
+    const refused = async (modelfile: string, message: string) => {
+      const r = await post(`${server.url}/api/create`, { model: "bad", modelfile });
+      expect(r.status).toBe(400);
+      expect(r.json.error).toContain(message);
+      expect(readFileSync(file, "utf8")).toBe(before);
+    };
+    await refused(
+      "FROM ./tiny\n",
+      "modelfile:1: FROM ./tiny is a relative path, which the server cannot resolve: give an absolute path or a model's name",
+    );
+    await refused(`FROM tiny\nADAPTER adapter\n`, "modelfile:2: ADAPTER adapter is a relative path");
+    await refused(`FROM @sha256:${"0".repeat(64)}\n`, "names an uploaded blob");
+    await refused(`FROM tiny\nTEMPLATE {{ .Prompt }}\n`, "modelfile:2: TEMPLATE is a Go template");
+    await refused("SYSTEM hi\n", "no FROM line");
+    await refused(`FROM tiny\nPARAMETER mirostat 1\n`, "parameter 'mirostat' is not supported here");
+  });
+
   test("an adapter's directory is the model's adapter", async () => {
     const { hidden, heads, headDim } = tinyDims;
     const adapter = join(root, "adapter");

@@ -6,6 +6,8 @@ import { WHOLE_CONTEXT } from "./common";
 import type { ContextBound } from "../engine/request";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
+import { parseModelfile } from "../store/modelfile";
+import type { ModelRecipe } from "../store/create";
 
 export interface OllamaRequest {
   model: string;
@@ -469,12 +471,23 @@ export function parseOllamaCreate(body: unknown): OllamaCreate {
       "files",
       "names blobs uploaded to the server, which this server does not hold: give 'from' (a stored model, an alias or a path)",
     );
-  if (f.has("modelfile"))
+  // Ollama's older create sends the Modelfile's text, read as `mlx create -f` reads a file; the
+  // fields beside it replace what it says (their parameters added to its).
+  const text = f.string("modelfile");
+  let written: Omit<ModelRecipe, "name"> | undefined;
+  if (text !== undefined && text.trim() !== "")
+    try {
+      written = parseModelfile(text, "modelfile", { relativePaths: false });
+    } catch (error) {
+      throw new ValidationError((error as Error).message, "modelfile");
+    }
+  const from = f.string("from", { required: written === undefined, nonEmpty: true }) ?? written!.from;
+  // The older client uploaded a local FROM's file as a blob and named it so.
+  if (/^@?sha256[:-]/.test(from))
     f.fail(
-      "modelfile",
-      "is the Modelfile text of Ollama's older create: give from, system, parameters and messages (mlx create -f reads a Modelfile)",
+      written && !f.has("from") ? "modelfile" : "from",
+      "names an uploaded blob, which this server does not hold: give a stored model, an alias or an absolute path",
     );
-  const from = f.string("from", { required: true, nonEmpty: true })!;
   const license = f.raw("license");
   if (
     license !== undefined &&
@@ -503,10 +516,10 @@ export function parseOllamaCreate(body: unknown): OllamaCreate {
     model,
     from,
     stream: f.boolean("stream") ?? true,
-    system: f.string("system"),
-    license: Array.isArray(license) ? license.join("\n") : (license as string | undefined),
-    parameters,
-    messages,
-    adapter: adapterDirs[0],
+    system: f.string("system") ?? written?.system,
+    license: Array.isArray(license) ? license.join("\n") : ((license as string | undefined) ?? written?.license),
+    parameters: written?.parameters || parameters ? { ...written?.parameters, ...parameters } : undefined,
+    messages: messages ?? written?.messages,
+    adapter: adapterDirs[0] ?? written?.adapter,
   };
 }

@@ -2,18 +2,38 @@
 // PARAMETER, SYSTEM, MESSAGE, ADAPTER and LICENSE, each an instruction (any case) at a line's
 // start followed by its argument: the rest of the line, a "quoted" string, or a """block""" of
 // lines. Lines starting with # are comments.
-import { dirname, resolve } from "node:path";
+import { homedir } from "node:os";
+import { dirname, isAbsolute, join, resolve } from "node:path";
 import type { ModelRecipe } from "./create";
 
-/** A Modelfile's recipe (the name is the command's); `file` names its errors, and relative FROM and ADAPTER paths start from its folder. */
-export function parseModelfile(text: string, file: string): Omit<ModelRecipe, "name"> {
+/**
+ * A Modelfile's recipe (the name is the command's); `file` names its errors, and relative FROM and
+ * ADAPTER paths start from its folder. `relativePaths: false`: a Modelfile sent to a server, which
+ * has no folder: a relative path is refused (an absolute one, or a model's name, is taken), as Ollama's server takes it.
+ */
+export function parseModelfile(
+  text: string,
+  file: string,
+  { relativePaths = true }: { relativePaths?: boolean } = {},
+): Omit<ModelRecipe, "name"> {
   const recipe: Omit<ModelRecipe, "name" | "from"> & { from?: string } = {};
   const parameters: Record<string, unknown> = {};
   const messages: NonNullable<ModelRecipe["messages"]> = [];
   const licenses: string[] = [];
   const lines = text.replace(/\r\n/g, "\n").split("\n");
-  // A relative path is from the Modelfile's folder, as Ollama takes it; a name (an alias, a stored model) is a name.
-  const pathOrName = (value: string) => (/^\.\.?[/\\]|^~?\//.test(value) ? resolve(dirname(file), value) : value);
+  // A relative path is from the Modelfile's folder, as Ollama takes it (~/ from the home folder);
+  // a name (an alias, a stored model) is a name.
+  const path = (value: string, at: string, instruction: string) => {
+    if (/^~[/\\]/.test(value)) return join(homedir(), value.slice(2));
+    if (isAbsolute(value)) return value;
+    if (!relativePaths)
+      throw new Error(
+        `${at}: ${instruction} ${value} is a relative path, which the server cannot resolve: give an absolute path${instruction === "FROM" ? " or a model's name" : ""}`,
+      );
+    return resolve(dirname(file), value);
+  };
+  const pathOrName = (value: string, at: string) =>
+    /^\.\.?[/\\]|^~?[/\\]/.test(value) || isAbsolute(value) ? path(value, at, "FROM") : value;
   for (let i = 0; i < lines.length; i++) {
     const at = `${file}:${i + 1}`;
     const line = lines[i]!.trim();
@@ -36,10 +56,10 @@ export function parseModelfile(text: string, file: string): Omit<ModelRecipe, "n
     if (value === "" && name !== "SYSTEM" && name !== "MESSAGE") throw new Error(`${at}: ${name} needs a value`);
     switch (name) {
       case "FROM":
-        recipe.from = pathOrName(value);
+        recipe.from = pathOrName(value, at);
         break;
       case "ADAPTER":
-        recipe.adapter = resolve(dirname(file), value);
+        recipe.adapter = path(value, at, "ADAPTER");
         break;
       case "SYSTEM":
         recipe.system = value;
