@@ -323,6 +323,25 @@ describe("POST /api/create", () => {
     }
   });
 
+  test("mlx list lists the made models as /api/tags does: the base's format, size and quantization, made from it", async () => {
+    const tags = (await ollama.list()).models.filter((m) => m.details.parent_model !== "");
+    expect(tags.map((m) => m.name)).toEqual(expect.arrayContaining(["pirate", "parrot", "chick", "tuned"]));
+    const listed = await cliRunner(home)(["list", "--json"]);
+    expect(listed).toMatchObject({ code: 0, stderr: "" });
+    const rows = JSON.parse(listed.stdout) as { name: string; parentModel?: string; totalBytes?: number }[];
+    for (const tag of tags)
+      expect(rows.find((r) => r.name === tag.name)).toMatchObject({
+        parentModel: tag.details.parent_model,
+        format: tag.details.format,
+        ...(tag.size > 0 ? { totalBytes: tag.size } : {}),
+      });
+    // The table: a FROM column naming what each is made from.
+    const table = await cliRunner(home)(["list"]);
+    expect(table.stdout).toMatch(/^NAME +FORMAT +QUANTIZATION +SIZE +LAST USED +FROM$/m);
+    expect(table.stdout).toMatch(/^pirate +mlx +.* +tiny$/m);
+    expect(table.stdout).toMatch(/^tiny +mlx +.* +-$/m);
+  });
+
   test("/api/copy of a made model copies its entry", async () => {
     await ollama.copy({ source: "pirate:latest", destination: "corsair" });
     const shown = await ollama.show({ model: "corsair" });

@@ -1,6 +1,8 @@
-// `mlx list`: the stored models, from the store's index.
+// `mlx list`: the stored models, from the store's index, and the models made from them (aliases
+// whose weights are here: mlx create's), as /api/tags lists them.
 import { defineCommand } from "citty";
 import { durationInWords, formatBytes, plainTable, shellWord } from "../format";
+import { listedAliases } from "../store/resolve";
 import { blobsPresent, listModels, unreadableModels } from "../store/store";
 import { fail } from "./log";
 
@@ -10,22 +12,33 @@ export default defineCommand({
     json: {
       type: "boolean",
       description:
-        "One JSON array: name, format, architecture, quantization, size, times, source, missingFiles (blobs gone from disk)",
+        "One JSON array: name, format, architecture, quantization, size, times, source, missingFiles (blobs gone from disk); a model made from another: its parentModel",
     },
   },
   async run({ args }) {
     try {
       // A model whose manifest cannot be read is listed all the same: its files take space until `mlx rm`.
       const unreadable = await unreadableModels();
+      const stored = await listModels();
       const models = await Promise.all(
-        (await listModels())
+        stored
           .filter((m) => !unreadable.includes(m.name))
           .map(async (m) => ({ ...m, missingFiles: !(await blobsPresent(m)) })),
       );
+      // As /api/tags lists them: the files' format, quantization and size, its source as the parent model.
+      const made = listedAliases(stored).map(({ alias, path, base }) => ({
+        name: alias.name,
+        format: base?.format ?? (path.endsWith(".gguf") ? "gguf" : "mlx"),
+        architecture: base?.architecture,
+        quantization: base?.quantization,
+        totalBytes: base?.totalBytes,
+        parentModel: alias.source,
+        definedAt: alias.definedAt,
+      }));
       if (args.json) {
         const rows = models.map(({ blobs: _, ...summary }) => summary);
         const damaged = unreadable.map((name) => ({ name, unreadableManifest: true }));
-        process.stdout.write(`${JSON.stringify([...rows, ...damaged], null, 2)}\n`);
+        process.stdout.write(`${JSON.stringify([...rows, ...made, ...damaged], null, 2)}\n`);
         return;
       }
       const rows = models.map((m) => [
@@ -36,8 +49,28 @@ export default defineCommand({
         m.missingFiles ? "missing files: run mlx verify" : formatBytes(m.totalBytes),
         timeAgo(m.lastUsedAt),
       ]);
+      const madeRows = made.map((m) => [
+        m.name,
+        m.format,
+        m.quantization ?? "-",
+        m.totalBytes === undefined ? "-" : formatBytes(m.totalBytes),
+        "-",
+      ]);
       const damaged = unreadable.map((name) => [name, "-", "-", `unreadable manifest: mlx rm ${shellWord(name)}`, "-"]);
-      process.stdout.write(plainTable(["NAME", "FORMAT", "QUANTIZATION", "SIZE", "LAST USED"], [...rows, ...damaged]));
+      const header = ["NAME", "FORMAT", "QUANTIZATION", "SIZE", "LAST USED"];
+      // The model each is made from, in a column of its own once there is one (its files are that model's).
+      const table =
+        made.length === 0
+          ? plainTable(header, [...rows, ...damaged])
+          : plainTable(
+              [...header, "FROM"],
+              [
+                ...rows.map((r) => [...r, "-"]),
+                ...madeRows.map((r, i) => [...r, made[i]!.parentModel]),
+                ...damaged.map((r) => [...r, "-"]),
+              ],
+            );
+      process.stdout.write(table);
     } catch (error) {
       fail(error);
     }

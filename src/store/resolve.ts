@@ -3,7 +3,8 @@
 // file. Store models are pulled on first use and marked in use (with their last-used time).
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { closeMatches, loadAliases, type AliasTable } from "./aliases";
+import { closeMatches, loadAliases, type AliasTable, type ModelAlias } from "./aliases";
+import type { IndexEntry } from "./model-index";
 import { hubRepoNamed } from "./hf";
 import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
@@ -118,6 +119,34 @@ export function localAliasNames(aliases: AliasTable = loadAliases()): string[] {
       return false; // a folder of several GGUF files: not usable by that name until one is given
     }
   });
+}
+
+/** Stored models by the path their files load from (two names of the same files: the last listed). */
+export function storedByPath(stored: IndexEntry[]): Map<string, IndexEntry> {
+  const byPath = new Map<string, IndexEntry>();
+  for (const m of stored) {
+    const manifest = readManifest(m.name);
+    if (manifest) byPath.set(loadPath(manifest), m);
+  }
+  return byPath;
+}
+
+/**
+ * The aliases listed beside the stored models (mlx list, /api/tags), as Ollama lists a model made
+ * FROM another (mlx create, /api/create): each alias whose weights are here and that no stored
+ * model is named, with the path it loads and the stored model whose files those are (where one is).
+ */
+export function listedAliases(
+  stored: IndexEntry[],
+  aliases: AliasTable = loadAliases(),
+): { alias: ModelAlias; path: string; base?: IndexEntry }[] {
+  const byPath = storedByPath(stored);
+  return localAliasNames(aliases)
+    .filter((name) => !stored.some((m) => m.name === name))
+    .map((name) => {
+      const path = locateModel(name, aliases).path!;
+      return { alias: aliases.models.get(name)!, path, base: byPath.get(path) };
+    });
 }
 
 /**

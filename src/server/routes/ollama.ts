@@ -27,7 +27,7 @@ import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } 
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { thinkingTemplate } from "../../engine/reasoning";
 import { knownName, withoutLatestTag, type LoadedEntry } from "../model-registry";
-import { localAliasNames, locateModel, missingModelError } from "../../store/resolve";
+import { listedAliases, locateModel, missingModelError, storedByPath } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
 import { ollamaParameters, type SamplingDefaults } from "../../models/generation-config";
@@ -40,8 +40,6 @@ import { loadAliases, type ModelAlias } from "../../store/aliases";
 import { ggufParameterCount, readGGUFHeader, type GGUFHeader } from "../../models/gguf-header";
 import { readDirectoryConfig, withModelErrors } from "../../models/load";
 import { ggufPoolingKey, isSentenceTransformersModel } from "../../models/pooling";
-import { readManifest } from "../../store/manifest";
-import { loadPath } from "../../store/store";
 import { Tokenizer } from "../../tokenizer/tokenizer";
 import { wholeModelBytes } from "../../models/layout";
 
@@ -110,13 +108,10 @@ export function ollamaRoutes(s: ServerState): Hono {
         });
       }
     // An alias whose weights are here (a model made by create, a path): as Ollama lists a model
-    // made FROM another, the files' details with its source as the parent model (as /v1/models lists them).
-    const aliases = loadAliases();
-    for (const name of localAliasNames(aliases))
-      if (!models.some((m) => m.name === name) && s.models.offersAlias(name)) {
-        const path = locateModel(name, aliases).path!;
-        const base = byPath.get(path);
-        const alias = aliases.models.get(name)!;
+    // made FROM another, the files' details with its source as the parent model (as /v1/models and mlx list list them).
+    for (const { alias, path, base } of listedAliases(stored)) {
+      const name = alias.name;
+      if (!models.some((m) => m.name === name) && s.models.offersAlias(name))
         models.push({
           name,
           model: name,
@@ -130,7 +125,7 @@ export function ollamaRoutes(s: ServerState): Hono {
             parent_model: alias.source,
           },
         });
-      }
+    }
     // As Ollama lists its cloud models: where the answers come from, nothing stored here.
     for (const remote of remoteModelConfigs())
       if (!models.some((m) => m.name === remote.name))
@@ -454,16 +449,6 @@ async function modelFiles(s: ServerState, name: string): Promise<string> {
   const location = located[0]!;
   if (location.kind === "missing") throw await missingModelError(location);
   throw notFound(`model '${name}' is not in the store yet: pull it first (POST /api/pull)`, "model_not_found");
-}
-
-/** The stored models by the path their files load from: a loaded model's path, whatever name it was loaded by. */
-function storedByPath(stored: IndexEntry[]): Map<string, IndexEntry> {
-  const byPath = new Map<string, IndexEntry>();
-  for (const m of stored) {
-    const manifest = readManifest(m.name);
-    if (manifest) byPath.set(loadPath(manifest), m);
-  }
-  return byPath;
 }
 
 type GenerationDone = Extract<GenerationEvent, { type: "done" }>;
