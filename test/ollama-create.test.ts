@@ -169,9 +169,13 @@ describe("POST /api/create", () => {
     );
     expect(shown.modelfile).toContain(`PARAMETER stop "${never}"\n`);
 
-    // num_predict: the answer's length where a request sets none.
+    // num_predict: the answer's length where a request sets none; a request's own replaces it, -1 (no limit) too.
     const short = await answer("bounded", { temperature: 0, stop: [never] });
     expect(short.eval_count).toBe(3);
+    for (const numPredict of [5, -1])
+      expect((await answer("bounded", { temperature: 0, stop: [never], num_predict: numPredict })).eval_count).toBe(
+        (await answer("tiny", { temperature: 0, num_predict: numPredict, num_ctx: 64, ...penalties })).eval_count,
+      );
     expect(short.message.content).toBe(
       (await answer("tiny", { temperature: 0, num_predict: 3, ...penalties })).message.content,
     );
@@ -197,6 +201,11 @@ describe("POST /api/create", () => {
       stop: [never],
     });
     expect(openai.json.usage.completion_tokens).toBe(3);
+    // Over the API's own default: a completion that names no max_tokens gets the model's, not OpenAI's 16.
+    const completion = (model: string) =>
+      post(`${server.url}/v1/completions`, { model, prompt: "Once upon a time", temperature: 0, stop: [never] });
+    expect((await completion("bounded")).json.usage.completion_tokens).toBe(3);
+    expect((await completion("tiny")).json.usage.completion_tokens).toBe(16);
     // A model made from it inherits them.
     await ollama.create({ model: "bounded-child", from: "bounded", parameters: { temperature: 0.1 } });
     expect((await ollama.show({ model: "bounded-child" })).parameters).toMatch(/^num_ctx +64$/m);

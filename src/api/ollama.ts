@@ -16,7 +16,7 @@ export interface OllamaRequest {
   stream: boolean;
   /** Milliseconds; Infinity keeps the model loaded; undefined: the server's default. */
   keepAlive?: number;
-  /** undefined: until the context is full. */
+  /** undefined: the model's num_predict, else until the context is full; Infinity: until it is full (num_predict <= 0). */
   maxTokens?: number;
   /** options.num_ctx: the context the prompt and answer share (undefined: the model's). */
   contextBound?: ContextBound;
@@ -206,8 +206,9 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
   for (const name of IGNORED_OPTIONS.number) o.number(name);
   return {
     contextBound: numCtx === undefined ? undefined : { tokens: numCtx, param: o.name("num_ctx") },
-    // As Ollama's runner, which limits only a positive count: 0, -1 and -2 all run until a stop or the context's end.
-    maxTokens: numPredict === undefined || numPredict <= 0 ? undefined : numPredict,
+    // As Ollama's runner, which limits only a positive count: 0, -1 and -2 all run until a stop or
+    // the context's end, whatever num_predict the model has.
+    maxTokens: numPredict === undefined ? undefined : numPredict <= 0 ? Infinity : numPredict,
     sampling: {
       temperature: o.number("temperature", { min: 0 }),
       topP: o.number("top_p", { above: 0, max: 1 }),

@@ -23,6 +23,8 @@ export interface OpenAIRequest {
   stream: boolean;
   includeUsage: boolean;
   maxTokens?: number;
+  /** The API's own maxTokens where neither the request nor its model's num_predict sets one (a completion's 16). */
+  defaultMaxTokens?: number;
   /** The field that set maxTokens, for its errors. */
   maxTokensParam: "max_completion_tokens" | "max_tokens";
   sampling: SamplingInput;
@@ -500,7 +502,7 @@ export function parseCompletionRequest(body: unknown): OpenAIRequest {
   const logprobs = f.integer("logprobs", { min: 0, max: 20 });
   return {
     ...common,
-    maxTokens: common.maxTokens ?? COMPLETION_MAX_TOKENS,
+    defaultMaxTokens: COMPLETION_MAX_TOKENS,
     prompts: completionPrompts(f),
     logprobs: logprobs !== undefined,
     topLogprobs: logprobs ?? 0,

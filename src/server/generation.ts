@@ -46,7 +46,10 @@ export interface GenerateInput {
   prefixIds?: number[];
   sampling: SamplingInput;
   defaults: Partial<SamplingParams>;
+  /** undefined: the model's num_predict (models.toml), else the context's end; Infinity: the context's end. */
   maxTokens?: number;
+  /** The API's own maxTokens where neither the request nor its model sets one (OpenAI's completions: 16). */
+  defaultMaxTokens?: number;
   /** Whether a max_tokens beyond the context is an error (OpenAI) or clamped (Ollama). */
   strictMaxTokens: boolean;
   /** The request's name for maxTokens, in its errors (default max_tokens). */
@@ -189,7 +192,12 @@ export async function holdModel(
 
 export async function startGeneration(ctx: GenerationContext, input: GenerateInput): Promise<Generation> {
   const remote = remoteModel(input.model);
-  if (remote) return startRemoteGeneration(ctx, remote, input);
+  // A count without a limit (Ollama's num_predict -1) is no count to a provider.
+  if (remote)
+    return startRemoteGeneration(ctx, remote, {
+      ...input,
+      maxTokens: finite(input.maxTokens ?? input.defaultMaxTokens),
+    });
   // The request's clock starts now: waiting for a model to load (or for room to load it) counts.
   const deadline = requestDeadline(input, ctx.shutdown.signal);
   const controller = deadline.controller;
@@ -343,11 +351,11 @@ function settleLimits(
   limits: ModelLimits,
 ): Pick<GenerateInput, "maxTokens" | "strictMaxTokens" | "maxTokensParam" | "contextBound" | "stop"> {
   const model = aliasNamed(input.model);
-  // As Ollama's runner, a count of 0 or less runs until a stop or the context's end.
-  const numPredict = limits.numPredict !== undefined && limits.numPredict > 0 ? limits.numPredict : undefined;
+  // As Ollama's runner, a count of 0 or less runs until a stop or the context's end (Infinity here).
+  const numPredict = limits.numPredict === undefined || limits.numPredict > 0 ? limits.numPredict : Infinity;
   const ownLength = input.maxTokens !== undefined || numPredict === undefined;
   return {
-    maxTokens: input.maxTokens ?? numPredict,
+    maxTokens: finite(input.maxTokens ?? numPredict ?? input.defaultMaxTokens),
     // The model's length is a default, clamped to the context as Ollama clamps it, never the request's error.
     strictMaxTokens: ownLength && input.strictMaxTokens,
     maxTokensParam: ownLength ? input.maxTokensParam : `num_predict of model '${model}'`,
@@ -357,6 +365,9 @@ function settleLimits(
     stop: input.stop?.length ? input.stop : limits.stop,
   };
 }
+
+/** A count, undefined where it has no limit (Infinity). */
+const finite = (n: number | undefined) => (n === Infinity ? undefined : n);
 
 /** The turns the alias a request names puts before its prompt (models.toml's system and messages). */
 export function modelPrompt(name: string): ModelPrompt {

@@ -109,6 +109,7 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     // OpenAI's documented defaults: temperature 1, top_p 1.
     defaults: { temperature: 1, topP: 1 },
     maxTokens: req.maxTokens,
+    defaultMaxTokens: req.defaultMaxTokens,
     maxTokensParam: req.maxTokensParam,
     strictMaxTokens: true,
     stop: req.stop,
