@@ -135,6 +135,9 @@ describe("mlx create", () => {
     const short = await run(["-m", "brief"]);
     expect(short.stats.generated_tokens).toBe((await run(["-m", tiny, "--max-tokens", "3"])).stats.generated_tokens);
     expect(short.text).toBe((await run(["-m", tiny, "--max-tokens", "3"])).text);
+    // mlx chat too (its answer to a piped line is the same three tokens).
+    const chat = await mlx(["chat", "-m", "brief"], "Hello\n");
+    expect(chat).toMatchObject({ code: 0, stdout: `${short.text}\n` });
     // stop: the answer ends before the stop string; --stop replaces it.
     const stopped = await run(["-m", "brief", "--max-tokens", "8"]);
     expect(stopped).toMatchObject({ text: text.slice(0, text.indexOf(stop)), finish_reason: "stop" });
