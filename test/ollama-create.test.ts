@@ -193,6 +193,12 @@ describe("POST /api/create", () => {
     expect((await answer("bounded", sampled)).message.content).toBe(
       (await answer("tiny", { ...sampled, seed: 42, ...penalties })).message.content,
     );
+    // A request's seed -1 (Ollama's random one) replaces it: at a temperature that makes every token
+    // about as likely, eight tokens drawn again match the seeded ones by chance about never.
+    const flat = { ...sampled, temperature: 50 };
+    expect((await answer("bounded", { ...flat, seed: -1 })).message.content).not.toBe(
+      (await answer("bounded", flat)).message.content,
+    );
     // Every API: OpenAI's chat completions take the model's length too.
     const openai = await post(`${server.url}/v1/chat/completions`, {
       model: "bounded",

@@ -6,7 +6,10 @@ export type { FormatInput, PromptInput } from "../engine/request";
 export type { ToolRequest } from "../engine/tools";
 
 /** Sampling values a request sets (the rest come from the model's defaults, then ours). */
-export type SamplingInput = Partial<SamplingParams>;
+export type SamplingInput = Partial<SamplingParams> & {
+  /** Set where the request asks for a random seed (Ollama's seed -1): its model's seed does not apply. */
+  randomSeed?: boolean;
+};
 
 /**
  * OpenAI's reasoning efforts. "none" switches thinking off, any other on; a template that takes an

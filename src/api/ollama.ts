@@ -218,6 +218,8 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
       // -1 means the whole context; 0 turns the penalty off.
       repetitionContext: repeatLastN === -1 ? WHOLE_CONTEXT : repeatLastN,
       seed: seed === undefined || seed < 0 ? undefined : seed,
+      // -1, Ollama's random seed, replaces a seed its model has.
+      randomSeed: seed !== undefined && seed < 0 ? true : undefined,
       presencePenalty: o.number("presence_penalty", { min: -2, max: 2 }),
       frequencyPenalty: o.number("frequency_penalty", { min: -2, max: 2 }),
       // As Ollama (and llama.cpp) count them: over the last repeat_last_n tokens, prompt included.

@@ -385,7 +385,7 @@ export function aliasNamed(name: string): string {
  * generation_config.json, as vLLM's server applies it), else the API's defaults, else ours.
  */
 function settleSampling(
-  input: SamplingInput,
+  { randomSeed, ...input }: SamplingInput,
   apiDefaults: Partial<SamplingParams>,
   modelDefaults: SamplingDefaults,
 ): SamplingParams {
@@ -395,6 +395,7 @@ function settleSampling(
     ...modelDefaults,
     ...withoutUndefined(input),
   };
+  if (randomSeed) delete params.seed;
   if (params.repetitionContext === 0) params.repetitionPenalty = 1;
   return params;
 }
