@@ -20,7 +20,7 @@ import {
   type CompletionResult,
 } from "./engine/generate";
 import type { JsonFormat } from "./engine/grammar";
-import type { GenerationSpec, PromptInput } from "./engine/request";
+import { modelMaxTokens, type GenerationSpec, type PromptInput } from "./engine/request";
 import { defaultSampling, validateSampling, type SamplingParams } from "./engine/sampling";
 import { Scheduler } from "./engine/scheduler";
 import { loadModel, type LoadedModel } from "./models/load";
@@ -362,7 +362,10 @@ export class Chat {
       if (options.signal?.aborted) return cancelledBeforeStart();
       const turn = this.conversation.turn(text, {
         sampling: sampling(options),
-        maxTokens: options.maxTokens ?? this.conversation.lm.config.maxPositionEmbeddings,
+        maxTokens:
+          options.maxTokens ??
+          modelMaxTokens(this.conversation.lm) ??
+          this.conversation.lm.config.maxPositionEmbeddings,
         maxTokensParam: "maxTokens",
         stop: stopList(options),
         format: options.format && { format: options.format, param: "format" },

@@ -286,6 +286,48 @@ describe("the library's options", () => {
   }, 120_000);
 });
 
+test("an alias's stop strings, num_predict and num_ctx (a Modelfile's PARAMETERs) apply, as in mlx run -m", async () => {
+  const home = mkdtempSync(join(tmpdir(), "mlx-library-limits-"));
+  const tiny = join(home, "tiny");
+  writeTinyModel(tiny, { contextLength: 256 });
+  const before = process.env.MLX_HOME;
+  process.env.MLX_HOME = home;
+  try {
+    const plain = await load(tiny);
+    const greedy = { raw: true, temperature: 0 };
+    const { text } = await plain.generate("one two", { ...greedy, maxTokens: 8 });
+    const three = await plain.generate("one two", { ...greedy, maxTokens: 3 });
+    plain.close();
+    const stop = text.slice(-2);
+    writeFileSync(
+      join(home, "models.toml"),
+      `[models.brief]\nsource = "${tiny}"\nnum_predict = 3\nnum_ctx = 64\nstop = [${JSON.stringify(stop)}]\n`,
+    );
+    const brief = await load("brief");
+    try {
+      // num_predict: where the call sets no maxTokens, in a generation and a chat's turn.
+      const result = await brief.generate("one two", { ...greedy, stop: ["<|never|>"] });
+      expect(result.text).toBe(three.text);
+      expect(result.tokenIds).toHaveLength(3);
+      const chat = brief.chat();
+      expect((await chat.send("Hi", { temperature: 0, stop: ["<|never|>"] })).tokenIds).toHaveLength(3);
+      // stop: its answer ends before it; the call's own replaces it.
+      expect((await brief.generate("one two", { ...greedy, maxTokens: 8 })).text).toBe(
+        text.slice(0, text.indexOf(stop)),
+      );
+      expect((await brief.generate("one two", { ...greedy, maxTokens: 8, stop: ["<|never|>"] })).text).toBe(text);
+      // num_ctx: a longer prompt is refused, naming it.
+      await expect(brief.generate("treasure ".repeat(80), greedy)).rejects.toThrow(
+        "num_ctx in models.toml is 64 tokens",
+      );
+    } finally {
+      brief.close();
+    }
+  } finally {
+    process.env.MLX_HOME = before;
+  }
+}, 120_000);
+
 describe("a model without a chat template", () => {
   test("refuses a list of messages and a chat in the library's own terms, and answers a text prompt", async () => {
     const dir = join(mkdtempSync(join(tmpdir(), "mlx-library-template-")), "model");

@@ -14,6 +14,7 @@ import {
   maxNumDraft,
 } from "../store/aliases";
 import type { LoadedModel, SpeculationChoice } from "../models/load";
+import { modelMaxTokens } from "../engine/request";
 import type { PipelineSpec } from "../engine/pipeline";
 import { fileErrorReason } from "../format";
 import { InvalidParameterError } from "../errors";
@@ -157,9 +158,8 @@ export function maxTokensFrom(
   fallback: number,
 ): number | undefined {
   if (flag !== undefined) return flag;
-  const numPredict = lm?.limits?.numPredict;
-  if (numPredict === undefined) return fallback;
-  return numPredict > 0 ? numPredict : undefined;
+  if (lm?.limits?.numPredict === undefined) return fallback;
+  return modelMaxTokens(lm);
 }
 
 /** A numeric flag's value, whole when `whole`, above 0 (or from 0 when `zero`); else a one-line error. */

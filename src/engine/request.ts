@@ -156,6 +156,15 @@ export interface ContextBound {
   param: string;
 }
 
+/**
+ * The answer length its alias gives a model opened by that name (models.toml's num_predict), for a
+ * request that sets none: undefined where it has none, or one of 0 or less (to the context's end).
+ */
+export function modelMaxTokens(lm: Pick<LoadedModel, "limits">): number | undefined {
+  const n = lm.limits?.numPredict;
+  return n !== undefined && n > 0 ? n : undefined;
+}
+
 /** The context its alias gives a model opened by that name (models.toml's num_ctx), which a request's own replaces. */
 function modelContextBound(lm: LoadedModel): ContextBound | undefined {
   const tokens = lm.limits?.numCtx;
@@ -213,7 +222,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       maxTokensParam,
     );
   const room = rotating ? context : context - promptIds.length;
-  const maxTokens = Math.min(spec.maxTokens ?? room, rotating ? Infinity : room);
+  const maxTokens = Math.min(spec.maxTokens ?? modelMaxTokens(lm) ?? room, rotating ? Infinity : room);
   // Where the template starts the reasoning itself, the answer begins inside it.
   const startsInside = thinking !== undefined && opensThinking(lm.tokenizer.decode(promptIds.slice(-16)));
   const reasoning: ReasoningFormat | undefined = thinking && {
