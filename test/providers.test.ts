@@ -751,28 +751,133 @@ test("ignore_eos reaches an OpenAI-compatible provider; an Anthropic one, which 
   });
 });
 
-test("vLLM's token-level parameters are refused for a remote model, whose API does not carry tokens", async () => {
-  const ask = (extra: Record<string, unknown>) =>
-    post(`${proxy.url}/v1/chat/completions`, {
-      model: "rscripted",
-      messages: [{ role: "user", content: "Hi" }],
-      max_tokens: 6,
-      ...extra,
+describe("vLLM's extra parameters", () => {
+  type Extra = Record<string, unknown>;
+  /** The remote's end token (the tiny model's <|im_end|>), and the ids of a few texts. */
+  const EOS = 2;
+  let ids: Record<string, number>;
+  beforeAll(async () => {
+    const id = async (content: string) =>
+      (await post(`http://127.0.0.1:${remotePort}/tokenize`, { model: tiny, content })).json.tokens[0] as number;
+    ids = { a: await id("a"), b: await id("b"), start: await id("<|im_start|>") };
+  });
+  const bias = (id: number) => ({ logit_bias: { [id]: 100 } });
+
+  /** A greedy answer on `path` as a client sees it: text, finish and stop reason, usage; streamed or whole. */
+  async function answer(url: string, path: string, body: Extra, stream: boolean) {
+    const r = await fetch(`${url}${path}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ ...body, stream, ...(stream && { stream_options: { include_usage: true } }) }),
     });
-  for (const [extra, param] of [
-    [{ min_tokens: 2 }, "min_tokens"],
-    [{ stop_token_ids: [2] }, "stop_token_ids"],
-    [{ bad_words: ["no"] }, "bad_words"],
-    [{ guided_choice: ["a", "b"] }, "guided_choice"],
-    [{ structured_outputs: { regex: "a+" } }, "structured_outputs.regex"],
-  ] as const) {
-    const refused = await ask(extra);
-    expect(refused.status).toBe(400);
-    expect(refused.json.error).toMatchObject({
-      param,
-      message: `model 'rscripted' is remote: '${param}' cannot be sent to it`,
-    });
+    expect(r.status).toBe(200);
+    const chunks = stream
+      ? (await r.text())
+          .split("\n")
+          .filter((line) => line.startsWith("data: {"))
+          .map((line) => JSON.parse(line.slice(6)))
+      : [await r.json()];
+    let text = "";
+    let finish: unknown;
+    let stopReason: unknown;
+    let usage: unknown;
+    for (const chunk of chunks) {
+      usage = chunk.usage ?? usage;
+      const choice = chunk.choices?.[0];
+      if (!choice) continue;
+      text += choice.text ?? choice.delta?.content ?? choice.message?.content ?? "";
+      finish = choice.finish_reason ?? finish;
+      stopReason = choice.stop_reason ?? stopReason;
+    }
+    const u = usage as { prompt_tokens: number; completion_tokens: number };
+    return { text, finish, stopReason, promptTokens: u.prompt_tokens, completionTokens: u.completion_tokens };
   }
+
+  const endpoints = [
+    { path: "/v1/chat/completions", prompt: { messages: [{ role: "user", content: "Hello there, how are you?" }] } },
+    { path: "/v1/completions", prompt: { prompt: "Hello there, how are you?" } },
+  ];
+  // Each asks for something its `without` (the same request less the field) answers otherwise.
+  const cases: [string, Extra, Extra][] = [
+    ["min_tokens", { min_tokens: 5 }, {}],
+    ["stop_token_ids", { stop_token_ids: [1, 0] }, {}],
+    ["include_stop_str_in_output", { stop_token_ids: [0], include_stop_str_in_output: true }, { stop_token_ids: [0] }],
+    ["include_stop_str_in_output (a stop string)", { stop: ["a"], include_stop_str_in_output: true }, { stop: ["a"] }],
+    ["skip_special_tokens", { skip_special_tokens: false }, { skip_special_tokens: true }],
+    ["allowed_token_ids", { allowed_token_ids: [1] }, {}],
+    ["bad_words", { bad_words: ["a"] }, {}],
+    ["truncate_prompt_tokens", { truncate_prompt_tokens: 3 }, {}],
+    ["guided_choice", { guided_choice: ["alpha", "beta"] }, {}],
+    ["guided_regex", { guided_regex: "(yes|no) [0-9]{2}" }, {}],
+    ["guided_grammar", { guided_grammar: 'root ::= "hello " ("world" | "there") "!"' }, {}],
+    ["structured_outputs", { structured_outputs: { regex: "[a-c]{4}" } }, {}],
+  ];
+  /** The ids the cases name (0: "a", 1: "b"), and a bias that shows the field's effect. */
+  const withIds = (name: string, extra: Extra): Extra => {
+    const real = (list: unknown) => (list as number[]).map((i) => (i === 0 ? ids.a : ids.b));
+    const out = { ...extra };
+    if (out.stop_token_ids) out.stop_token_ids = real(out.stop_token_ids);
+    if (out.allowed_token_ids) out.allowed_token_ids = real(out.allowed_token_ids);
+    const biased = name === "min_tokens" ? EOS : name === "skip_special_tokens" ? ids.start! : ids.a!;
+    return { ...bias(biased), ...out };
+  };
+
+  test("reach an OpenAI-compatible provider as sent: the answer through the proxy is the remote's own, streamed and whole", async () => {
+    for (const { path, prompt } of endpoints)
+      for (const [name, extra, without] of cases) {
+        const body = { max_tokens: 8, temperature: 0, ...prompt };
+        for (const stream of [false, true]) {
+          const direct = await answer(
+            `http://127.0.0.1:${remotePort}`,
+            path,
+            { ...body, model: tiny, ...withIds(name, extra) },
+            stream,
+          );
+          const other = await answer(
+            `http://127.0.0.1:${remotePort}`,
+            path,
+            { ...body, model: tiny, ...withIds(name, without) },
+            stream,
+          );
+          // The field changes the remote's answer...
+          expect({ name, path, stream, same: Bun.deepEquals(direct, other) }).toEqual({
+            name,
+            path,
+            stream,
+            same: false,
+          });
+          // ...and reaches it through the proxy: before, a 400 said it could not be sent.
+          const proxied = await answer(proxy.url, path, { ...body, model: "ro", ...withIds(name, extra) }, stream);
+          expect({ name, path, stream, ...proxied }).toEqual({ name, path, stream, ...direct });
+        }
+      }
+  });
+
+  test("an Anthropic provider, whose API has none of them, refuses each with a 400 naming it", async () => {
+    for (const [extra, param] of [
+      [{ min_tokens: 2 }, "min_tokens"],
+      [{ stop_token_ids: [2] }, "stop_token_ids"],
+      [{ include_stop_str_in_output: true }, "include_stop_str_in_output"],
+      [{ skip_special_tokens: false }, "skip_special_tokens"],
+      [{ allowed_token_ids: [2] }, "allowed_token_ids"],
+      [{ bad_words: ["no"] }, "bad_words"],
+      [{ truncate_prompt_tokens: 3 }, "truncate_prompt_tokens"],
+      [{ guided_choice: ["a", "b"] }, "guided_choice"],
+      [{ structured_outputs: { regex: "a+" } }, "structured_outputs.regex"],
+    ] as const) {
+      const refused = await post(`${proxy.url}/v1/chat/completions`, {
+        model: "ra",
+        messages: [{ role: "user", content: "Hi" }],
+        max_tokens: 6,
+        ...extra,
+      });
+      expect(refused.status).toBe(400);
+      expect(refused.json.error).toMatchObject({
+        param,
+        message: `'${param}' is not supported by model 'ra' (an Anthropic provider)`,
+      });
+    }
+  });
 });
 
 describe("the command line", () => {

@@ -6,6 +6,7 @@ import { UnsupportedError } from "../errors";
 import { pairToolResults, type ConversationMessage, type ToolCall, type ToolRequest } from "../engine/tools";
 import type { FormatInput, SamplingInput } from "../api/common";
 import type { ThinkingRequest } from "../engine/reasoning";
+import { ANSWER_CONTROL_PARAMS, type AnswerControls } from "../engine/request";
 import {
   callArguments,
   errorBodyMessage,
@@ -44,6 +45,7 @@ export const anthropicAdapter: ProviderAdapter = {
         `'ignore_eos' is not supported by model '${config.name}' (an Anthropic provider)`,
         "ignore_eos",
       );
+    refuseAnswerControls(config.name, req.controls);
     const system = [
       ...conversation.filter((m) => m.role === "system" || m.role === "developer").map((m) => m.content),
       ...(req.format ? [formatInstruction(req.format)] : []),
@@ -171,6 +173,17 @@ function sampling(name: string, s: SamplingInput): Record<string, unknown> {
     if (s[field] !== undefined)
       throw new UnsupportedError(`'${param}' is not supported by model '${name}' (an Anthropic provider)`, param);
   return { temperature: s.temperature, top_p: s.topP, top_k: s.topK || undefined };
+}
+
+/** vLLM's controls of the answer's tokens and its end: Anthropic's API has none of them, so each set is a 400 naming it. */
+function refuseAnswerControls(name: string, controls: AnswerControls | undefined): void {
+  const set = Object.entries(controls ?? {}).find(([, value]) => value !== undefined);
+  if (!set) return;
+  const param =
+    set[0] === "pattern"
+      ? controls!.pattern!.param
+      : ANSWER_CONTROL_PARAMS[set[0] as keyof typeof ANSWER_CONTROL_PARAMS];
+  throw new UnsupportedError(`'${param}' is not supported by model '${name}' (an Anthropic provider)`, param);
 }
 
 /**

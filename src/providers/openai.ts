@@ -6,6 +6,7 @@ import { UnsupportedError } from "../errors";
 import { pairToolResults, type ConversationMessage, type ToolCall, type ToolRequest } from "../engine/tools";
 import type { FormatInput, SamplingInput } from "../api/common";
 import type { ThinkingRequest } from "../engine/reasoning";
+import type { AnswerControls } from "../engine/request";
 import {
   callArguments,
   errorBodyMessage,
@@ -29,6 +30,7 @@ export const openaiAdapter: ProviderAdapter = {
       ...(req.format ? { response_format: responseFormat(req.format) } : {}),
       // vLLM's, which mlx serve takes too (OpenAI itself answers a 400 naming it, which the client then sees).
       ...(req.ignoreEos ? { ignore_eos: true } : {}),
+      ...answerControls(req.controls),
     };
     const prompt = req.prompt;
     if (prompt.kind === "ids")
@@ -68,6 +70,7 @@ export const openaiAdapter: ProviderAdapter = {
     const calls: { id: string; name: string; args: string }[] = [];
     let finishReason: string | undefined;
     let stopSequence: string | undefined;
+    let stopToken: number | undefined;
     let usage: RemoteUsage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 };
     for await (const message of stream) {
       if (message.data === "[DONE]") break;
@@ -88,8 +91,9 @@ export const openaiAdapter: ProviderAdapter = {
         if (piece.function?.arguments) call.args += piece.function.arguments;
       }
       if (choice.finish_reason) finishReason = choice.finish_reason;
-      // vLLM's (and our) stop_reason: the stop string that ended the answer (a token id there is an end token).
+      // vLLM's (and our) stop_reason: the stop string that ended the answer, or the stop token that did.
       if (typeof choice.stop_reason === "string") stopSequence = choice.stop_reason;
+      if (typeof choice.stop_reason === "number") stopToken = choice.stop_reason;
     }
     if (!finishReason) throw new StreamFailure("the stream ended before the answer did");
     yield {
@@ -103,6 +107,7 @@ export const openaiAdapter: ProviderAdapter = {
         }),
       ),
       stopSequence,
+      stopToken,
       usage,
     };
   },
@@ -165,6 +170,33 @@ function thinking(t: ThinkingRequest | undefined): Record<string, unknown> {
     ...(t?.enabled !== undefined ? { chat_template_kwargs: { enable_thinking: t.enabled } } : {}),
     ...(t?.budget !== undefined ? { thinking_budget: t.budget } : {}),
     ...(t?.effort !== undefined ? { reasoning_effort: t.effort } : {}),
+  };
+}
+
+/**
+ * vLLM's extra parameters, under the names the client sent them: vLLM (and mlx serve) honour
+ * them, so they reach the remote as they would reach it asked directly. OpenAI itself answers a
+ * 400 naming them, which the client then sees. (guided_json and structured_outputs.json arrive
+ * as the request's format, and go as response_format, which every OpenAI-compatible server reads.)
+ */
+function answerControls(c: AnswerControls | undefined): Record<string, unknown> {
+  if (!c) return {};
+  const pattern = c.pattern;
+  // guided_regex, or structured_outputs.regex: the same field, under the name it came with.
+  const kind = pattern && (Object.keys(pattern.pattern)[0] as "regex" | "choice" | "grammar");
+  const value = pattern && (pattern.pattern as Record<string, unknown>)[kind!];
+  return {
+    min_tokens: c.minTokens,
+    stop_token_ids: c.stopTokenIds,
+    include_stop_str_in_output: c.includeStop,
+    skip_special_tokens: c.skipSpecialTokens,
+    allowed_token_ids: c.allowedTokenIds,
+    bad_words: c.badWords,
+    truncate_prompt_tokens: c.truncatePromptTokens,
+    ...(pattern &&
+      (pattern.param.startsWith("structured_outputs.")
+        ? { structured_outputs: { [kind!]: value } }
+        : { [`guided_${kind}`]: value })),
   };
 }
 

@@ -7,6 +7,7 @@ import type { EventSourceMessage } from "eventsource-parser/stream";
 import type { FormatInput, PromptInput, SamplingInput } from "../api/common";
 import type { ToolCall, ToolRequest } from "../engine/tools";
 import type { ThinkingRequest } from "../engine/reasoning";
+import type { AnswerControls } from "../engine/request";
 import type { RemoteModelConfig } from "./config";
 
 export interface RemoteRequest {
@@ -21,6 +22,8 @@ export interface RemoteRequest {
   thinking?: ThinkingRequest;
   /** Generate up to maxTokens past the model's end token (vLLM's ignore_eos). */
   ignoreEos?: boolean;
+  /** vLLM's controls of the answer's tokens and its end (min_tokens, stop_token_ids, guided_regex, ...). */
+  controls?: AnswerControls;
 }
 
 export interface RemoteUsage {
@@ -40,6 +43,8 @@ export type RemoteEvent =
       calls: ToolCall[];
       /** The stop sequence that ended the answer, when the provider says which. */
       stopSequence?: string;
+      /** The stop token that ended it, as vLLM (and mlx serve) report one of stop_token_ids in stop_reason. */
+      stopToken?: number;
       usage: RemoteUsage;
     };
 

@@ -5,7 +5,6 @@
 // full, an error status after the retries) is an HTTP error status, not a broken stream.
 import { parseExactJson } from "../exact-json";
 import { ProviderError, UnsupportedError } from "../errors";
-import { ANSWER_CONTROL_PARAMS } from "../engine/request";
 import type { GenerationEvent } from "../engine/scheduler";
 import type { ToolCall, ToolCallParser } from "../engine/tools";
 import { offeredTools } from "../engine/tools";
@@ -45,15 +44,6 @@ export async function startRemoteGeneration(
     throw new UnsupportedError(`model '${name}' is remote: a context of token ids cannot be sent to it`, "context");
   if (input.logprobs || input.topLogprobs)
     throw new UnsupportedError(`model '${name}' is remote: logprobs are not available from it`, "logprobs");
-  // They act on the model's tokens, which a provider's API does not let through.
-  const control = Object.entries(input.controls ?? {}).find(([, value]) => value !== undefined);
-  if (control) {
-    const param =
-      control[0] === "pattern"
-        ? input.controls!.pattern!.param
-        : ANSWER_CONTROL_PARAMS[control[0] as keyof typeof ANSWER_CONTROL_PARAMS];
-    throw new UnsupportedError(`model '${name}' is remote: '${param}' cannot be sent to it`, param);
-  }
   if (input.contextBound)
     throw new UnsupportedError(
       `model '${name}' is remote: its context is the provider's, which ${input.contextBound.param} cannot bound`,
@@ -78,6 +68,7 @@ export async function startRemoteGeneration(
       tools: input.tools,
       thinking: input.thinking,
       ignoreEos: input.ignoreEos,
+      controls: input.controls,
     },
     {
       signal: controller.signal,
@@ -145,6 +136,7 @@ export async function startRemoteGeneration(
             type: "done",
             finishReason: event.finishReason,
             stopSequence: event.stopSequence,
+            stopToken: event.stopToken,
             tokenIds: [],
             usage: {
               ...event.usage,
