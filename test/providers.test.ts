@@ -103,6 +103,8 @@ let wholeHits = 0;
 let ignoresToolsHits = 0;
 /** Requests the server that answers off the schema has seen. */
 let offSchemaHits = 0;
+/** The bodies the recording server forwarded to the real remote. */
+const recordedBodies: Record<string, unknown>[] = [];
 /** The gated server's requests wait for this; and the client port each came from. */
 let gate = Promise.withResolvers<void>();
 const gatedPorts: number[] = [];
@@ -131,6 +133,15 @@ beforeAll(async () => {
       if (limitedHits.length === 1)
         return Response.json({ error: { message: "slow down" } }, { status: 429, headers: { "Retry-After": "1" } });
       return fetch(`${base}/v1/chat/completions`, { method: "POST", headers: req.headers, body: await req.text() });
+    },
+  });
+  // Forwards each request to the real remote, keeping its body: what the proxy sent, as sent.
+  const recording = Bun.serve({
+    port: 0,
+    async fetch(req) {
+      const body = await req.text();
+      recordedBodies.push(JSON.parse(body));
+      return fetch(`${base}${new URL(req.url).pathname}`, { method: "POST", headers: req.headers, body });
     },
   });
   const offSchema = Bun.serve({
@@ -241,7 +252,7 @@ beforeAll(async () => {
         { status: 404, headers: { "Content-Type": "text/html" } },
       ),
   });
-  helpers.push(limited, offSchema, gated, silent, keptAlive, ignoresTools, busy, whole, moved, webPage);
+  helpers.push(recording, limited, offSchema, gated, silent, keptAlive, ignoresTools, busy, whole, moved, webPage);
   unreachable = freePort();
   unreachableRetried = freePort();
 
@@ -280,6 +291,11 @@ model = "${thinker}"
 provider = "openai"
 base_url = "${base}/v1"
 model = "${scripted}"
+
+[models.rrecorded]
+provider = "openai"
+base_url = "http://127.0.0.1:${recording.port}/v1"
+model = "${thinker}"
 
 [models.reffort]
 provider = "openai"
@@ -665,6 +681,61 @@ describe("thinking", () => {
         (await direct({ max_tokens: 8, temperature: 0, reasoning_effort: "none" })).content,
       );
     }
+  });
+
+  test("reasoning_effort 'none' goes to an OpenAI-compatible provider as asked, beside enable_thinking false; other switches send no effort", async () => {
+    const sent = async (ask: () => Promise<unknown>) => {
+      recordedBodies.length = 0;
+      await ask();
+      expect(recordedBodies).toHaveLength(1);
+      const { reasoning_effort, chat_template_kwargs } = recordedBodies[0]!;
+      return { reasoning_effort, chat_template_kwargs };
+    };
+    const off = { reasoning_effort: "none", chat_template_kwargs: { enable_thinking: false } };
+    // Before, only enable_thinking went: a template that reads reasoning_effort (gpt-oss's on vLLM) was not told.
+    const chat = await openai.chat.completions.create({
+      model: "rrecorded",
+      messages: hi,
+      max_tokens: 8,
+      temperature: 0,
+      reasoning_effort: "none",
+    });
+    expect(recordedBodies[0]).toMatchObject(off);
+    expect(chat.choices[0]!.message.content).toBe(
+      (await direct({ max_tokens: 8, temperature: 0, reasoning_effort: "none" })).content,
+    );
+    expect(
+      await sent(() =>
+        openai.responses.create({
+          model: "rrecorded",
+          input: "Hi",
+          max_output_tokens: 4,
+          reasoning: { effort: "none" },
+        }),
+      ),
+    ).toEqual(off);
+    // Thinking switched off by a field that names no effort: none is added, which older providers refuse.
+    const noEffort = { reasoning_effort: undefined, chat_template_kwargs: { enable_thinking: false } };
+    expect(
+      await sent(() =>
+        new Ollama({ host: proxy.url }).chat({
+          model: "rrecorded",
+          messages: hi,
+          think: false,
+          options: { num_predict: 4 },
+        }),
+      ),
+    ).toEqual(noEffort);
+    expect(
+      await sent(() =>
+        post(`${proxy.url}/v1/chat/completions`, {
+          model: "rrecorded",
+          messages: hi,
+          max_tokens: 4,
+          chat_template_kwargs: { enable_thinking: false },
+        }),
+      ),
+    ).toEqual(noEffort);
   });
 
   test("an effort (reasoning_effort, the Responses API's reasoning.effort, Ollama's think) reaches an OpenAI-compatible provider", async () => {

@@ -482,7 +482,8 @@ function thinkingParams(f: Fields): ThinkingRequest | undefined {
     f.fail("thinking_budget", "cannot be combined with thinking switched off");
   const param = switchKey ? `chat_template_kwargs.${switchKey}` : "reasoning_effort";
   if (enabled === undefined && budget === undefined) return undefined;
-  return { enabled, budget, param, ...(effort && effort !== "none" && { effort }) };
+  // "none" too: an OpenAI-compatible provider is sent the effort as asked (see providers/openai.ts).
+  return { enabled, budget, param, ...(effort && { effort }) };
 }
 
 /** max_tokens when a completion request names none: 16, OpenAI's (and vLLM's) default, not the whole context. */

@@ -188,7 +188,7 @@ function reasoningParam(f: Fields): ThinkingRequest | undefined {
   if (effort === undefined) return undefined;
   if (!REASONING_EFFORTS.includes(effort))
     r.fail("effort", `must be one of ${REASONING_EFFORTS.join(", ")}; got '${effort}'`);
-  return { enabled: effort !== "none", param: "reasoning.effort", ...(effort !== "none" && { effort }) };
+  return { enabled: effort !== "none", param: "reasoning.effort", effort };
 }
 
 /** One input item: a message, a function call the model made, or a call's output. */

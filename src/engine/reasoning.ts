@@ -30,7 +30,10 @@ export interface ThinkingRequest {
   budget?: number;
   /** The request field that asked (named in errors). */
   param?: string;
-  /** How hard to think (OpenAI's reasoning_effort: low, medium, high), for templates that take it (gpt-oss's). */
+  /**
+   * How hard to think (OpenAI's reasoning_effort: low, medium, high), for templates that take it
+   * (gpt-oss's); "none" where the client named that effort (thinking is then off: `enabled`).
+   */
   effort?: string;
 }
 

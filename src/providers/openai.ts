@@ -164,6 +164,11 @@ function sampling(s: SamplingInput): Record<string, unknown> {
  * above, OpenAI itself answers a 400 naming them, which the client then sees. The effort asked
  * (reasoning_effort, the Responses API's reasoning.effort, Ollama's think: "low") goes as
  * `reasoning_effort`, which OpenAI's reasoning models and gpt-oss's template (vLLM's and ours) read.
+ * "none" goes only where the client named it (reasoning_effort, reasoning.effort), beside
+ * enable_thinking false: OpenAI takes it from gpt-5.1 on and vLLM in its newer releases (which
+ * hand it to templates that read reasoning_effort, gpt-oss's, GLM's), but older ones of either
+ * answer a 400 for it, so thinking switched off otherwise (Ollama's think: false, Anthropic's
+ * thinking disabled, --no-think) does not add it to a request the provider took before.
  */
 function thinking(t: ThinkingRequest | undefined): Record<string, unknown> {
   return {
