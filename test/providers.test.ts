@@ -822,6 +822,37 @@ test("ignore_eos reaches an OpenAI-compatible provider; an Anthropic one, which 
   });
 });
 
+test("an answer's start (continue_final_message, an Anthropic client's prefill) is gone on by an OpenAI-compatible provider, not answered anew", async () => {
+  const messages = [
+    { role: "user", content: "Tell me a story" },
+    { role: "assistant", content: "Once upon a time" },
+  ];
+  const ask = (url: string, model: string, extra: Record<string, unknown>) =>
+    post(`${url}/v1/chat/completions`, { model, messages, max_tokens: 8, temperature: 0, ...extra });
+  const continued = { continue_final_message: true, add_generation_prompt: false };
+  const direct = (await ask(`http://127.0.0.1:${remotePort}`, tiny, continued)).json;
+  const anew = (await ask(`http://127.0.0.1:${remotePort}`, tiny, {})).json;
+  expect(direct.usage.prompt_tokens).toBeLessThan(anew.usage.prompt_tokens);
+  // Before, the field was dropped on the way: the remote answered a new turn after the assistant's.
+  const proxied = (await ask(proxy.url, "ro", continued)).json;
+  expect([proxied.choices[0].message.content, proxied.usage.prompt_tokens]).toEqual([
+    direct.choices[0].message.content,
+    direct.usage.prompt_tokens,
+  ]);
+  const prefilled = await anthropic.messages.create({
+    model: "ro",
+    max_tokens: 8,
+    ...({ temperature: 0 } as object),
+    messages: messages as Anthropic.MessageParam[],
+  });
+  // Anthropic counts the prompt tokens the remote had cached apart.
+  const promptTokens = prefilled.usage.input_tokens + (prefilled.usage.cache_read_input_tokens ?? 0);
+  expect([prefilled.content[0], promptTokens]).toEqual([
+    expect.objectContaining({ text: direct.choices[0].message.content }),
+    direct.usage.prompt_tokens,
+  ]);
+});
+
 describe("vLLM's extra parameters", () => {
   type Extra = Record<string, unknown>;
   /** The remote's end token (the tiny model's <|im_end|>), and the ids of a few texts. */

@@ -54,6 +54,11 @@ export const openaiAdapter: ProviderAdapter = {
         messages,
         ...(req.tools?.tools.length ? tools(req.tools) : {}),
         ...thinking(req.thinking),
+        // The last message is the answer's start, which the model goes on with (Anthropic's prefill):
+        // vLLM's fields for it, which mlx serve takes too (else the remote answers a turn of its own).
+        ...(prompt.kind === "chat" && prompt.continueFinal
+          ? { continue_final_message: true, add_generation_prompt: false }
+          : {}),
       },
     };
   },
