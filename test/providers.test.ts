@@ -56,6 +56,11 @@ const effortTemplate =
   "{%- for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{%- endfor %}" +
   "{%- if reasoning_effort is defined %}<|start|>system<|message|>Reasoning: {{ (reasoning_effort ~ ' ') * 3 }}<|end|>{%- endif %}" +
   "{%- if add_generation_prompt %}<|start|>assistant{%- endif %}";
+/** A tiny model whose template writes an assistant turn's reasoning_content into the prompt. */
+const reasoned = join(root, "reasoned");
+const reasonedTemplate =
+  "{%- for m in messages %}<|im_start|>{{ m.role }}\n{%- if m.reasoning_content %}[{{ m.reasoning_content }}]{%- endif %}{{ m.content }}<|im_end|>\n{%- endfor %}" +
+  "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}";
 /** A model whose greedy answer is "Hi" and its end token. */
 const scripted = join(root, "scripted");
 /** A file the remote cannot load: asked for it, the remote answers a 500. */
@@ -120,6 +125,7 @@ beforeAll(async () => {
   writeTinyModel(tiny, { contextLength: 1024 });
   writeTinyModel(thinker, { modelType: "qwen3", contextLength: 512, chatTemplate: thinkingTemplate });
   writeTinyModel(effortful, { contextLength: 512, chatTemplate: effortTemplate });
+  writeTinyModel(reasoned, { contextLength: 512, chatTemplate: reasonedTemplate });
   writeScriptedModel(scripted, ["Hi"]);
   writeFileSync(corrupt, "not a model");
   remotePort = freePort();
@@ -296,6 +302,11 @@ model = "${scripted}"
 provider = "openai"
 base_url = "http://127.0.0.1:${recording.port}/v1"
 model = "${thinker}"
+
+[models.rreasoned]
+provider = "openai"
+base_url = "${base}/v1"
+model = "${reasoned}"
 
 [models.reffort]
 provider = "openai"
@@ -820,6 +831,27 @@ test("ignore_eos reaches an OpenAI-compatible provider; an Anthropic one, which 
     param: "ignore_eos",
     message: "'ignore_eos' is not supported by model 'ra' (an Anthropic provider)",
   });
+});
+
+test("an assistant turn's reasoning reaches an OpenAI-compatible provider, whose template reads it back", async () => {
+  const messages = [
+    { role: "user", content: "What is two and two?" },
+    { role: "assistant", content: "Four.", reasoning_content: "two and two make four, a small sum" },
+    { role: "user", content: "And three?" },
+  ];
+  const ask = (url: string, model: string, sent = messages) =>
+    post(`${url}/v1/chat/completions`, { model, messages: sent, max_tokens: 4, temperature: 0 });
+  const direct = (await ask(`http://127.0.0.1:${remotePort}`, reasoned)).json;
+  const unreasoned = messages.map(({ reasoning_content, ...m }) => m);
+  expect(direct.usage.prompt_tokens).toBeGreaterThan(
+    (await ask(`http://127.0.0.1:${remotePort}`, reasoned, unreasoned)).json.usage.prompt_tokens,
+  );
+  // Before, it was dropped on the way: the remote's prompt had no reasoning.
+  const proxied = (await ask(proxy.url, "rreasoned")).json;
+  expect([proxied.choices[0].message.content, proxied.usage.prompt_tokens]).toEqual([
+    direct.choices[0].message.content,
+    direct.usage.prompt_tokens,
+  ]);
 });
 
 test("an answer's start (continue_final_message, an Anthropic client's prefill) is gone on by an OpenAI-compatible provider, not answered anew", async () => {

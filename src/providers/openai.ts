@@ -212,17 +212,21 @@ function answerControls(c: AnswerControls | undefined): Record<string, unknown> 
 
 function chatMessage(m: ConversationMessage): Record<string, unknown> {
   if (m.role === "tool") return { role: "tool", tool_call_id: m.toolCallId, content: m.content };
+  // An assistant turn's reasoning as vLLM, llama.cpp and we read it back: a thinking template
+  // renders it in a multi-step tool call's turns, so the prompt goes on from what the model wrote.
+  const reasoning = m.role === "assistant" && m.reasoning ? { reasoning_content: m.reasoning } : {};
   if (m.role === "assistant" && m.toolCalls?.length)
     return {
       role: "assistant",
       content: m.content || null,
+      ...reasoning,
       tool_calls: m.toolCalls.map((c) => ({
         id: c.id,
         type: "function",
         function: { name: c.name, arguments: JSON.stringify(c.arguments) },
       })),
     };
-  return { role: m.role, content: m.content };
+  return { role: m.role, content: m.content, ...reasoning };
 }
 
 function responseFormat(f: FormatInput): Record<string, unknown> {
