@@ -833,6 +833,25 @@ test("ignore_eos reaches an OpenAI-compatible provider; an Anthropic one, which 
   });
 });
 
+test("the repetition penalty's window (repetition_context_size, Ollama's repeat_last_n) reaches an OpenAI-compatible provider", async () => {
+  const hi = [{ role: "user", content: "Tell me a story about a cat" }];
+  const answer = async (url: string, model: string, extra: Record<string, unknown>) =>
+    (await post(`${url}/v1/chat/completions`, { model, messages: hi, max_tokens: 16, temperature: 0, ...extra })).json
+      .choices[0].message.content as string;
+  const direct = (extra: Record<string, unknown>) => answer(`http://127.0.0.1:${remotePort}`, tiny, extra);
+  const windowed = { repetition_penalty: 2, repetition_context_size: 1 };
+  const expected = await direct(windowed);
+  expect(expected).not.toBe(await direct({ repetition_penalty: 2 }));
+  // Before, the window was dropped on the way: the remote penalized its default 20 tokens.
+  expect(await answer(proxy.url, "ro", windowed)).toBe(expected);
+  const ollama = new Ollama({ host: proxy.url });
+  const viaOllama = (options: Record<string, number>) =>
+    ollama.chat({ model: "ro", messages: hi, options: { num_predict: 16, temperature: 0, ...options } });
+  expect((await viaOllama({ repeat_penalty: 2, repeat_last_n: 1 })).message.content).toBe(expected);
+  // repeat_last_n 0 turns the penalty off, as for a local model.
+  expect((await viaOllama({ repeat_penalty: 2, repeat_last_n: 0 })).message.content).toBe(await direct({}));
+});
+
 test("an assistant turn's reasoning reaches an OpenAI-compatible provider, whose template reads it back", async () => {
   const messages = [
     { role: "user", content: "What is two and two?" },

@@ -4,7 +4,7 @@
 import type { EventSourceMessage } from "eventsource-parser/stream";
 import { UnsupportedError } from "../errors";
 import { pairToolResults, type ConversationMessage, type ToolCall, type ToolRequest } from "../engine/tools";
-import type { FormatInput, SamplingInput } from "../api/common";
+import { WHOLE_CONTEXT, type FormatInput, type SamplingInput } from "../api/common";
 import type { ThinkingRequest } from "../engine/reasoning";
 import type { AnswerControls } from "../engine/request";
 import {
@@ -147,15 +147,19 @@ const readUsage = (u: OpenAIUsage): RemoteUsage => ({
 /**
  * The sampling values the client set, by their OpenAI names. top_k, min_p and
  * repetition_penalty are not OpenAI's own, but vLLM, llama.cpp, mlx-lm and we accept them;
- * OpenAI itself answers a 400 naming them, which the client then sees.
+ * OpenAI itself answers a 400 naming them, which the client then sees. The repetition
+ * penalty's window goes as mlx-lm's repetition_context_size (0: the whole context); an empty
+ * one (Ollama's repeat_last_n 0) turns the penalty off, as here.
  */
 function sampling(s: SamplingInput): Record<string, unknown> {
+  const window = s.repetitionContext;
   return {
     temperature: s.temperature,
     top_p: s.topP,
     top_k: s.topK,
     min_p: s.minP,
-    repetition_penalty: s.repetitionPenalty,
+    repetition_penalty: window === 0 ? 1 : s.repetitionPenalty,
+    repetition_context_size: window === WHOLE_CONTEXT ? 0 : window || undefined,
     presence_penalty: s.presencePenalty,
     frequency_penalty: s.frequencyPenalty,
     seed: s.seed,
