@@ -308,6 +308,11 @@ provider = "openai"
 base_url = "${base}/v1"
 model = "${reasoned}"
 
+[models.rarecorded]
+provider = "anthropic"
+base_url = "http://127.0.0.1:${recording.port}"
+model = "${tiny}"
+
 [models.reffort]
 provider = "openai"
 base_url = "${base}/v1"
@@ -830,6 +835,36 @@ test("ignore_eos reaches an OpenAI-compatible provider; an Anthropic one, which 
   expect(refused.json.error).toMatchObject({
     param: "ignore_eos",
     message: "'ignore_eos' is not supported by model 'ra' (an Anthropic provider)",
+  });
+});
+
+test("the end user and the prompt cache key a request names reach the provider, as its API names them", async () => {
+  const hi = [{ role: "user" as const, content: "Hi" }];
+  const sent = async (ask: () => Promise<unknown>) => {
+    recordedBodies.length = 0;
+    await ask();
+    expect(recordedBodies).toHaveLength(1);
+    const { user, safety_identifier, prompt_cache_key, metadata } = recordedBodies[0]!;
+    return { user, safety_identifier, prompt_cache_key, metadata };
+  };
+  const hints = { user: "u-1", safety_identifier: "s-1", prompt_cache_key: "k-1" };
+  // Before, each was dropped on the way.
+  const chat = (model: string) => () =>
+    openai.chat.completions.create({ model, messages: hi, max_tokens: 2, ...hints });
+  expect(await sent(chat("rrecorded"))).toEqual({ ...hints, metadata: undefined });
+  expect(
+    await sent(() => openai.responses.create({ model: "rrecorded", input: "Hi", max_output_tokens: 2, ...hints })),
+  ).toEqual({ ...hints, metadata: undefined });
+  const anthropicAsked = (model: string) => () =>
+    anthropic.messages.create({ model, max_tokens: 2, messages: hi, metadata: { user_id: "u-2" } });
+  expect(await sent(anthropicAsked("rrecorded"))).toMatchObject({ user: "u-2", metadata: undefined });
+  // To an Anthropic provider: the end user as its metadata.user_id, which is all it takes of them.
+  expect(await sent(anthropicAsked("rarecorded"))).toMatchObject({ user: undefined, metadata: { user_id: "u-2" } });
+  expect(await sent(chat("rarecorded"))).toEqual({
+    user: undefined,
+    safety_identifier: undefined,
+    prompt_cache_key: undefined,
+    metadata: { user_id: "u-1" },
   });
 });
 

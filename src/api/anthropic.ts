@@ -2,7 +2,7 @@
 // /v1/messages/count_tokens): the validation of requests, reduced to the same conversation,
 // sampling and tools as the other API families, and the builders of messages and usage.
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
-import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest } from "./common";
+import type { FormatInput, PromptInput, RequestHints, SamplingInput, ThinkingRequest } from "./common";
 import { TEXT_PARTS_SEPARATOR } from "./common";
 import { MAX_TOOLS, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, messageFields, serviceTier, unsupported } from "./validate";
@@ -19,6 +19,8 @@ export interface AnthropicRequest {
   /** `thinking.display` "omitted": thinking blocks come empty (Anthropic's redacted display). */
   omitThinking: boolean;
   format?: FormatInput;
+  /** metadata.user_id, as the end user a remote provider is told of. */
+  hints: RequestHints;
 }
 
 /** What count_tokens reads: the prompt, the tools it offers, thinking and the output format (a template may render them). */
@@ -83,7 +85,7 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
     );
   f.onlyKnown(MESSAGES_FIELDS);
   const maxTokens = f.integer("max_tokens", { min: 1 }) ?? f.fail("max_tokens", "is required");
-  metadataUserId(f);
+  const user = metadataUserId(f);
   // "auto" (priority capacity where the account has it) and "standard_only" alike: the one tier here.
   serviceTier(f, ["auto", "standard_only"]);
   const request = { ...promptFields(f), thinking: thinkingParam(f, maxTokens), format: outputFormat(f) };
@@ -99,17 +101,18 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
       topK: f.integer("top_k", { min: 0 }),
     },
     stop: stopSequences(f),
+    hints: { user },
   };
 }
 
 /**
- * `metadata` holds only `user_id` (Anthropic refuses other keys): checked, then unused, as it
- * only tags the request for Anthropic.
+ * `metadata` holds only `user_id` (Anthropic refuses other keys): it only tags the request, so
+ * a local model has no use for it; a remote provider is told of it.
  */
-function metadataUserId(f: Fields): void {
+function metadataUserId(f: Fields): string | undefined {
   const metadata = f.object("metadata");
   metadata?.onlyKnown(["user_id"]);
-  metadata?.string("user_id");
+  return metadata?.string("user_id");
 }
 
 /**

@@ -23,6 +23,18 @@ export const WHOLE_CONTEXT = 1 << 30;
 export type { ThinkingRequest } from "../engine/reasoning";
 
 /**
+ * What a request says about itself to whoever serves it, changing nothing in its answer: the
+ * end user (OpenAI's `user`, Anthropic's `metadata.user_id`), OpenAI's `safety_identifier`, and
+ * the key that groups requests for a provider's prompt cache (`prompt_cache_key`). A local model
+ * has no use for them (our prefix cache needs no key); a remote provider is sent them.
+ */
+export interface RequestHints {
+  user?: string;
+  safetyIdentifier?: string;
+  promptCacheKey?: string;
+}
+
+/**
  * Between a message's text parts or blocks, as vLLM joins them: glued together, the last word of
  * one part ran into the first of the next (an agent's reminder block into the user's text).
  */

@@ -5,7 +5,7 @@ import type { ConversationMessage } from "../engine/tools";
 import { THINKING_SWITCHES } from "../engine/reasoning";
 import type { TextPattern } from "../engine/grammar";
 import type { AnswerControls } from "../engine/request";
-import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
+import type { FormatInput, PromptInput, RequestHints, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
 import { REASONING_EFFORTS, TEXT_PARTS_SEPARATOR, WHOLE_CONTEXT } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, serviceTier, unsupported } from "./validate";
@@ -35,6 +35,7 @@ export interface OpenAIRequest {
   format?: FormatInput;
   tools?: ToolRequest;
   thinking?: ThinkingRequest;
+  hints: RequestHints;
 }
 
 const ROLES = new Set(["system", "developer", "user", "assistant", "tool"]);
@@ -121,10 +122,8 @@ const COMPLETION_FIELDS = [
 /** The fields both endpoints share: sampling, limits, stop, streaming. */
 function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "topLogprobs"> {
   const n = f.integer("n", { min: 1, max: MAX_CHOICES }) ?? 1;
-  // Identifiers and hints that ask for nothing we would do differently.
-  f.string("user");
-  f.string("safety_identifier");
-  f.string("prompt_cache_key"); // our prefix cache needs no key
+  // Identifiers and hints that ask for nothing a local model would do differently (a remote provider is sent them).
+  const hints = requestHints(f);
   serviceTier(f, OPENAI_SERVED_TIERS);
   if (f.boolean("store")) throw unsupported("store", "'store' true (stored chat completions)");
   const stream = f.boolean("stream") ?? false;
@@ -169,6 +168,7 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
   return {
     model: f.string("model", { nonEmpty: true }),
     n,
+    hints,
     ignoreEos,
     controls: { ...answerControls(f, maxTokens), ...(guided && "pattern" in guided && { pattern: guided }) },
     stream,
@@ -294,6 +294,15 @@ function tokenIds(f: Fields, field: string, o: { nonEmpty?: boolean } = {}): num
       );
   });
   return ids?.length ? (ids as number[]) : undefined;
+}
+
+/** user, safety_identifier and prompt_cache_key (chat completions and Responses). */
+export function requestHints(f: Fields): RequestHints {
+  return {
+    user: f.string("user"),
+    safetyIdentifier: f.string("safety_identifier"),
+    promptCacheKey: f.string("prompt_cache_key"),
+  };
 }
 
 /** OpenAI's service_tier names for how every request here is served (chat completions and Responses). */

@@ -2,9 +2,9 @@
 // messages (the instructions apart: they are not carried on to a follow-up response), its
 // function tools and text format; and the builders of output items and usage.
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
-import type { FormatInput, SamplingInput, ThinkingRequest } from "./common";
+import type { FormatInput, RequestHints, SamplingInput, ThinkingRequest } from "./common";
 import { REASONING_EFFORTS, TEXT_PARTS_SEPARATOR } from "./common";
-import { OPENAI_SERVED_TIERS, streamOptions } from "./openai";
+import { OPENAI_SERVED_TIERS, requestHints, streamOptions } from "./openai";
 import { MAX_TOOLS, callArguments, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, serviceTier, unsupported } from "./validate";
 
@@ -33,6 +33,7 @@ export interface ResponsesRequest {
   /** The functions of `namespace` tools, by the name the model calls them (see namespacedName). */
   namespaced: Map<string, NamespacedName>;
   thinking?: ThinkingRequest;
+  hints: RequestHints;
 }
 
 /** A function of a `namespace` tool (how Codex groups its multi-agent and MCP tools): its two names. */
@@ -61,7 +62,8 @@ const HOSTED_TOOLS = new Set([
 /**
  * Strings that change nothing here, so they pass (as Anthropic's `cache_control` does): `user`
  * and `safety_identifier` name the end user to OpenAI, `prompt_cache_key` groups requests for a
- * cache that our prefix cache, matching any shared prefix, does without.
+ * cache that our prefix cache, matching any shared prefix, does without. A remote provider is
+ * sent them (RequestHints).
  */
 const HINTS = ["user", "safety_identifier", "prompt_cache_key"];
 
@@ -108,7 +110,7 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
   const f = Fields.of(body);
   f.onlyKnown(KNOWN);
   onlyDefaults(f);
-  for (const hint of HINTS) f.string(hint);
+  const hints = requestHints(f);
   // As on chat completions: the default tiers, and stream_options' include_obfuscation, pass.
   serviceTier(f, OPENAI_SERVED_TIERS);
   const stream = f.boolean("stream") ?? false;
@@ -156,6 +158,7 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     ...textFormat(f),
     ...toolRequest(f),
     thinking: reasoningParam(f),
+    hints,
     logprobs,
     topLogprobs,
   };

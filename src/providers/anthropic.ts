@@ -62,6 +62,8 @@ export const anthropicAdapter: ProviderAdapter = {
         ...(req.stop?.length ? { stop_sequences: req.stop } : {}),
         ...(req.tools?.tools.length ? tools(req.tools) : {}),
         ...thinking(req.thinking),
+        // The end user, Anthropic's only such hint (a safety identifier or cache key has no place in its API).
+        ...(req.hints?.user !== undefined ? { metadata: { user_id: req.hints.user } } : {}),
       },
     };
   },

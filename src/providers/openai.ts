@@ -31,6 +31,10 @@ export const openaiAdapter: ProviderAdapter = {
       // vLLM's, which mlx serve takes too (OpenAI itself answers a 400 naming it, which the client then sees).
       ...(req.ignoreEos ? { ignore_eos: true } : {}),
       ...answerControls(req.controls),
+      // Hints OpenAI reads (and mlx serve takes); vLLM ignores the ones it does not know.
+      user: req.hints?.user,
+      safety_identifier: req.hints?.safetyIdentifier,
+      prompt_cache_key: req.hints?.promptCacheKey,
     };
     const prompt = req.prompt;
     if (prompt.kind === "ids")

@@ -4,7 +4,7 @@
 // this and its own wire format, so any client API reaches any provider.
 import { isJsonObject, parseExactJson } from "../exact-json";
 import type { EventSourceMessage } from "eventsource-parser/stream";
-import type { FormatInput, PromptInput, SamplingInput } from "../api/common";
+import type { FormatInput, PromptInput, RequestHints, SamplingInput } from "../api/common";
 import type { ToolCall, ToolRequest } from "../engine/tools";
 import type { ThinkingRequest } from "../engine/reasoning";
 import type { AnswerControls } from "../engine/request";
@@ -24,6 +24,7 @@ export interface RemoteRequest {
   ignoreEos?: boolean;
   /** vLLM's controls of the answer's tokens and its end (min_tokens, stop_token_ids, guided_regex, ...). */
   controls?: AnswerControls;
+  hints?: RequestHints;
 }
 
 export interface RemoteUsage {

@@ -4,7 +4,7 @@
 // scheduler with a signal that fires on client disconnect or the request timeout (a model that
 // is a remote alias goes to its provider instead: remote-generation.ts). Also the per-request
 // figures that feed /metrics.
-import type { SamplingInput } from "../api/common";
+import type { RequestHints, SamplingInput } from "../api/common";
 import {
   prepareGeneration,
   type AnswerControls,
@@ -71,6 +71,8 @@ export interface GenerateInput {
   ignoreEos?: boolean;
   /** vLLM's controls of the answer's tokens and its end (min_tokens, stop_token_ids, ...). */
   controls?: AnswerControls;
+  /** What the request says about itself (end user, cache key): for a remote provider only. */
+  hints?: RequestHints;
   /**
    * Set on a prompt's further choices (n > 1): the client sent the prompt once, and /metrics
    * counts its tokens once, as the answer's usage does.

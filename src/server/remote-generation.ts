@@ -69,6 +69,7 @@ export async function startRemoteGeneration(
       thinking: input.thinking,
       ignoreEos: input.ignoreEos,
       controls: input.controls,
+      hints: input.hints,
     },
     {
       signal: controller.signal,

@@ -68,6 +68,7 @@ async function messages(s: ServerState, c: Context): Promise<Response> {
     tools: req.tools,
     thinking: req.thinking,
     format: req.format,
+    hints: req.hints,
   });
   const meta = { id: messageId(), type: "message" as const, role: "assistant" as const, model };
   // A local model's answer that ends short of max_tokens with finish "length" met the end of the

@@ -118,6 +118,7 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     logprobs: req.logprobs,
     thinking: req.thinking,
     ignoreEos: req.ignoreEos,
+    hints: req.hints,
     controls: req.controls,
     topLogprobs: req.topLogprobs,
   };

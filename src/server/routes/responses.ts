@@ -105,6 +105,7 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
     format: req.format,
     tools: req.tools,
     thinking: req.thinking,
+    hints: req.hints,
     logprobs: req.logprobs,
     topLogprobs: req.topLogprobs,
   });
