@@ -868,6 +868,28 @@ test("the end user and the prompt cache key a request names reach the provider, 
   });
 });
 
+test("max_completion_tokens goes to an OpenAI-compatible provider under that name (OpenAI's reasoning models refuse max_tokens)", async () => {
+  const ask = async (limit: Record<string, number>) => {
+    recordedBodies.length = 0;
+    const r = await openai.chat.completions.create({
+      model: "rrecorded",
+      messages: [{ role: "user", content: "Hi" }],
+      temperature: 0,
+      reasoning_effort: "none",
+      ...limit,
+    });
+    const { max_tokens, max_completion_tokens } = recordedBodies[0]!;
+    return { max_tokens, max_completion_tokens, tokens: r.usage!.completion_tokens };
+  };
+  // Before, it went as max_tokens, which OpenAI's reasoning models answer with a 400 the client never caused.
+  expect(await ask({ max_completion_tokens: 3 })).toEqual({
+    max_tokens: undefined,
+    max_completion_tokens: 3,
+    tokens: 3,
+  });
+  expect(await ask({ max_tokens: 3 })).toEqual({ max_tokens: 3, max_completion_tokens: undefined, tokens: 3 });
+});
+
 test("the repetition penalty's window (repetition_context_size, Ollama's repeat_last_n) reaches an OpenAI-compatible provider", async () => {
   const hi = [{ role: "user", content: "Tell me a story about a cat" }];
   const answer = async (url: string, model: string, extra: Record<string, unknown>) =>

@@ -23,7 +23,9 @@ export const openaiAdapter: ProviderAdapter = {
       model: config.model,
       stream: true,
       stream_options: { include_usage: true },
-      max_tokens: req.maxTokens,
+      // Under the client's name for it: OpenAI's reasoning models refuse max_tokens, and some
+      // servers (older llama.cpp) read max_tokens only, so neither name fits every provider.
+      [req.maxTokensParam ?? "max_tokens"]: req.maxTokens,
       ...sampling(req.sampling),
       ...(req.stop?.length ? { stop: req.stop } : {}),
       // Raw completions too: vLLM and mlx serve constrain them (OpenAI's refusal names it).

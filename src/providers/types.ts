@@ -15,6 +15,8 @@ export interface RemoteRequest {
   /** Only the values the client set: the provider applies its own defaults to the rest. */
   sampling: SamplingInput;
   maxTokens?: number;
+  /** The client's own name for maxTokens where it is OpenAI's newer one (its reasoning models refuse max_tokens). */
+  maxTokensParam?: "max_completion_tokens";
   stop?: string[];
   format?: FormatInput;
   tools?: ToolRequest;

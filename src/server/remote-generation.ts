@@ -63,6 +63,7 @@ export async function startRemoteGeneration(
       prompt: input.prompt,
       sampling: input.sampling,
       maxTokens: input.maxTokens,
+      ...(input.maxTokensParam === "max_completion_tokens" && { maxTokensParam: input.maxTokensParam }),
       stop: input.stop,
       format: input.format,
       tools: input.tools,
