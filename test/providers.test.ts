@@ -868,6 +868,28 @@ test("the end user and the prompt cache key a request names reach the provider, 
   });
 });
 
+test("a JSON Schema's name and description reach an OpenAI-compatible provider, whose model reads them", async () => {
+  const schema = { type: "object", properties: { n: { type: "integer" } }, required: ["n"] };
+  const spec = { name: "count", description: "How many there are", schema, strict: true };
+  recordedBodies.length = 0;
+  await openai.chat.completions.create({
+    model: "rrecorded",
+    messages: [{ role: "user", content: "Hi" }],
+    max_tokens: 12,
+    response_format: { type: "json_schema", json_schema: spec },
+  });
+  // Before, the name was ours ("answer") and the description dropped.
+  expect((recordedBodies[0]!.response_format as { json_schema: unknown }).json_schema).toEqual(spec);
+  recordedBodies.length = 0;
+  await openai.responses.create({
+    model: "rrecorded",
+    input: "Hi",
+    max_output_tokens: 12,
+    text: { format: { type: "json_schema", ...spec } },
+  });
+  expect((recordedBodies[0]!.response_format as { json_schema: unknown }).json_schema).toEqual(spec);
+});
+
 test("max_completion_tokens goes to an OpenAI-compatible provider under that name (OpenAI's reasoning models refuse max_tokens)", async () => {
   const ask = async (limit: Record<string, number>) => {
     recordedBodies.length = 0;

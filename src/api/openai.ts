@@ -340,7 +340,7 @@ function responseFormat(f: Fields): FormatInput | undefined {
         "response_format.json_schema",
       );
     spec.onlyKnown(["name", "description", "schema", "strict"]);
-    spec.string("name", { required: true, nonEmpty: true });
+    const name = spec.string("name", { required: true, nonEmpty: true });
     const schema = spec.object("schema");
     if (!schema)
       throw new ValidationError(
@@ -350,6 +350,8 @@ function responseFormat(f: Fields): FormatInput | undefined {
     return {
       format: { schema: schema.body, strict: spec.boolean("strict") ?? false },
       param: "response_format.json_schema.schema",
+      name,
+      description: spec.string("description"),
     };
   }
   throw new ValidationError(

@@ -339,7 +339,12 @@ function textFormat(f: Fields): { format?: FormatInput; textFormat: Record<strin
   const schema = format.object("schema") ?? format.fail("schema", "must be a JSON Schema object");
   const strict = format.boolean("strict") ?? false;
   return {
-    format: { format: { schema: schema.body, strict }, param: "text.format.schema" },
+    format: {
+      format: { schema: schema.body, strict },
+      param: "text.format.schema",
+      name,
+      description: format.string("description"),
+    },
     textFormat: { type, name, schema: schema.body, strict },
   };
 }

@@ -70,6 +70,9 @@ const promptParam = (prompt: PromptInput) => (prompt.kind === "chat" ? (prompt.p
 export interface FormatInput {
   format: JsonFormat;
   param: string;
+  /** The schema's name and description as the client gave them (OpenAI's json_schema): a remote provider's model reads them. */
+  name?: string;
+  description?: string;
 }
 
 /**

@@ -243,7 +243,13 @@ function responseFormat(f: FormatInput): Record<string, unknown> {
   if (f.format === "json") return { type: "json_object" };
   return {
     type: "json_schema",
-    json_schema: { name: "answer", schema: f.format.schema, strict: f.format.strict ?? true },
+    // The client's name and description for it, which the provider's model reads (else a name of ours: it is required).
+    json_schema: {
+      name: f.name ?? "answer",
+      description: f.description,
+      schema: f.format.schema,
+      strict: f.format.strict ?? true,
+    },
   };
 }
 
