@@ -890,6 +890,50 @@ test("a JSON Schema's name and description reach an OpenAI-compatible provider, 
   expect((recordedBodies[0]!.response_format as { json_schema: unknown }).json_schema).toEqual(spec);
 });
 
+test("a function's strict (OpenAI: its arguments follow the schema exactly) reaches an OpenAI-compatible provider as set", async () => {
+  const fn = { name: "count", parameters: { type: "object", properties: { n: { type: "integer" } }, required: ["n"] } };
+  const sentTools = async (ask: () => Promise<unknown>) => {
+    recordedBodies.length = 0;
+    await ask();
+    return (recordedBodies[0]!.tools as { function: Record<string, unknown> }[]).map((t) => t.function.strict);
+  };
+  const hi = [{ role: "user" as const, content: "Hi" }];
+  // Before, it was dropped on the way.
+  expect(
+    await sentTools(() =>
+      openai.chat.completions.create({
+        model: "rrecorded",
+        messages: hi,
+        max_tokens: 2,
+        tools: [
+          { type: "function", function: { ...fn, strict: true } },
+          { type: "function", function: { ...fn, name: "other" } },
+        ],
+      }),
+    ),
+  ).toEqual([true, undefined]);
+  expect(
+    await sentTools(() =>
+      openai.responses.create({
+        model: "rrecorded",
+        input: "Hi",
+        max_output_tokens: 2,
+        tools: [{ type: "function", ...fn, strict: false }],
+      }),
+    ),
+  ).toEqual([false]);
+  // A local model's prompt is as it was: strict is the provider's.
+  const prompt = async (strict?: boolean) =>
+    (
+      await post(`http://127.0.0.1:${remotePort}/apply-template`, {
+        model: tiny,
+        messages: hi,
+        tools: [{ type: "function", function: { ...fn, strict } }],
+      })
+    ).json.prompt;
+  expect(await prompt(true)).toBe(await prompt());
+});
+
 test("max_completion_tokens goes to an OpenAI-compatible provider under that name (OpenAI's reasoning models refuse max_tokens)", async () => {
   const ask = async (limit: Record<string, number>) => {
     recordedBodies.length = 0;

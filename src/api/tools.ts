@@ -65,7 +65,8 @@ export function toolSpec(fn: Fields, schemaField: string, names: Set<string>): T
     if (error instanceof SchemaError) throw new ValidationError(error.message, fn.name(schemaField));
     throw error;
   }
-  return { name, description: fn.string("description"), parameters };
+  const strict = fn.boolean("strict");
+  return { name, description: fn.string("description"), parameters, ...(strict !== undefined && { strict }) };
 }
 
 /**

@@ -257,7 +257,7 @@ function tools(t: ToolRequest): Record<string, unknown> {
   return {
     tools: t.tools.map((tool) => ({
       type: "function",
-      function: { name: tool.name, description: tool.description, parameters: tool.parameters },
+      function: { name: tool.name, description: tool.description, parameters: tool.parameters, strict: tool.strict },
     })),
     tool_choice: typeof t.choice === "object" ? { type: "function", function: { name: t.choice.name } } : t.choice,
     ...(t.choice === "none" ? {} : { parallel_tool_calls: t.parallel }),

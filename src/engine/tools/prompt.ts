@@ -12,6 +12,9 @@ export interface TemplateInput {
   tools?: unknown[];
 }
 
+/** A function as the template reads it: `strict` is for a remote provider, and leaves the prompt as it was. */
+const functionTool = ({ strict: _strict, ...fn }: ToolSpec) => ({ type: "function", function: fn });
+
 /** `offered`: the functions the model may call on this turn (none when tool_choice is "none"). */
 export function templateInput(
   template: ToolTemplate,
@@ -24,7 +27,7 @@ export function templateInput(
     const ids = template.format.nineCharacterIds ? paired.map(withMistralIds) : paired;
     return {
       messages: ids.map((m) => nativeMessage(m, template.format.argumentsAsText ?? false)),
-      tools: tools?.map((t) => ({ type: "function", function: t })),
+      tools: tools?.map(functionTool),
     };
   }
   const plain = plainMessages(messages);
@@ -129,7 +132,7 @@ function withToolsInSystemPrompt(messages: ChatMessage[], tools: ToolSpec[]): Ch
 }
 
 function toolsPrompt(tools: ToolSpec[]): string {
-  const signatures = tools.map((t) => JSON.stringify({ type: "function", function: t })).join("\n");
+  const signatures = tools.map((t) => JSON.stringify(functionTool(t))).join("\n");
   return [
     "# Tools",
     "",

@@ -6,6 +6,11 @@ export interface ToolSpec {
   description?: string;
   /** JSON Schema of the arguments object. */
   parameters: Record<string, unknown>;
+  /**
+   * OpenAI's `strict` as the client set it: the arguments follow the schema exactly. A call made
+   * here follows it anyway where its grammar constrains it; an OpenAI-compatible provider is sent it.
+   */
+  strict?: boolean;
 }
 
 /** "auto": the model decides; "none": no calls; "required": at least one; `{ name }`: that function. */
