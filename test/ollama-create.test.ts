@@ -217,6 +217,29 @@ describe("POST /api/create", () => {
     expect((await ollama.show({ model: "bounded-child" })).parameters).toMatch(/^num_ctx +64$/m);
   });
 
+  test("mlx show lists a made model's parameters as /api/show does", async () => {
+    await ollama.create({
+      model: "listed",
+      from: "tiny",
+      system: SYSTEM,
+      parameters: { stop: ["<|end|>", 'say "bye"'], num_ctx: 96, num_predict: 7, seed: 3, temperature: 0.4, top_k: 5 },
+    });
+    const api = (await ollama.show({ model: "listed" })).parameters.split("\n").map((line) => line.replace(/ +/, " "));
+    expect(api).toContain('stop "say \\"bye\\""');
+    const shown = await cliRunner(home)(["show", "listed"]);
+    expect(shown).toMatchObject({ code: 0, stderr: "" });
+    // Each a `parameter NAME  VALUE` row, in /api/show's order and quoting.
+    const rows = shown.stdout
+      .split("\n")
+      .filter((line) => line.startsWith("parameter "))
+      .map((line) => line.slice("parameter ".length).replace(/ +/, " "));
+    expect(rows).toEqual(api);
+    expect(rows).toEqual(
+      expect.arrayContaining(["num_ctx 96", "num_predict 7", "seed 3", "temperature 0.4", "top_k 5"]),
+    );
+    expect(shown.stdout).toMatch(/^system +You are a pirate\.$/m);
+  });
+
   test("the older create's `modelfile` text is read as mlx create reads a Modelfile", async () => {
     // As older clients send it (the official client passes the field on as it is).
     const modelfile = [

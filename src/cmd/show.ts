@@ -15,6 +15,7 @@ import { directoryWeightFiles } from "../models/load";
 import { loadPath, repair, repairHint, unreadableManifestError } from "../store/store";
 import { loadAliases } from "../store/aliases";
 import type { RemoteModelConfig } from "../providers/config";
+import { ollamaParameters, ollamaParameterText, readGenerationDefaults } from "../models/generation-config";
 import { fail } from "./log";
 
 // The config.json fields worth a glance; the whole file is one `cat` away in the model directory.
@@ -65,9 +66,11 @@ export default defineCommand({
         const location = locateModel(args.model);
         if (location.kind === "missing") throw await missingModelError(location);
         // An alias of a model on disk is used where it is (as run and serve load it), never stored.
-        if (location.kind === "path") return showFiles(location.path, Boolean(args.json), aliasLines(args.model));
+        if (location.kind === "path")
+          return showFiles(location.path, Boolean(args.json), aliasLines(args.model, location.path));
         // An alias made from another model (mlx create, /api/create): that model's files, with the alias's turns.
-        if (location.path !== undefined) return showFiles(location.path, Boolean(args.json), aliasLines(args.model));
+        if (location.path !== undefined)
+          return showFiles(location.path, Boolean(args.json), aliasLines(args.model, location.path));
         throw new Error(
           `'${name}' is not in the store (mlx pull ${shellWord(args.model)} fetches it; mlx list shows what is there)`,
         );
@@ -98,7 +101,7 @@ export default defineCommand({
           `file ${f.name}`,
           `${formatBytes(f.size)}  sha256:${f.sha256}${missing.has(f.name) ? `  missing: ${repair(manifest.name).command}` : ""}`,
         ]),
-        ...aliasLines(args.model),
+        ...aliasLines(args.model, loadPath(manifest)),
       ];
       printFields(lines);
     } catch (error) {
@@ -130,19 +133,24 @@ function showRemote(remote: RemoteModelConfig, json: boolean): void {
   printFields(Object.entries(shown).map(([k, v]) => [k.replace(/_/g, " "), v === null ? "-" : String(v)]));
 }
 
-/** A model directory or GGUF file outside the store: its format, size and config (no manifest: nothing stored). */
-/** The turns alias `name` puts before each prompt, and its license (models.toml's system, messages, license). */
-function aliasLines(name: string): string[][] {
+/**
+ * What alias `name` gives the model at `path`: the parameters its requests get where they set none
+ * (its own and its files' sampling values, num_ctx, num_predict, stop: those /api/show lists), the
+ * turns it puts before each prompt, and its license (models.toml's system, messages, license).
+ */
+function aliasLines(name: string, path: string): string[][] {
   const alias = loadAliases().models.get(name);
-  if (!alias) return [];
-  const { system, messages = [] } = alias.prompt;
+  const parameters = ollamaParameters({ ...readGenerationDefaults(path), ...alias?.sampling }, alias?.limits);
+  const { system, messages = [] } = alias?.prompt ?? {};
   return [
+    ...parameters.map(([key, value]) => [`parameter ${key}`, ollamaParameterText(value)]),
     ...(system === undefined ? [] : [["system", system]]),
     ...messages.map((m) => [`message ${m.role}`, m.content]),
-    ...(alias.license === undefined ? [] : [["license", alias.license]]),
+    ...(alias?.license === undefined ? [] : [["license", alias.license]]),
   ];
 }
 
+/** A model directory or GGUF file outside the store: its format, size and config (no manifest: nothing stored). */
 function showFiles(given: string, json: boolean, extra: string[][] = []): void {
   // A folder holding one GGUF file and no config.json is that file, as run loads it.
   const path = ggufOfDirectory(resolve(given));

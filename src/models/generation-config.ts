@@ -5,6 +5,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { WHOLE_CONTEXT } from "../api/common";
 import type { SamplingParams } from "../engine/sampling";
+import type { ModelLimits } from "../store/aliases";
 
 /** The sampling values a model or its alias may recommend. */
 export type SamplingDefaults = Partial<
@@ -106,9 +107,29 @@ export function readGenerationDefaults(path: string): SamplingDefaults {
   return defaults;
 }
 
-/** The values `defaults` sets, each by its name as an Ollama Modelfile's PARAMETER (Ollama's clients read them by those). */
-export function ollamaParameters(defaults: SamplingDefaults): [name: string, value: number][] {
-  return SAMPLING_DEFAULT_KEYS.filter(({ key }) => defaults[key] !== undefined).map(
-    ({ key, name, ollamaName, written }) => [ollamaName ?? name, written ? written(defaults[key]!) : defaults[key]!],
-  );
+/**
+ * The values a model's requests get where they set none, each by its name as an Ollama Modelfile's
+ * PARAMETER (Ollama's clients read them by those): its sampling values, then its alias's context,
+ * answer length and stop strings (each stop string a value of its own, as Ollama lists them).
+ * /api/show and `mlx show` both list these.
+ */
+export function ollamaParameters(
+  defaults: SamplingDefaults,
+  { stop = [], numPredict, numCtx }: ModelLimits = {},
+): [name: string, value: number | string][] {
+  return [
+    ...SAMPLING_DEFAULT_KEYS.filter(({ key }) => defaults[key] !== undefined).map(
+      ({ key, name, ollamaName, written }): [string, number] => [
+        ollamaName ?? name,
+        written ? written(defaults[key]!) : defaults[key]!,
+      ],
+    ),
+    ...(numCtx === undefined ? [] : [["num_ctx", numCtx] as [string, number]]),
+    ...(numPredict === undefined ? [] : [["num_predict", numPredict] as [string, number]]),
+    ...stop.map((text): [string, string] => ["stop", text]),
+  ];
 }
+
+/** A parameter's value as Ollama's /api/show lists it: a number as it is, a string as Go's %#v quotes it. */
+export const ollamaParameterText = (value: number | string) =>
+  typeof value === "string" ? JSON.stringify(value) : String(value);

@@ -30,7 +30,7 @@ import { knownName, withoutLatestTag, type LoadedEntry } from "../model-registry
 import { listedAliases, locateModel, missingModelError, storedByPath } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
-import { ollamaParameters, type SamplingDefaults } from "../../models/generation-config";
+import { ollamaParameters, ollamaParameterText, type SamplingDefaults } from "../../models/generation-config";
 import { type ServerState, serverStartDate } from "../state";
 import { remoteModelConfigs, remoteModelNames } from "../../providers";
 import type { RemoteModelConfig } from "../../providers/config";
@@ -313,14 +313,7 @@ function showModel(
   );
   // The sampling values, stop strings, length and context its requests get when they set none, as
   // Ollama shows a Modelfile's (each stop string a line of its own, quoted as Go's %#v quotes it).
-  const { stop = [], numPredict, numCtx } = alias?.limits ?? {};
-  const values: [name: string, value: number | string][] = [
-    ...ollamaParameters(defaults),
-    ...(numCtx === undefined ? [] : [["num_ctx", numCtx] as [string, number]]),
-    ...(numPredict === undefined ? [] : [["num_predict", numPredict] as [string, number]]),
-    ...stop.map((text): [string, string] => ["stop", text]),
-  ];
-  const shownValue = (value: number | string) => (typeof value === "string" ? JSON.stringify(value) : value);
+  const values = ollamaParameters(defaults, alias?.limits);
   const { system, messages = [] } = alias?.prompt ?? {};
   return {
     license: alias?.license ?? "",
@@ -332,7 +325,7 @@ function showModel(
       ...messages.map((m) => `MESSAGE ${m.role} ${modelfileText(m.content)}\n`),
       alias?.license === undefined ? "" : `LICENSE ${modelfileText(alias.license)}\n`,
     ].join(""),
-    parameters: values.map(([name, value]) => `${name.padEnd(30)} ${shownValue(value)}`).join("\n"),
+    parameters: values.map(([name, value]) => `${name.padEnd(30)} ${ollamaParameterText(value)}`).join("\n"),
     // The alias's system prompt (models.toml's system), as Ollama shows a Modelfile's SYSTEM.
     ...(system === undefined ? {} : { system }),
     template: facts.template,
