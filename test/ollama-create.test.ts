@@ -167,7 +167,7 @@ describe("POST /api/create", () => {
         ["frequency_penalty", "0.25"],
       ]),
     );
-    expect(shown.modelfile).toContain(`PARAMETER stop "${never}"\n`);
+    expect(shown.modelfile).toContain(`PARAMETER stop ${never}\n`);
 
     // num_predict: the answer's length where a request sets none; a request's own replaces it, -1 (no limit) too.
     const short = await answer("bounded", { temperature: 0, stop: [never] });
@@ -292,6 +292,46 @@ describe("POST /api/create", () => {
     await refused(`FROM tiny\nTEMPLATE {{ .Prompt }}\n`, "modelfile:2: TEMPLATE is a Go template");
     await refused("SYSTEM hi\n", "no FROM line");
     await refused(`FROM tiny\nPARAMETER mirostat 1\n`, "parameter 'mirostat' is not supported here");
+  });
+
+  test("/api/show's modelfile reads back as the same model, whatever its stop strings and texts hold", async () => {
+    // Written as people write them: bare, in a """ block, and "quoted" with \" (over lines too).
+    const modelfile = [
+      "FROM tiny",
+      'PARAMETER stop "\\"\\"\\""',
+      'PARAMETER stop a"""b',
+      'PARAMETER stop """ spaced """',
+      'PARAMETER stop """two',
+      'lines"""',
+      'PARAMETER stop "ends \\"quoted\\""',
+      'PARAMETER stop "over a',
+      '\\"\\"\\" line\\\\"',
+      "PARAMETER stop <|end|>",
+      'SYSTEM "Write \\"\\"\\"docstrings\\"\\"\\".',
+      'Always."',
+      'MESSAGE user "A \\"\\"\\" here"',
+      "MESSAGE assistant ok",
+    ].join("\n");
+    const stops = ['"""', 'a"""b', " spaced ", "two\nlines", 'ends "quoted"', 'over a\n""" line\\', "<|end|>"];
+    const system = 'Write """docstrings""".\nAlways.';
+    await ollama.create({ model: "quoted", modelfile } as any);
+    const shown = await ollama.show({ model: "quoted" });
+    expect(shown.parameters).toBe(stops.map((stop) => `${"stop".padEnd(30)} ${JSON.stringify(stop)}`).join("\n"));
+    expect(shown.system).toBe(system);
+    // A stop string a line holds as it is is written bare, as Ollama writes it.
+    expect(shown.modelfile).toContain("\nPARAMETER stop <|end|>\n");
+
+    // Made again from what /api/show wrote: the same entry (but for FROM, which names the files), shown the same.
+    await ollama.create({ model: "quoted-again", modelfile: shown.modelfile } as any);
+    const entry = (name: string) =>
+      readFileSync(file, "utf8")
+        .split(`[models.${name}]\n`)[1]!
+        .split("\n[")[0]!
+        .replace(/^source = .*\n/, "");
+    expect(entry("quoted-again")).toBe(entry("quoted"));
+    expect(entry("quoted")).toContain('{ role = "user", content = "A \\"\\"\\" here" }');
+    const again = await ollama.show({ model: "quoted-again" });
+    expect([again.modelfile, again.parameters, again.system]).toEqual([shown.modelfile, shown.parameters, system]);
   });
 
   test("an adapter's directory is the model's adapter", async () => {

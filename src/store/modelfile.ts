@@ -36,8 +36,9 @@ export function parseModelfile(
     /^\.\.?[/\\]|^~?[/\\]/.test(value) || isAbsolute(value) ? path(value, at, "FROM") : value;
   for (let i = 0; i < lines.length; i++) {
     const at = `${file}:${i + 1}`;
-    const line = lines[i]!.trim();
-    if (line === "" || line.startsWith("#")) continue;
+    // Spaces at its end may be a quoted value's, which goes on over the next line.
+    const line = lines[i]!.trimStart();
+    if (line.trim() === "" || line.startsWith("#")) continue;
     const instruction = /^([A-Za-z]+)\s*/.exec(line);
     if (!instruction) throw new Error(`${at}: expected an instruction (FROM, PARAMETER, SYSTEM, ...), got '${line}'`);
     const name = instruction[1]!.toUpperCase();
@@ -99,8 +100,8 @@ export function parseModelfile(
 }
 
 /**
- * An instruction's argument from `rest` (what follows it on line `i`): a """block""" (which may
- * run over the next lines), a "quoted" string (\" and \\ inside), or the rest of the line.
+ * An instruction's argument from `rest` (what follows it on line `i`): a """block""" or a "quoted"
+ * string (\" and \\ inside), either of which may run over the next lines, or the rest of the line.
  * `lastLine`: the line the argument ends on.
  */
 function argument(rest: string, lines: string[], i: number, at: string): { value: string; lastLine: number } {
@@ -118,9 +119,17 @@ function argument(rest: string, lines: string[], i: number, at: string): { value
     return { value: text.slice(0, end).replace(/^\n/, "").replace(/\n$/, ""), lastLine: line };
   }
   if (rest.startsWith('"')) {
-    const quoted = /^"((?:[^"\\]|\\.)*)"\s*$/.exec(rest);
-    if (!quoted) throw new Error(`${at}: a quoted value must end with " at the end of its line`);
-    return { value: quoted[1]!.replace(/\\(["\\])/g, "$1"), lastLine: i };
+    // It may run over lines, as Ollama reads one (and /api/show writes text it cannot put in a block).
+    let text = rest;
+    let line = i;
+    let quoted: RegExpExecArray | null;
+    while (!(quoted = /^"((?:[^"\\]|\\.)*)"/.exec(text))) {
+      line++;
+      if (line >= lines.length) throw new Error(`${at}: a quoted value that is never closed`);
+      text += `\n${lines[line]}`;
+    }
+    if (text.slice(quoted[0].length).trim() !== "") throw new Error(`${at}: text after the closing "`);
+    return { value: quoted[1]!.replace(/\\(["\\])/g, "$1"), lastLine: line };
   }
   return { value: rest.trim(), lastLine: i };
 }

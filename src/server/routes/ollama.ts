@@ -352,12 +352,23 @@ function showModel(
   };
 }
 
-/** A Modelfile's text argument: in triple quotes, which keep its lines and quotes as they are (Ollama writes them so). */
-const modelfileText = (text: string) => `"""${text}"""`;
+/**
+ * A Modelfile's text argument, written so that a Modelfile reads it back as it is: in triple
+ * quotes, which keep its lines and quotes as they are (Ollama writes text over lines or with quotes
+ * so). Where they cannot hold it (a """ inside, a quote or a line break at an end, which the block
+ * would take as its own), a "quoted" string with its quotes and backslashes escaped, which mlx's
+ * Modelfile reads (Ollama's writes such text so that it does not read back at all).
+ */
+const modelfileText = (text: string) =>
+  /"""|"$|^\n|\n$/.test(text) ? `"${text.replace(/["\\]/g, "\\$&")}"` : `"""${text}"""`;
 
-/** A PARAMETER's value as a Modelfile reads it back: a number as it is, a stop string quoted (in triple quotes where it has lines or quotes). */
+/**
+ * A PARAMETER's value as a Modelfile reads it back: as Ollama writes it, a number or a stop string
+ * bare where a line holds it as it is (no line break, no space at an end, no quote to start it,
+ * which would open a quoted string), else quoted as modelfileText quotes.
+ */
 const modelfileParameter = (value: number | string) =>
-  typeof value === "number" ? String(value) : /["\\\n]/.test(value) ? modelfileText(value) : `"${value}"`;
+  typeof value === "number" || /^[^\s"](.*\S)?$/.test(value) ? String(value) : modelfileText(value);
 
 /** /api/show's answer for a remote alias: no files to describe; any chat model of a provider takes tools. */
 function showRemoteModel(remote: RemoteModelConfig, listedAt: Date) {
