@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Ollama, type ProgressResponse } from "ollama";
+import { Ollama, type ModelResponse, type ProgressResponse } from "ollama";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
@@ -450,5 +450,29 @@ describe("POST /api/create", () => {
     expect(r.status).toBe(400);
     expect(((await r.json()) as { error: string }).error).toContain("'chick' is made from 'parrot'");
     expect(readFileSync(file, "utf8")).toBe(before);
+  });
+  test("a loaded made model's context is its num_ctx, as /api/ps, mlx ps, /v1/models and /stats report it", async () => {
+    await ollama.create({ model: "narrow", from: "tiny", parameters: { num_ctx: 64 } });
+    await ollama.create({ model: "wide", from: "tiny", parameters: { num_ctx: 4096 } });
+    /** The context each report gives for the tiny model's files, loaded by a request to `model` (they unloaded first). */
+    const reported = async (model: string) => {
+      for (const { name } of (await ollama.ps()).models)
+        await ollama.generate({ model: name, prompt: "", keep_alive: 0 });
+      await ollama.chat({ model, messages: [user], stream: false, options: once });
+      // The official client's type lacks newer Ollama's context_length.
+      const [ps] = (await ollama.ps()).models as (ModelResponse & { context_length: number })[];
+      const cli = JSON.parse((await cliRunner(home)(["ps", "--url", server.url, "--json"])).stdout);
+      const openai = (await (await fetch(`${server.url}/v1/models/${model}`)).json()) as { max_model_len: number };
+      const stats = (await (await fetch(`${server.url}/stats`)).json()) as {
+        models: { name: string; context_length: number }[];
+      };
+      // Listed by the name that loaded it, with what requests naming it get.
+      expect([ps!.name, cli[0].name, stats.models[0]!.name]).toEqual([model, model, model]);
+      return [ps!.context_length, cli[0].context_length, openai.max_model_len, stats.models[0]!.context_length];
+    };
+    expect(await reported("narrow")).toEqual([64, 64, 64, 64]);
+    // A num_ctx past the model's own context gets the model's, as each request does.
+    expect(await reported("wide")).toEqual([512, 512, 512, 512]);
+    expect(await reported("tiny")).toEqual([512, 512, 512, 512]);
   });
 });

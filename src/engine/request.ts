@@ -175,7 +175,7 @@ function modelContextBound(lm: LoadedModel): ContextBound | undefined {
 }
 
 /** The context a request may fill: the model's, or less where the request bounds it. */
-function contextLimit(lm: LoadedModel, bound: ContextBound | undefined): { tokens: number; whose: string } {
+export function contextLimit(lm: LoadedModel, bound: ContextBound | undefined): { tokens: number; whose: string } {
   const model = lm.config.maxPositionEmbeddings;
   return bound && bound.tokens < model
     ? { tokens: bound.tokens, whose: bound.param }

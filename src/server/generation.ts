@@ -6,6 +6,7 @@
 // figures that feed /metrics.
 import type { RequestHints, SamplingInput } from "../api/common";
 import {
+  contextLimit,
   prepareGeneration,
   type AnswerControls,
   type ContextBound,
@@ -342,6 +343,22 @@ export function modelSamplingDefaults(
 /** The stop strings, answer length and context the alias a request names gives it (models.toml's stop, num_predict, num_ctx). */
 export function modelLimits(name: string): ModelLimits {
   return aliasLimits(aliasNamed(name));
+}
+
+/**
+ * The context a request naming `name` fills on `lm` where it sets none: its alias's num_ctx, within
+ * the model's own. What /api/ps, /v1/models and /stats report for a loaded model by the name it is
+ * listed by, as Ollama reports the num_ctx a loaded model serves, not its files' context.
+ */
+export function servedContextLength(name: string, lm: LoadedModel): number {
+  let numCtx: number | undefined;
+  try {
+    numCtx = modelLimits(name).numCtx;
+  } catch {
+    // A models.toml broken meanwhile fails the requests, which say why; listing what is loaded (and
+    // so unloading it: mlx stop, ollama stop) never fails over it: the files' context.
+  }
+  return contextLimit(lm, numCtx === undefined ? undefined : { tokens: numCtx, param: "num_ctx" }).tokens;
 }
 
 /**

@@ -20,6 +20,7 @@ import {
   httpRequestBounds,
   aliasNamed,
   modelSamplingDefaults,
+  servedContextLength,
   startGeneration,
   type Generation,
 } from "../generation";
@@ -164,7 +165,8 @@ export function ollamaRoutes(s: ServerState): Hono {
               : new Date(Date.now() + (e.active > 0 ? e.keepAliveMs : 0)))
           ).toISOString(),
           size_vram: wholeModelBytes(e.lm),
-          context_length: e.lm.config.maxPositionEmbeddings,
+          // What requests to the name it is listed by get: a made model's num_ctx, not the files' context.
+          context_length: servedContextLength(e.name, e.lm),
         };
       }),
     });

@@ -14,7 +14,14 @@ import {
 } from "../../api/openai";
 import type { GenerationUsage, TokenLogprob } from "../../engine/scheduler";
 import { badRequest, errorBody, notFound, toApiError } from "../errors";
-import { chatLogprobs, httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
+import {
+  chatLogprobs,
+  httpRequestBounds,
+  requestedModel,
+  servedContextLength,
+  startGeneration,
+  type Generation,
+} from "../generation";
 import {
   closedEarly,
   closedEarlyHeaders,
@@ -47,7 +54,7 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
   for (const e of s.models.loaded) {
     seen.add(e.name);
     const loadedAt = Math.floor(e.loadedAt.getTime() / 1000);
-    data.push(modelObject(e.name, created(e.name, loadedAt), e.lm.config.maxPositionEmbeddings));
+    data.push(modelObject(e.name, created(e.name, loadedAt), servedContextLength(e.name, e.lm)));
   }
   if (s.config.defaultModel && !seen.has(s.config.defaultModel)) {
     seen.add(s.config.defaultModel);

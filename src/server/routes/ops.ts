@@ -6,6 +6,7 @@ import { acceptanceRate } from "../../engine/speculative";
 import { busyFraction, type PipelineFigures } from "../../engine/pipeline";
 import type { TunerLimits } from "../../engine/tuner";
 import type { ServerState } from "../state";
+import { servedContextLength } from "../generation";
 
 export function queueFigures(s: ServerState) {
   let running = 0;
@@ -118,7 +119,7 @@ export function stats(s: ServerState) {
       loaded_at: e.loadedAt.toISOString(),
       load_seconds: e.loadMs / 1000,
       weight_bytes: e.lm.weightBytes,
-      context_length: e.lm.config.maxPositionEmbeddings,
+      context_length: servedContextLength(e.name, e.lm),
     })),
     requests: { total: s.requests.total, by_status: s.requests.byStatus, by_route: s.requests.byRoute },
     memory: memoryFigures(),
