@@ -149,6 +149,31 @@ describe("mlx create", () => {
     expect((await mlx(["rm", "-y", "brief"])).code).toBe(0);
   });
 
+  test("mlx chat's /model to another made model answers within its num_predict, unless the user chose a max_tokens", async () => {
+    expect((await mlx(["create", "two", "-f", modelfile("FROM ./tiny\nPARAMETER num_predict 2\n")])).code).toBe(0);
+    expect((await mlx(["create", "five", "-f", modelfile("FROM ./tiny\nPARAMETER num_predict 5\n")])).code).toBe(0);
+    /** The answers (a line each) of a chat started on `two` with `flags`, fed `lines`. */
+    const answers = async (flags: string[], lines: string[]) => {
+      const r = await mlx(["chat", "-m", "two", "--temp", "0", ...flags], `${lines.join("\n")}\n`);
+      expect(r.code).toBe(0);
+      expect(r.stderr).toContain("now chatting with five");
+      return r.stdout.split("\n").slice(0, -1);
+    };
+    // Switched, its answers are five's five tokens, as /set max_tokens 5 makes them.
+    const switched = await answers([], ["Hello", "/model five", "Hello"]);
+    expect(switched).toEqual(await answers([], ["Hello", "/model five", "/set max_tokens 5", "Hello"]));
+    expect(switched[1]).not.toBe((await answers([], ["Hello", "/model five", "/set max_tokens 2", "Hello"]))[1]);
+    // A max_tokens the user chose (--max-tokens, /set) stays across /model.
+    const chosen = ["Hello", "/model five", "/set max_tokens 3", "Hello"];
+    expect(await answers(["--max-tokens", "3"], ["Hello", "/model five", "Hello"])).toEqual(
+      await answers(["--max-tokens", "3"], chosen),
+    );
+    expect(await answers([], ["/set max_tokens 3", "Hello", "/model five", "Hello"])).toEqual(
+      await answers([], ["/set max_tokens 3", ...chosen]),
+    );
+    for (const name of ["two", "five"]) expect((await mlx(["rm", "-y", name])).code).toBe(0);
+  });
+
   test("a FROM or ADAPTER path starting with ~/ is from the home folder", async () => {
     const r = await cliRunner(home, { HOME: root })(["create", "homely", "-f", modelfile("FROM ~/models/tiny\n")]);
     expect(r).toMatchObject({ code: 0, stderr: "" });

@@ -6,7 +6,6 @@ import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel, type OpenOptions } from "./open-model";
 import { remoteModel, RemoteModel } from "../providers";
-import type { LoadedModel } from "../models/load";
 import { locateModel } from "../store/resolve";
 import {
   adapterArg,
@@ -15,7 +14,6 @@ import {
   distributedArgs,
   kvQuantizationFrom,
   maxKvSizeFrom,
-  maxTokensFrom,
   modelArg,
   pipelineFrom,
   positiveInteger,
@@ -25,7 +23,7 @@ import {
   speculationArgs,
   speculationFrom,
 } from "./options";
-import { ChatSession } from "./chat/session";
+import { answerLength, ChatSession } from "./chat/session";
 import { thinkingArgs, thinkingFrom } from "./thinking";
 import { LineInput } from "./chat/input";
 import { runCommand } from "./chat/commands";
@@ -80,10 +78,7 @@ export default defineCommand({
           adapter: adapterFrom(args, args.model),
           pipeline,
         }));
-      // A num_predict of 0 or less is Ollama's "to the context's end": an answer fills what the context leaves.
-      const maxTokens =
-        maxTokensFrom(maxTokensFlag, remote ? undefined : (model as LoadedModel), 1024) ??
-        (model as LoadedModel).config.maxPositionEmbeddings;
+      const maxTokens = maxTokensFlag ?? answerLength(model);
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       // An --adapter is trained for the first model's weights: another model gets only its alias's.
@@ -98,7 +93,13 @@ export default defineCommand({
         }
         return openModel(name, cacheAndSpeculation(name));
       };
-      const session = new ChatSession(model, modelName, { ...settings, maxTokens }, say, openSwitched);
+      const session = new ChatSession(
+        model,
+        modelName,
+        { ...settings, maxTokens, maxTokensChosen: maxTokensFlag !== undefined },
+        say,
+        openSwitched,
+      );
       if (input.interactive)
         say(`chatting with ${args.model ?? "the default model"}; /help for commands, Ctrl-D to leave`);
 

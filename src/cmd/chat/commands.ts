@@ -151,7 +151,7 @@ function savedSettings(
   file: string,
   saved: Record<string, unknown>,
   current: ChatSettings,
-): Pick<ChatSettings, "sampling" | "maxTokens"> {
+): Pick<ChatSettings, "sampling" | "maxTokens" | "maxTokensChosen"> {
   const sampling: SamplingParams = { ...current.sampling, seed: undefined };
   for (const key of ["temperature", "topP", "topK", "minP", "repetitionPenalty", "seed"] as const) {
     const value = saved[key];
@@ -168,7 +168,12 @@ function savedSettings(
   } catch (error) {
     throw new Error(`${file}: ${(error as Error).message}`);
   }
-  return { sampling, maxTokens: maxTokens as number };
+  return {
+    sampling,
+    maxTokens: maxTokens as number,
+    // A max_tokens saved with the conversation is a choice made then, kept as /set's is.
+    maxTokensChosen: current.maxTokensChosen || saved.max_tokens !== undefined,
+  };
 }
 
 /** Runs a line that starts with "/"; unknown commands point to /help. */

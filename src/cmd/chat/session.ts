@@ -6,6 +6,7 @@ import type { LoadedModel } from "../../models/load";
 import { RemoteConversation, RemoteModel, remoteModel } from "../../providers";
 import type { ChatSettings } from "./settings";
 import { checkThinking, pieceWriter } from "../thinking";
+import { maxTokensFrom } from "../options";
 
 export class ChatSession {
   conversation: Conversation | RemoteConversation;
@@ -49,6 +50,9 @@ export class ChatSession {
       throw error;
     }
     this.modelName = name;
+    // Its own answer length (its alias's num_predict), as its stop strings and num_ctx come with it,
+    // unless the user chose one.
+    if (!this.settings.maxTokensChosen) this.settings.maxTokens = answerLength(model);
     this.say(`now chatting with ${name}`);
   }
 
@@ -97,6 +101,15 @@ export class ChatSession {
       );
     }
   }
+}
+
+/**
+ * The most tokens an answer from `model` takes where the user sets none: the num_predict
+ * models.toml gives a model opened by its alias (0 or less: to the context's end), else 1024.
+ */
+export function answerLength(model: LoadedModel | RemoteModel): number {
+  const lm = model instanceof RemoteModel ? undefined : model;
+  return maxTokensFrom(undefined, lm, 1024) ?? lm!.config.maxPositionEmbeddings;
 }
 
 /**

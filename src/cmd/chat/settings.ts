@@ -11,6 +11,11 @@ import { InvalidParameterError } from "../../errors";
 export interface ChatSettings {
   sampling: SamplingParams;
   maxTokens: number;
+  /**
+   * maxTokens is the user's own (--max-tokens, /set max_tokens, /load): kept across /model.
+   * Otherwise it is the model's (its num_predict), and a model /model switches to brings its own.
+   */
+  maxTokensChosen?: boolean;
   system?: string;
   stats: boolean;
   /** Constrained output (JSON, or a JSON Schema) for every answer, until /set format off. */
@@ -85,6 +90,7 @@ export function applySetting(s: ChatSettings, name: string, value: string): stri
     case "max_tokens":
       if (!Number.isInteger(n) || n <= 0) throw new Error("max_tokens must be a whole number > 0");
       s.maxTokens = n;
+      s.maxTokensChosen = true;
       return `max_tokens = ${n}`;
     default:
       throw unknownSetting(name);
