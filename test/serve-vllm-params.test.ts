@@ -65,6 +65,22 @@ async function bothWays(extra: Extra, o: { maxTokens?: number } = {}) {
 
 const bias = (id: number) => ({ logit_bias: { [id]: 100 } });
 
+/**
+ * Each of `extras` asked alone, then all at once between two plain requests (every other one
+ * streamed): each answer in the batch is its answer alone, and a plain one's is unchanged.
+ */
+async function expectBatchedAsAlone(extras: Extra[], o: { maxTokens?: number } = {}) {
+  const plain = await complete({});
+  const alone = [];
+  for (const extra of extras) alone.push(await complete(extra, o));
+  const batched = await Promise.all([
+    complete({}),
+    ...extras.map((extra, i) => complete(extra, { ...o, stream: i % 2 === 0 })),
+    complete({}, { stream: true }),
+  ]);
+  expect(batched).toEqual([plain, ...alone, plain]);
+}
+
 describe("vLLM's stop parameters (min_tokens, stop_token_ids, include_stop_str_in_output, skip_special_tokens)", () => {
   test("min_tokens holds back the end token until that many tokens, streamed and whole", async () => {
     // The end token biased to be the most likely: the answer ends at once, unless held back.
@@ -150,21 +166,13 @@ describe("vLLM's stop parameters (min_tokens, stop_token_ids, include_stop_str_i
   });
 
   test("in a batch, each request gets its own, and a plain request's greedy answer is the one it gets alone", async () => {
-    const plain = await complete({});
     const extras: Extra[] = [
       { ...bias(EOS), min_tokens: 5 },
       { ...bias(ids.a!), stop_token_ids: [ids.a], include_stop_str_in_output: true },
       { ...bias(ids.a!), stop: ["a"], min_tokens: 3 },
       { ...bias(ids.start!), skip_special_tokens: true },
     ];
-    const alone = [];
-    for (const extra of extras) alone.push(await complete(extra));
-    const batched = await Promise.all([
-      complete({}),
-      ...extras.map((extra, i) => complete(extra, { stream: i % 2 === 0 })),
-      complete({}, { stream: true }),
-    ]);
-    expect(batched).toEqual([plain, ...alone, plain]);
+    await expectBatchedAsAlone(extras);
   });
 
   test("chat completions take them too", async () => {
@@ -225,20 +233,12 @@ describe("vLLM's token sets (allowed_token_ids, bad_words)", () => {
   });
 
   test("in a batch, each request gets its own, and a plain request's greedy answer is the one it gets alone", async () => {
-    const plain = await complete({});
     const extras: Extra[] = [
       { allowed_token_ids: [ids.a, ids.b] },
       { bad_words: ["COVID Lesbian"] },
       { bad_words: ["COVID"], allowed_token_ids: [ids.a, ids.b, 7191] },
     ];
-    const alone = [];
-    for (const extra of extras) alone.push(await complete(extra));
-    const batched = await Promise.all([
-      complete({}),
-      ...extras.map((extra, i) => complete(extra, { stream: i % 2 === 0 })),
-      complete({}, { stream: true }),
-    ]);
-    expect(batched).toEqual([plain, ...alone, plain]);
+    await expectBatchedAsAlone(extras);
   });
 
   test("bad values are a 400 naming the parameter", async () => {
@@ -344,15 +344,10 @@ describe("vLLM's guided decoding (guided_json, guided_regex, guided_choice, guid
     });
 
   test("in a batch, each request gets its own shape, and a plain request's greedy answer is the one it gets alone", async () => {
-    const plain = await complete({});
-    const alone = [];
-    for (const [, extra] of shapes) alone.push(await complete(extra, { maxTokens: 60 }));
-    const batched = await Promise.all([
-      complete({}),
-      ...shapes.map(([, extra], i) => complete(extra, { maxTokens: 60, stream: i % 2 === 0 })),
-      complete({}, { stream: true }),
-    ]);
-    expect(batched).toEqual([plain, ...alone, plain]);
+    await expectBatchedAsAlone(
+      shapes.map(([, extra]) => extra),
+      { maxTokens: 60 },
+    );
   });
 
   test("chat completions take them", async () => {
