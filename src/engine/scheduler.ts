@@ -409,12 +409,19 @@ export class Scheduler {
     s.channel.push({ type: "text", text: split.text, ...reasoning, tokens, top });
   }
 
-  #finish(id: string, finishReason: FinishReason): void {
+  /** The stream `id` taken out of the batch to be ended, or undefined where it has ended already. */
+  #ending(id: string): Running | undefined {
     const s = this.#running.get(id);
-    if (!s || s.finished) return;
+    if (!s || s.finished) return undefined;
     s.finished = true;
     this.#running.delete(id);
     this.#generator.remove(id);
+    return s;
+  }
+
+  #finish(id: string, finishReason: FinishReason): void {
+    const s = this.#ending(id);
+    if (!s) return;
     if (finishReason !== "cancelled") {
       const rest = s.stops.push(withoutUnfinishedCharacter(s.detokenizer.flush()));
       const tail = rest.stopped ? rest.text : rest.text + s.stops.flush();
@@ -447,11 +454,8 @@ export class Scheduler {
 
   /** Ends one stream with its own failure (its row has left the batch): the others go on. */
   #fail(id: string, error: Error): void {
-    const s = this.#running.get(id);
-    if (!s || s.finished) return;
-    s.finished = true;
-    this.#running.delete(id);
-    this.#generator.remove(id);
+    const s = this.#ending(id);
+    if (!s) return;
     s.channel.push({ type: "error", error });
     s.channel.close();
   }
