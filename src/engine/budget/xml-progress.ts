@@ -1,5 +1,5 @@
 // Where a call's arguments as Qwen's XML parameters stand, and the shortest text that completes
-// them validly, in the layout xmlParametersEbnf (engine/grammar.ts) holds them to:
+// them validly, in the layout xmlParametersEbnf (engine/grammar/ebnf.ts) holds them to:
 // `<parameter=p>\nvalue\n</parameter>\n` for each, in the schema's order (optional ones may be
 // left out, required ones not), then the call's end (`</function>\n</tool_call>`). A value is
 // read by its schema: a string is its bare text (any text up to `</parameter>`, or, under a
