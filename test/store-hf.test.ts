@@ -131,6 +131,12 @@ describe("parseHFSpec", () => {
 });
 
 describe("a store this process cannot write (a read-only mount)", () => {
+  // The default model's GGUF, from the store the tests run with (pulled there if it is not yet:
+  // each test has a store of its own).
+  let defaultGguf: string;
+  beforeAll(async () => {
+    defaultGguf = await resolveModelPath(undefined);
+  });
   // A bind mount in a user namespace, where the system allows one: permission bits alone deny
   // root nothing, and the tests may run as root.
   const readOnly = (script: string) => {
@@ -193,11 +199,8 @@ describe("a store this process cannot write (a read-only mount)", () => {
   test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
     "runs a GGUF model too, which MLX's reader opens for writing: it reads a copy",
     async () => {
-      // The default model's GGUF, from the store the tests run with.
-      const shared = join(savedEnv.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home"), "models", "smollm2");
-      const gguf = join(shared, readdirSync(shared).find((name) => name.endsWith(".gguf"))!);
-      const { name } = modelRequest(gguf);
-      await pull(gguf);
+      const { name } = modelRequest(defaultGguf);
+      await pull(defaultGguf);
       releaseModel(name);
       const run = readOnly(mlx(`run -m ${name} --raw --max-tokens 1 Hi`));
       const [stdout, stderr] = [await new Response(run.stdout).text(), await new Response(run.stderr).text()];
