@@ -812,6 +812,8 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
   test("a schema nested deep enough to overflow xgrammar's stack is refused saying so; the schemas after it compile", async () => {
     // A client's 3 KB schema: arrays 100 deep. xgrammar's recursion ran out of its WASM stack (a
     // trap, not an abort), which left the instance unusable: the next valid schemas were refused too.
+    // This vocabulary's grammars held by the instance about to be lost: they go with it.
+    await (await createJsonConstraint(lm.tokenizer, { schema: { type: "integer" } })).dispose();
     let deep: object = { type: "integer" };
     for (let i = 0; i < 100; i++) deep = { type: "array", items: deep, minItems: 1, maxItems: 1 };
     await expect(validateSchema(deep)).rejects.toThrow(/nests too deeply or is too large/);
