@@ -170,6 +170,25 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     expect(text.slice(text.lastIndexOf("conversation cleared"))).not.toContain("tokens/s");
   });
 
+  test("a Ctrl-C read with the line's Enter stops its answer at once, and the chat stays", async () => {
+    await waitFor(/^>>>\s*$/m);
+    keys("/set max_tokens 100000", "Enter");
+    await waitFor(/max_tokens = 100000\n>>>\s*$/m);
+    keys("C-l");
+    // Written at once (a paste without its markers), the keys come in one read: before, readline
+    // took the Ctrl-C as typed at an empty prompt, so the answer ran on to a full context and the
+    // chat left after it; one after a """ block's closing line went to the block, already sent.
+    const oneRead = (text: string) => {
+      tmux("set-buffer", "-b", session, text);
+      tmux("paste-buffer", "-r", "-b", session, "-t", session);
+    };
+    oneRead("stop me at once\r\x03");
+    await waitFor(/^>>> stop me at once\n\n\(stopped\)\n.*tokens\/s.*\n>>>\s*$/m);
+    oneRead('"""\rstop this block\r"""\r\x03');
+    await waitFor(/stop this block\n"""\n\S*\s*\(stopped\)\n.*tokens\/s.*\n>>>\s*$/);
+    expect(alive()).toBe(true);
+  });
+
   test("Ctrl-C in the middle of an answer stops it and returns to the prompt", async () => {
     keys("/set max_tokens 100000", "Enter");
     await waitFor(/max_tokens = 100000/);

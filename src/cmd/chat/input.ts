@@ -52,6 +52,20 @@ export class LineInput {
   // Piped input can end (and readline close) while queued lines are still to be answered.
   #closed = false;
   #inBlock = false;
+  /** A line was sent (Enter) and no prompt has been shown since: what it starts has not begun yet. */
+  #lineSent = false;
+  /** Lines (and ends of input, dropped blocks) given to #nextLine so far, and of them taken. */
+  #linesSent = 0;
+  #linesRead = 0;
+  /**
+   * A Ctrl-C readline saw after a line's Enter, before what the line starts took the keys (both
+   * came in one read of the terminal): which line it came after, counted as #linesRead counts
+   * them. Once that line is read, it stops the answer the line asks for, is dropped as the
+   * command's, or acts as typed at the next prompt. Taken as at the prompt, it found the line empty
+   * and left the chat, and the answer ran on, unstoppable; one after a """ block's last line went
+   * to the block, already closed.
+   */
+  #ctrlCAfterLine?: number;
 
   constructor(private readonly historyFile: string) {
     this.interactive = Boolean(process.stdin.isTTY && process.stdout.isTTY);
@@ -76,6 +90,7 @@ export class LineInput {
       // On disk at once, as Ollama keeps it: a chat that ends without leaving (its terminal
       // closed, a kill) kept none of its lines when they were written on the way out.
       if (this.interactive && line.length > 0) saveHistory(this.historyFile, line);
+      this.#lineSent = true;
       this.#push(line);
     });
     this.#rl.on("close", () => {
@@ -85,30 +100,48 @@ export class LineInput {
     // Back from Ctrl-Z (fg): readline pauses its input as it comes back and leaves resuming it to
     // us; left paused, the chat took no more keys.
     this.#rl.on("SIGCONT", () => this.#rl.resume());
-    // Ctrl-C at the prompt: drop a """ block being written, clear a half-typed line, or leave at an empty one.
     this.#rl.on("SIGINT", () => {
-      if (this.#inBlock) {
-        process.stdout.write("^C\n");
-        this.#rl.write(null, { ctrl: true, name: "u" });
-        this.#push(cancelBlock);
-      } else if (this.#rl.line.length > 0) {
-        process.stdout.write("^C\n");
-        this.#rl.write(null, { ctrl: true, name: "u" });
-        this.#rl.prompt();
-      } else this.#rl.close();
+      if (this.#lineSent) this.#ctrlCAfterLine = this.#linesSent;
+      else this.#ctrlCAtPrompt();
     });
     if (this.interactive) process.stdout.write("\x1b[?2004h"); // ask the terminal to mark pastes
   }
 
+  /** Ctrl-C at the prompt: drops a """ block being written, clears a half-typed line, or leaves at an empty one. */
+  #ctrlCAtPrompt(): void {
+    if (this.#inBlock) {
+      process.stdout.write("^C\n");
+      this.#rl.write(null, { ctrl: true, name: "u" });
+      this.#push(cancelBlock);
+    } else if (this.#rl.line.length > 0) {
+      process.stdout.write("^C\n");
+      this.#rl.write(null, { ctrl: true, name: "u" });
+      this.#rl.prompt();
+    } else this.#rl.close();
+  }
+
+  /** Whether a Ctrl-C came right after the line last read (see #ctrlCAfterLine); it is taken. */
+  #takeCtrlCAfterLine(): boolean {
+    if (this.#ctrlCAfterLine === undefined || this.#linesRead < this.#ctrlCAfterLine) return false;
+    this.#ctrlCAfterLine = undefined;
+    return true;
+  }
+
   #push(line: Line): void {
+    this.#linesSent++;
     if (this.#waiting) {
       const resolve = this.#waiting;
       this.#waiting = undefined;
+      this.#linesRead++;
       resolve(line);
     } else this.#queue.push(line);
   }
 
   async #nextLine(prompt: string): Promise<Line> {
+    // The line sent before it started nothing (an empty line, a line of a """ block): the Ctrl-C
+    // that came with it acts as typed at this prompt.
+    this.#lineSent = false;
+    if (this.#takeCtrlCAfterLine()) this.#ctrlCAtPrompt();
     if (this.interactive && !this.#closed) {
       // Work that held the event loop (a model loading, a file read) leaves the keys typed
       // meanwhile unread in the terminal: a turn for them to arrive while they are still held.
@@ -125,7 +158,10 @@ export class LineInput {
       // After the prompt, as if typed at it: a line typed ahead shows behind it, and is sent by its Enter.
       if (held) this.#releaseKeys();
     }
-    if (this.#queue.length > 0) return this.#queue.shift()!;
+    if (this.#queue.length > 0) {
+      this.#linesRead++;
+      return this.#queue.shift()!;
+    }
     // The end of input stays the end: a read after the one that saw it must not wait forever.
     if (this.#closed) return null;
     return new Promise((resolve) => (this.#waiting = resolve));
@@ -209,6 +245,8 @@ export class LineInput {
   /** While an answer streams: Ctrl-C calls `stop`; other keys wait for the next prompt. */
   pauseForAnswer(stop: () => void): void {
     if (this.interactive && !this.#closed) this.#holdKeys(stop);
+    // Typed before the answer began: it stops it at once, as in Ollama.
+    if (this.#takeCtrlCAfterLine()) stop();
   }
 
   /** The answer is over: a Ctrl-C before the next prompt has nothing to stop, and is dropped. */
@@ -224,6 +262,7 @@ export class LineInput {
    * the recalled command again). Without a terminal it gets none.
    */
   async runCommand<T>(command: (lendKeys?: KeyLender) => Promise<T>): Promise<T> {
+    this.#takeCtrlCAfterLine(); // dropped, as one typed while the command runs
     if (!this.interactive || this.#closed) return command();
     this.#holdKeys();
     const lendKeys: KeyLender = async (prompt) => {
