@@ -333,6 +333,14 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal, keys typed while a command ru
     expect(existsSync(status)).toBe(false);
   });
 
+  test("a Ctrl-C typed after a line sent ahead stops that line's answer at once", async () => {
+    keysTo("C-l");
+    // Before, the Ctrl-C was dropped with nothing to stop yet, and the answer then ran on.
+    await whileLoading("stop it ahead", "Enter", "C-c");
+    await until(/loaded 0 messages from .*\n>>> stop it ahead\n\n\(stopped\)\n>>>\s*$/m);
+    expect(existsSync(status)).toBe(false);
+  });
+
   test("other keys wait for the prompt: a line typed ahead is there, and a Ctrl-D then leaves", async () => {
     keysTo("C-l");
     await whileLoading("typed ahead");

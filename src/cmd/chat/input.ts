@@ -18,6 +18,8 @@ const historyLimit = 1000;
 const cancelBlock = Symbol("cancel block");
 type Line = string | null | typeof cancelBlock;
 const ctrlC = 0x03;
+/** Enter (Ctrl-M), and Ctrl-J, which readline takes as Enter too. */
+const lineEnds = [0x0d, 0x0a];
 const keysSettleMs = 20;
 
 /** Lends the terminal's keys to a command's own prompt (/model's picker) while `prompt` runs. */
@@ -41,7 +43,8 @@ export class LineInput {
    * Where the terminal's keys go. The terminal stays in raw mode throughout, so every key is a
    * byte read here: at the prompt readline gets them; while an answer or a command runs they are
    * held for the prompt that follows (type-ahead, and a Ctrl-D typed meanwhile still leaves),
-   * except Ctrl-C, which stops the answer or is dropped; a command's own prompt gets its own stream.
+   * except Ctrl-C, which stops the answer, waits behind a line typed ahead for the answer that
+   * line starts, or is dropped; a command's own prompt gets its own stream.
    */
   #keysTo: "readline" | "held" | PassThrough = "readline";
   #heldKeys: Buffer[] = [];
@@ -59,7 +62,7 @@ export class LineInput {
   #linesRead = 0;
   /**
    * A Ctrl-C readline saw after a line's Enter, before what the line starts took the keys (both
-   * came in one read of the terminal): which line it came after, counted as #linesRead counts
+   * came in one read of the terminal, or were held for the prompt together): which line it came after, counted as #linesRead counts
    * them. Once that line is read, it stops the answer the line asks for, is dropped as the
    * command's, or acts as typed at the next prompt. Taken as at the prompt, it found the line empty
    * and left the chat, and the answer ran on, unstoppable; one after a """ block's last line went
@@ -220,12 +223,17 @@ export class LineInput {
         const end = at < 0 ? chunk.length : at;
         if (end > start) this.#heldKeys.push(chunk.subarray(start, end));
         if (at < 0) break;
-        this.#onCtrlC?.();
+        if (this.#onCtrlC) this.#onCtrlC();
+        // Nothing to stop yet, but a line typed ahead with its Enter will start an answer: kept
+        // behind it, the Ctrl-C stops that answer (see #ctrlCAfterLine). Dropped, it let the
+        // answer run on. Else dropped: at the prompt it would leave the chat.
+        else if (this.#heldKeys.some((keys) => lineEnds.some((end) => keys.includes(end))))
+          this.#heldKeys.push(chunk.subarray(at, at + 1));
         start = at + 1;
       }
   }
 
-  /** Holds the keys typed from now on (Ctrl-C calls `onCtrlC`, or is dropped) until the next prompt. */
+  /** Holds the keys typed from now on (Ctrl-C calls `onCtrlC`, or see #routeKeys) until the next prompt. */
   #holdKeys(onCtrlC?: () => void): void {
     this.#keysTo = "held";
     this.#onCtrlC = onCtrlC;
@@ -249,7 +257,7 @@ export class LineInput {
     if (this.#takeCtrlCAfterLine()) stop();
   }
 
-  /** The answer is over: a Ctrl-C before the next prompt has nothing to stop, and is dropped. */
+  /** The answer is over: a Ctrl-C before the next prompt has nothing to stop (but a line typed ahead's answer). */
   resumeAfterAnswer(): void {
     this.#onCtrlC = undefined;
   }
