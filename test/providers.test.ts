@@ -956,6 +956,24 @@ test("max_completion_tokens goes to an OpenAI-compatible provider under that nam
   expect(await ask({ max_tokens: 3 })).toEqual({ max_tokens: 3, max_completion_tokens: undefined, tokens: 3 });
 });
 
+test("top_k off goes to an OpenAI-compatible provider as -1, which every remote takes (vLLM's older releases refuse 0)", async () => {
+  const ask = async (topK: number) => {
+    recordedBodies.length = 0;
+    const r = await post(`${proxy.url}/v1/chat/completions`, {
+      model: "rrecorded",
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 2,
+      top_k: topK,
+    });
+    expect(r.status).toBe(200);
+    return recordedBodies[0]!.top_k;
+  };
+  // 0 and -1 both mean off here; the remote was sent 0 for either.
+  expect(await ask(0)).toBe(-1);
+  expect(await ask(-1)).toBe(-1);
+  expect(await ask(5)).toBe(5);
+});
+
 test("the repetition penalty's window (repetition_context_size, Ollama's repeat_last_n) reaches an OpenAI-compatible provider", async () => {
   const hi = [{ role: "user", content: "Tell me a story about a cat" }];
   const answer = async (url: string, model: string, extra: Record<string, unknown>) =>

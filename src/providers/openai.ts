@@ -162,7 +162,8 @@ function sampling(s: SamplingInput): Record<string, unknown> {
   return {
     temperature: s.temperature,
     top_p: s.topP,
-    top_k: s.topK,
+    // Off is 0 here, -1 in vLLM's older releases (which refuse 0); llama.cpp, mlx-lm and we take -1 too.
+    top_k: s.topK === 0 ? -1 : s.topK,
     min_p: s.minP,
     repetition_penalty: window === 0 ? 1 : s.repetitionPenalty,
     repetition_context_size: window === WHOLE_CONTEXT ? 0 : window || undefined,
