@@ -39,6 +39,11 @@ const root = mkdtempSync(join(tmpdir(), "mlx-providers-"));
 /** The proxy's store: only its models.toml matters. */
 const home = join(root, "home");
 const tiny = join(root, "tiny");
+/** A tiny model whose template writes each message's name, where it has one, after its role. */
+const namer = join(root, "namer");
+const namingTemplate =
+  "{%- for m in messages %}{{ m.role }}{% if m.name %}({{ m.name }}){% endif %}: {{ m.content }}\n{% endfor %}" +
+  "{%- if add_generation_prompt %}assistant:{% endif %}";
 /** A tiny model with a Qwen3-style template: `enable_thinking` false writes an empty reasoning, else the prompt opens <think>. */
 const thinker = join(root, "thinker");
 const thinkingTemplate =
@@ -124,6 +129,7 @@ function chatStream(text: string): string {
 beforeAll(async () => {
   writeTinyModel(tiny, { contextLength: 1024 });
   writeTinyModel(thinker, { modelType: "qwen3", contextLength: 512, chatTemplate: thinkingTemplate });
+  writeTinyModel(namer, { contextLength: 512, chatTemplate: namingTemplate });
   writeTinyModel(effortful, { contextLength: 512, chatTemplate: effortTemplate });
   writeTinyModel(reasoned, { contextLength: 512, chatTemplate: reasonedTemplate });
   writeScriptedModel(scripted, ["Hi"]);
@@ -954,6 +960,28 @@ test("max_completion_tokens goes to an OpenAI-compatible provider under that nam
     tokens: 3,
   });
   expect(await ask({ max_tokens: 3 })).toEqual({ max_tokens: 3, max_completion_tokens: undefined, tokens: 3 });
+});
+
+test("a message's name (OpenAI's participant name) reaches the template, and an OpenAI-compatible provider", async () => {
+  const messages = [
+    { role: "system", content: "Be brief", name: "rules" },
+    { role: "user", content: "Hi", name: "ada" },
+    { role: "assistant", content: "Hello", name: "bot" },
+    { role: "user", content: "Bye" },
+  ];
+  // Before, a name was read nowhere: the template saw none, and a provider was sent none.
+  const rendered = await post(`http://127.0.0.1:${remotePort}/apply-template`, { model: namer, messages });
+  expect(rendered.json.prompt).toBe(
+    "system(rules): Be brief\nuser(ada): Hi\nassistant(bot): Hello\nuser: Bye\nassistant:",
+  );
+  recordedBodies.length = 0;
+  await post(`${proxy.url}/v1/chat/completions`, { model: "rrecorded", messages, max_tokens: 1 });
+  expect((recordedBodies[0]!.messages as { name?: string }[]).map((m) => m.name)).toEqual([
+    "rules",
+    "ada",
+    "bot",
+    undefined,
+  ]);
 });
 
 test("top_k off goes to an OpenAI-compatible provider as -1, which every remote takes (vLLM's older releases refuse 0)", async () => {

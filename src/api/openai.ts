@@ -424,6 +424,9 @@ export function parseChatRequest(body: unknown): OpenAIRequest {
     if (role === "tool") {
       message.toolCallId = m.string("tool_call_id", { required: true, nonEmpty: true });
       message.toolName = m.string("name") ?? toolResultName(messages, message.toolCallId!);
+    } else {
+      const name = m.string("name");
+      if (name !== undefined) message.name = name;
     }
     messages.push(message);
   });

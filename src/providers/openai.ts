@@ -3,7 +3,7 @@
 // as the provider sends it.
 import type { EventSourceMessage } from "eventsource-parser/stream";
 import { UnsupportedError } from "../errors";
-import { pairToolResults, type ConversationMessage, type ToolCall, type ToolRequest } from "../engine/tools";
+import { named, pairToolResults, type ConversationMessage, type ToolCall, type ToolRequest } from "../engine/tools";
 import { WHOLE_CONTEXT, type FormatInput, type SamplingInput } from "../api/common";
 import type { ThinkingRequest } from "../engine/reasoning";
 import type { AnswerControls } from "../engine/request";
@@ -230,6 +230,7 @@ function chatMessage(m: ConversationMessage): Record<string, unknown> {
     return {
       role: "assistant",
       content: m.content || null,
+      ...named(m),
       ...reasoning,
       tool_calls: m.toolCalls.map((c) => ({
         id: c.id,
@@ -237,7 +238,7 @@ function chatMessage(m: ConversationMessage): Record<string, unknown> {
         function: { name: c.name, arguments: JSON.stringify(c.arguments) },
       })),
     };
-  return { role: m.role, content: m.content, ...reasoning };
+  return { role: m.role, content: m.content, ...named(m), ...reasoning };
 }
 
 function responseFormat(f: FormatInput): Record<string, unknown> {

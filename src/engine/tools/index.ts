@@ -12,7 +12,7 @@ export {
   type ToolCallParser,
   type ToolTemplate,
 } from "./formats";
-export { pairToolResults, templateInput } from "./prompt";
+export { named, pairToolResults, templateInput } from "./prompt";
 export { ToolCallStream } from "./stream";
 export type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "./types";
 

@@ -58,12 +58,16 @@ function withMistralIds(m: ConversationMessage): ConversationMessage {
   return m.toolCallId ? { ...m, toolCallId: mistralToolCallId(m.toolCallId) } : m;
 }
 
+/** A participant's name, where the message has one (as transformers hands a template the message's own keys). */
+export const named = (m: ConversationMessage): { name?: string } => (m.name === undefined ? {} : { name: m.name });
+
 /** `argumentsAsText`: each call's arguments as JSON text, laid out as the call grammar makes the model write them. */
 function nativeMessage(m: ConversationMessage, argumentsAsText: boolean): ChatMessage {
   if (m.toolCalls?.length) {
     return withReasoning(m, {
       role: m.role,
       content: m.content,
+      ...named(m),
       tool_calls: m.toolCalls.map((c) => ({
         id: c.id,
         type: "function",
@@ -72,7 +76,7 @@ function nativeMessage(m: ConversationMessage, argumentsAsText: boolean): ChatMe
     });
   }
   if (m.role === "tool") return { role: "tool", content: m.content, tool_call_id: m.toolCallId, name: m.toolName };
-  return withReasoning(m, { role: m.role, content: m.content });
+  return withReasoning(m, { role: m.role, content: m.content, ...named(m) });
 }
 
 /**
@@ -117,9 +121,13 @@ function plainMessages(messages: ConversationMessage[]): ChatMessage[] {
     results = undefined;
     if (m.toolCalls?.length)
       out.push(
-        withReasoning(m, { role: m.role, content: [m.content, writeCalls(m.toolCalls)].filter(Boolean).join("\n") }),
+        withReasoning(m, {
+          role: m.role,
+          content: [m.content, writeCalls(m.toolCalls)].filter(Boolean).join("\n"),
+          ...named(m),
+        }),
       );
-    else out.push(withReasoning(m, { role: m.role, content: m.content }));
+    else out.push(withReasoning(m, { role: m.role, content: m.content, ...named(m) }));
   }
   return out;
 }

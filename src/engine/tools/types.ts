@@ -39,4 +39,6 @@ export interface ConversationMessage {
   toolName?: string;
   /** The reasoning before an assistant's answer, as the client sends it back (templates of models that think render it). */
   reasoning?: string;
+  /** A participant's name (OpenAI's `name` on a system, user or assistant message): a template may render it. */
+  name?: string;
 }
