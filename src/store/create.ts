@@ -4,7 +4,7 @@
 // POST /api/create write and DELETE /api/delete removes. The file is rewritten whole through a
 // temporary file and a rename, under the store's lock, its other entries and comments kept as
 // they are written; a change whose result would not load is refused before anything is written.
-import { existsSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { resolve } from "node:path";
 import { parse, stringify } from "smol-toml";
 import { InvalidParameterError, ModelNotFoundError, UnsupportedError } from "../errors";
@@ -21,8 +21,8 @@ import {
 } from "./aliases";
 import { withStoreLock } from "./lock";
 import type { LocateOptions } from "./resolve";
-import { readManifest } from "./manifest";
-import { modelNameFits, tempPathIn, tmpDir } from "./paths";
+import { readManifest, writeFileAtomic } from "./manifest";
+import { modelNameFits } from "./paths";
 import { isRemoteSource } from "./pull";
 import { listModels } from "./store";
 
@@ -292,12 +292,5 @@ function writeUserAliases(text: string): void {
     // Its place in a file not written yet says nothing; what is wrong with the entry does.
     throw new InvalidParameterError((error as Error).message.replace(/^.*?:\d+(:\d+)?: /, ""), "model");
   }
-  const temporary = tempPathIn(tmpDir(), "models.toml");
-  try {
-    writeFileSync(temporary, text);
-    renameSync(temporary, file);
-  } catch (error) {
-    rmSync(temporary, { force: true });
-    throw error;
-  }
+  writeFileAtomic(file, text, "models.toml");
 }

@@ -109,12 +109,23 @@ export function writeManifest(manifest: ModelManifest): void {
 }
 
 export function writeJsonAtomic(path: string, value: unknown): void {
-  const tmp = tempPathIn(tmpDir(), "json");
-  try {
-    writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`);
+  writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`, "json", () => {
     mkdirSync(join(path, ".."), { recursive: true });
     // The store's own record: a directory in its place is damage, which rename() would not replace.
     if (statSync(path, { throwIfNoEntry: false })?.isDirectory()) rmSync(path, { recursive: true, force: true });
+  });
+}
+
+/**
+ * Replaces `path` with `text` through a temporary file in the store's tmp folder (named by
+ * `hint`) and a rename: a reader sees the old file or the new one, never half of one.
+ * `beforeRename` runs once the text is written.
+ */
+export function writeFileAtomic(path: string, text: string, hint: string, beforeRename?: () => void): void {
+  const tmp = tempPathIn(tmpDir(), hint);
+  try {
+    writeFileSync(tmp, text);
+    beforeRename?.();
     renameSync(tmp, path);
   } catch (error) {
     // A full disk leaves the temporary file empty or cut short: nothing to keep.
