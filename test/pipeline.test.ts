@@ -279,6 +279,21 @@ describe("mlx launch -- run", () => {
 /** A launched `serve` of `model` (the 5-layer tiny one by default) on `n` ranks. */
 const launchServe = (n: number, extra: string[] = [], model = tiny) => launchServeOn(home, n, model, extra);
 
+/** A random adapter of the tiny model's layers 2-4 (on both ranks of either split), in `dir`/`name`: its path. */
+function writeSplitAdapter(name: string, seed: number): string {
+  const { hidden, heads, headDim, intermediate } = tinyDims;
+  const adapter = join(dir, name);
+  writeRandomAdapter(adapter, {
+    layers: lastLayers(5, 3, {
+      "self_attn.q_proj": [hidden, heads * headDim],
+      "mlp.down_proj": [intermediate, hidden],
+    }),
+    seed,
+    strength: 0.5,
+  });
+  return adapter;
+}
+
 describe("mlx launch -- serve", () => {
   test("an alias of the split model asking for other KV cache settings, or another model, is refused, not served on the ranks' caches nor unloading the split model", async () => {
     const aliasHome = mkdtempSync(join(dir, "aliases-"));
@@ -464,17 +479,7 @@ describe("mlx launch -- serve", () => {
   }, 120_000);
 
   test("adapters: run --adapter, and serve with rows of the base and of an adapter in one batch, as one process", async () => {
-    const { hidden, heads, headDim, intermediate } = tinyDims;
-    const adapter = join(dir, "adapter");
-    // Layers 2-4: on both ranks of either split.
-    writeRandomAdapter(adapter, {
-      layers: lastLayers(5, 3, {
-        "self_attn.q_proj": [hidden, heads * headDim],
-        "mlp.down_proj": [intermediate, hidden],
-      }),
-      seed: 1,
-      strength: 0.5,
-    });
+    const adapter = writeSplitAdapter("adapter", 1);
     const run = ["run", "-m", tiny, "--json", "--temp", "0", "--max-tokens", "12", "--adapter", adapter, "Hello"];
     const alone = await mlx(run);
     expect(alone.code).toBe(0);
@@ -504,16 +509,7 @@ describe("mlx launch -- serve", () => {
   }, 120_000);
 
   test("an adapter under speculation: a split model gives one process's log-probabilities", async () => {
-    const { hidden, heads, headDim, intermediate } = tinyDims;
-    const adapter = join(dir, "adapter-speculated");
-    writeRandomAdapter(adapter, {
-      layers: lastLayers(5, 3, {
-        "self_attn.q_proj": [hidden, heads * headDim],
-        "mlp.down_proj": [intermediate, hidden],
-      }),
-      seed: 2,
-      strength: 0.5,
-    });
+    const adapter = writeSplitAdapter("adapter-speculated", 2);
     // Prompt lookup drafts from the prompt's repeats: its verifying steps adapt several positions
     // at once, which every rank must compute each on its own, as rank 0 does (Flag.apart).
     const request = {
