@@ -408,3 +408,56 @@ describe("vLLM's guided decoding (guided_json, guided_regex, guided_choice, guid
     });
   });
 });
+
+describe("vLLM's stream_options.continuous_usage_stats", () => {
+  /** Each chunk's choice index and usage, of a stream asked with `streamOptions` and logprobs. */
+  async function chunkUsages(kind: "chat" | "completion", streamOptions: Extra) {
+    const common = { model, max_tokens: 6, n: 2, seed: 1, stream: true, stream_options: streamOptions };
+    const stream =
+      kind === "chat"
+        ? await openai.chat.completions.create({
+            ...common,
+            messages: [{ role: "user", content: "Once upon a time" }],
+            logprobs: true,
+          } as OpenAI.ChatCompletionCreateParamsStreaming)
+        : await openai.completions.create({
+            ...common,
+            prompt: "Once upon a time",
+            logprobs: 0,
+          } as OpenAI.CompletionCreateParamsStreaming);
+    const chunks: { index?: number; tokens: number; finished: boolean; usage?: OpenAI.CompletionUsage | null }[] = [];
+    for await (const chunk of stream as AsyncIterable<OpenAI.ChatCompletionChunk | OpenAI.Completion>) {
+      const c = chunk.choices[0] as (OpenAI.ChatCompletionChunk.Choice | OpenAI.CompletionChoice) | undefined;
+      const logprobs = c?.logprobs as { content?: unknown[] | null; tokens?: unknown[] } | null | undefined;
+      const tokens = (logprobs?.content ?? logprobs?.tokens ?? []).length;
+      chunks.push({ index: c?.index, tokens, finished: !!c?.finish_reason, usage: chunk.usage });
+    }
+    return chunks;
+  }
+
+  for (const kind of ["chat", "completion"] as const)
+    test(`${kind}: every chunk carries its choice's usage so far, as vLLM's; the last one the whole request's`, async () => {
+      const chunks = await chunkUsages(kind, { include_usage: true, continuous_usage_stats: true });
+      const total = chunks.at(-1)!;
+      expect(total.index).toBeUndefined();
+      const choices = chunks.slice(0, -1);
+      const generated = [0, 0];
+      for (const { index, tokens, finished, usage } of choices) {
+        generated[index!]! += tokens;
+        // The tokens its chunks have shown so far (one logprob each), the prompt counted once per choice.
+        expect(usage).toEqual({
+          prompt_tokens: total.usage!.prompt_tokens,
+          completion_tokens: generated[index!]!,
+          total_tokens: total.usage!.prompt_tokens + generated[index!]!,
+        });
+        if (finished) expect(usage!.completion_tokens).toBeGreaterThan(0);
+      }
+      expect(generated[0]! + generated[1]!).toBe(total.usage!.completion_tokens);
+      // Alone it asks for nothing (as vLLM's needs include_usage); include_usage alone, the last chunk only.
+      for (const options of [{ continuous_usage_stats: true }, { include_usage: false, continuous_usage_stats: true }])
+        expect((await chunkUsages(kind, options)).every((c) => c.usage === undefined)).toBe(true);
+      const last = await chunkUsages(kind, { include_usage: true, continuous_usage_stats: false });
+      expect(last.slice(0, -1).every((c) => c.usage === null)).toBe(true);
+      expect(last.at(-1)!.usage!.completion_tokens).toBeGreaterThan(0);
+    });
+});

@@ -22,6 +22,8 @@ export interface OpenAIRequest {
   prompts: PromptInput[];
   stream: boolean;
   includeUsage: boolean;
+  /** vLLM's stream_options.continuous_usage_stats (with include_usage): every chunk carries the usage so far. */
+  continuousUsage: boolean;
   maxTokens?: number;
   /** The API's own maxTokens where neither the request nor its model's num_predict sets one (a completion's 16). */
   defaultMaxTokens?: number;
@@ -127,7 +129,10 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
   serviceTier(f, OPENAI_SERVED_TIERS);
   if (f.boolean("store")) throw unsupported("store", "'store' true (stored chat completions)");
   const stream = f.boolean("stream") ?? false;
-  const includeUsage = streamOptions(f, stream, ["include_usage"])?.boolean("include_usage") ?? false;
+  const options = streamOptions(f, stream, ["include_usage", "continuous_usage_stats"]);
+  const includeUsage = options?.boolean("include_usage") ?? false;
+  // As vLLM: only beside include_usage (alone it asks for nothing).
+  const continuousUsage = (options?.boolean("continuous_usage_stats") ?? false) && includeUsage;
   const newer = f.integer("max_completion_tokens", { min: 1 });
   const maxTokens = newer ?? f.integer("max_tokens", { min: 1 });
   let topK = f.integer("top_k", { min: -1 });
@@ -173,6 +178,7 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
     controls: { ...answerControls(f, maxTokens), ...(guided && "pattern" in guided && { pattern: guided }) },
     stream,
     includeUsage,
+    continuousUsage,
     maxTokens,
     maxTokensParam: newer === undefined ? "max_tokens" : "max_completion_tokens",
     sampling,

@@ -354,12 +354,19 @@ function choiceStream(
 ): ReadableStream<Uint8Array> {
   const tokenizer = gen.tokenizer!; // see whole()
   const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
-  const extra = req.includeUsage ? { usage: null } : {};
+  // This choice's tokens so far, for vLLM's continuous usage (a remote model's are known when it ends).
+  let promptTokens = gen.promptIds.length;
+  let completionTokens = 0;
+  const usageSoFar = () => ({
+    prompt_tokens: promptTokens,
+    completion_tokens: completionTokens,
+    total_tokens: promptTokens + completionTokens,
+  });
   const chunk = (choice: Record<string, unknown>) => ({
     ...meta,
     object,
     choices: [{ index, logprobs: null, finish_reason: null, ...choice }],
-    ...extra,
+    ...(req.continuousUsage ? { usage: usageSoFar() } : req.includeUsage ? { usage: null } : {}),
   });
   let offset = 0;
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
@@ -370,6 +377,7 @@ function choiceStream(
         if (kind === "chat") send(sse(chunk({ delta: { role: "assistant", content: "" } })));
       },
       text: (event, send) => {
+        completionTokens += event.tokens.length;
         if (event.reasoning) send(sse(chunk({ delta: { reasoning_content: event.reasoning } })));
         const text = toolCalls ? toolCalls.push(event.text) : event.text;
         if (!text && !(req.logprobs && event.tokens.length > 0)) return;
@@ -385,6 +393,7 @@ function choiceStream(
         }
       },
       done: (event, send) => {
+        ({ promptTokens, completionTokens } = event.usage);
         const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
         if (content) send(sse(chunk({ delta: { content } })));
         if (calls.length > 0) send(sse(chunk({ delta: { tool_calls: openaiToolCalls(calls, true) } })));
