@@ -430,7 +430,7 @@ describe("mlx bench: prompt suite", () => {
     const r = await mlx(["--prompts", prompts, "-m", tiny, "--max-tokens", "2"]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(
-      /^error: model '.*tiny' failed: prompt on line 3: the prompt is \d+ tokens, but the model's context is 256 tokens/m,
+      /^error: model '.*tiny' failed: prompt on line 3: This model's maximum context length is 256 tokens\. However, the prompt is \d+ tokens/m,
     );
   }, 20_000);
 

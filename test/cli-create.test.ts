@@ -145,7 +145,7 @@ describe("mlx create", () => {
     // num_ctx: a longer prompt is refused, naming it.
     const long = await mlx(["run", "-m", "brief", "treasure ".repeat(60)]);
     expect(long.code).not.toBe(0);
-    expect(long.stderr).toContain("num_ctx in models.toml is 40 tokens");
+    expect(long.stderr).toContain("maximum context length is 40 tokens (num_ctx in models.toml)");
     expect((await mlx(["rm", "-y", "brief"])).code).toBe(0);
   });
 

@@ -193,7 +193,7 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
   test("a prompt longer than the context", async () => {
     oneLineError(
       await mlx(["run", "-m", model, "word ".repeat(400)]),
-      /the prompt is \d+ tokens, but the model's context is 256 tokens/,
+      /This model's maximum context length is 256 tokens\. However, the prompt is \d+ tokens/,
     );
   });
 

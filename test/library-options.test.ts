@@ -318,7 +318,7 @@ test("an alias's stop strings, num_predict and num_ctx (a Modelfile's PARAMETERs
       expect((await brief.generate("one two", { ...greedy, maxTokens: 8, stop: ["<|never|>"] })).text).toBe(text);
       // num_ctx: a longer prompt is refused, naming it.
       await expect(brief.generate("treasure ".repeat(80), greedy)).rejects.toThrow(
-        "num_ctx in models.toml is 64 tokens",
+        "maximum context length is 64 tokens (num_ctx in models.toml)",
       );
     } finally {
       brief.close();

@@ -186,7 +186,9 @@ describe("POST /api/create", () => {
     expect((await answer("bounded", { temperature: 0, num_predict: 8, stop: [never] })).message.content).toBe(text);
     // num_ctx: a prompt longer than the model's context is refused, naming it; a request's own num_ctx replaces it.
     const long = [{ role: "user", content: "treasure ".repeat(80) }];
-    await expect(answer("bounded", {}, long)).rejects.toThrow(/num_ctx of model 'bounded' is 64 tokens/);
+    await expect(answer("bounded", {}, long)).rejects.toThrow(
+      /maximum context length is 64 tokens \(num_ctx of model 'bounded'\)/,
+    );
     expect((await answer("bounded", { num_ctx: 512 }, long)).done).toBe(true);
     // seed: sampled as a request giving it gets it sampled.
     const sampled = { temperature: 1, num_predict: 8, stop: [never] };

@@ -325,7 +325,7 @@ describe("Ollama chat and generate", () => {
     const long = [{ role: "user", content: "Why is the sky blue? ".repeat(20) }];
     const tooLong = await ollama.chat({ model, messages: long, options: { num_ctx: 32 } }).catch((e) => e);
     expect(tooLong.status_code).toBe(400);
-    expect(tooLong.message).toMatch(/options\.num_ctx is 32 tokens/);
+    expect(tooLong.message).toMatch(/maximum context length is 32 tokens \(options\.num_ctx\)/);
     // Above the model's own context (256), the model's holds: the same prompt fits.
     const roomy = await ollama.chat({ model, messages: long, stream: false, options: { ...greedy, num_ctx: 1 << 20 } });
     expect(roomy.done).toBe(true);

@@ -390,6 +390,25 @@ describe("OpenAI completions and models", () => {
     expect(error.code).toBe("model_not_found");
   });
 
+  test("a prompt over the context: context_length_exceeded, in OpenAI's and vLLM's words, which LiteLLM maps by", async () => {
+    const long = "hello ".repeat(400); // past the tiny model's 256 tokens
+    const errors = [
+      await client.chat.completions.create({ model, messages: [{ role: "user", content: long }] }).catch((e) => e),
+      await client.completions.create({ model, prompt: long }).catch((e) => e),
+    ];
+    for (const [error, param] of [
+      [errors[0], "messages"],
+      [errors[1], "prompt"],
+    ]) {
+      expect(error).toBeInstanceOf(OpenAI.BadRequestError);
+      expect(error).toMatchObject({ status: 400, code: "context_length_exceeded", param });
+      // LiteLLM's ContextWindowExceededError (and its context-window fallbacks) wants this sentence.
+      expect(error.error.message).toMatch(
+        /^This model's maximum context length is 256 tokens\. However, the prompt is \d+ tokens/,
+      );
+    }
+  });
+
   test("an unsupported feature is a 400 that names it (n over 16, unknown fields, legacy functions, images)", async () => {
     const n = await client.chat.completions.create({ model, messages, n: 17 }).catch((e) => e);
     expect(n).toBeInstanceOf(OpenAI.BadRequestError);

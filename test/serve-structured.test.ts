@@ -300,7 +300,7 @@ describe("structured output through the server", () => {
     expect(full.status).toBe(400);
     expect(full.json.error.param).toBe("prompt");
     expect(full.json.error.message).toMatch(
-      /^the prompt is 250 tokens of the model's context of 256: the 6 left are too few for this format, whose shortest valid answer takes \d+$/,
+      /^This model's maximum context length is 256 tokens\. However, the prompt is 250 tokens: the 6 left are too few for this format, whose shortest valid answer takes \d+$/,
     );
     // Where max_tokens sets the budget, it is what the error names.
     const short = await post(`${server.url}/v1/completions`, { model, prompt: "x", max_tokens: 6, response_format });

@@ -174,12 +174,23 @@ function modelContextBound(lm: LoadedModel): ContextBound | undefined {
   return tokens === undefined ? undefined : { tokens, param: "num_ctx in models.toml" };
 }
 
+const MODEL_CONTEXT = "the model's context";
+
 /** The context a request may fill: the model's, or less where the request bounds it. */
 export function contextLimit(lm: LoadedModel, bound: ContextBound | undefined): { tokens: number; whose: string } {
   const model = lm.config.maxPositionEmbeddings;
   return bound && bound.tokens < model
     ? { tokens: bound.tokens, whose: bound.param }
-    : { tokens: model, whose: "the model's context" };
+    : { tokens: model, whose: MODEL_CONTEXT };
+}
+
+/**
+ * A prompt-too-long error's first sentence, in OpenAI's and vLLM's words: clients tell this error
+ * by them (LiteLLM maps "This model's maximum context length is" to its ContextWindowExceededError,
+ * which its context-window fallbacks act on), not only by the code context_length_exceeded.
+ */
+function maximumContext(context: number, whose: string): string {
+  return `This model's maximum context length is ${context} tokens${whose === MODEL_CONTEXT ? "" : ` (${whose})`}.`;
 }
 
 export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): Promise<PreparedGeneration> {
@@ -213,7 +224,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const rotating = lm.maxKvSize !== undefined;
   if (!rotating && promptIds.length >= context) {
     throw new ContextLengthError(
-      `the prompt is ${promptIds.length} tokens, but ${whose} is ${context} tokens (leave room for at least one generated token)`,
+      `${maximumContext(context, whose)} However, the prompt is ${promptIds.length} tokens (leave room for at least one generated token)`,
       promptParam(spec.prompt),
     );
   }
@@ -241,7 +252,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
     // Where the context, not max_tokens, set the budget, the prompt is what leaves too little room.
     if (maxTokens < (spec.maxTokens ?? Infinity))
       throw new ContextLengthError(
-        `the prompt is ${promptIds.length} tokens of ${whose} of ${context}: the ${maxTokens} left are too few for this format, whose shortest valid answer takes ${error.minimum + forced}`,
+        `${maximumContext(context, whose)} However, the prompt is ${promptIds.length} tokens: the ${maxTokens} left are too few for this format, whose shortest valid answer takes ${error.minimum + forced}`,
         promptParam(spec.prompt),
       );
     throw new BudgetError(error.maxTokens + forced, error.minimum + forced, maxTokensParam);
