@@ -331,6 +331,67 @@ describe("OpenAI completions and models", () => {
     expect(r.json.choices[0].finish_reason).toBe("length");
   });
 
+  test("echo with logprobs: the prompt's tokens lead, the first null, each the logprob it has when generated (lm-eval's loglikelihood)", async () => {
+    const lm = loadModel(model);
+    const prompt = lm.tokenizer.encode("Once upon a time", { addSpecialTokens: false });
+    const answer = await completeAlone(lm, prompt, { sampling: defaultSampling, maxTokens: 4 });
+    lm.free();
+    expect(answer.tokenIds).toHaveLength(4);
+    const generated = await client.completions.create({ model, prompt, max_tokens: 4, temperature: 0, logprobs: 0 });
+    // The prompt and that answer, echoed: its last 4 tokens' logprobs are the answer's.
+    const ids = [...prompt, ...answer.tokenIds];
+    const ask = { model, prompt: ids, max_tokens: 2, temperature: 0, echo: true, logprobs: 2 };
+    const r = await client.completions.create(ask);
+    const choice = r.choices[0]!;
+    const logprobs = choice.logprobs!;
+    expect(logprobs.tokens).toHaveLength(ids.length + 2);
+    expect(logprobs.token_logprobs![0]).toBeNull();
+    expect(logprobs.top_logprobs![0]).toBeNull();
+    const echoed = logprobs.token_logprobs!.slice(prompt.length, ids.length) as number[];
+    generated.choices[0]!.logprobs!.token_logprobs!.forEach((logprob, i) => expect(echoed[i]!).toBeCloseTo(logprob, 2));
+    // Each position's top_logprobs: the 2 likeliest and the prompt's own token (OpenAI's up to logprobs + 1).
+    logprobs.top_logprobs!.slice(1).forEach((top, i) => {
+      expect(Object.keys(top!).length).toBeGreaterThanOrEqual(2);
+      expect(Object.keys(top!).length).toBeLessThanOrEqual(3);
+      expect(top![logprobs.tokens![i + 1]!]).toBe(logprobs.token_logprobs![i + 1]!);
+    });
+    // The text is the prompt's then the answer's; the offsets count every token's text before it.
+    expect(choice.text).toBe(logprobs.tokens!.join(""));
+    expect(logprobs.text_offset).toEqual(logprobs.tokens!.map((_, i) => logprobs.tokens!.slice(0, i).join("").length));
+    // Streamed: the echo comes first, and the chunks add up to the whole answer.
+    let text = "";
+    const tokens: string[] = [];
+    const offsets: number[] = [];
+    let first: string | undefined;
+    for await (const chunk of await client.completions.create({ ...ask, stream: true })) {
+      const c = chunk.choices[0]!;
+      first ??= c.text;
+      text += c.text;
+      tokens.push(...(c.logprobs?.tokens ?? []));
+      offsets.push(...(c.logprobs?.text_offset ?? []));
+    }
+    expect(first).toBe(logprobs.tokens!.slice(0, ids.length).join(""));
+    expect({ text, tokens, offsets }).toEqual({
+      text: choice.text,
+      tokens: logprobs.tokens!,
+      offsets: logprobs.text_offset!,
+    });
+  });
+
+  test("echo without logprobs: each choice's text starts with its prompt as sent, batched and streamed alike", async () => {
+    const prompts = ["Once upon a time", "My cat"];
+    const ask = { model, prompt: prompts, n: 2, max_tokens: 3, temperature: 0 };
+    const plain = await client.completions.create(ask);
+    const echoed = await client.completions.create({ ...ask, echo: true });
+    expect(echoed.choices.map((c) => [c.index, c.text, c.logprobs])).toEqual(
+      plain.choices.map((c) => [c.index, prompts[Math.floor(c.index / 2)] + c.text, null]),
+    );
+    const streamed: string[] = [];
+    for await (const chunk of await client.completions.create({ ...ask, echo: true, stream: true }))
+      for (const c of chunk.choices) streamed[c.index] = (streamed[c.index] ?? "") + c.text;
+    expect(streamed).toEqual(echoed.choices.map((c) => c.text));
+  });
+
   test("a prompt of token ids", async () => {
     const r = await client.completions.create({ model, prompt: [1, 2, 3, 4], max_tokens: 4, temperature: 0 });
     expect(r.usage!.prompt_tokens).toBe(4);

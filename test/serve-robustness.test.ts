@@ -113,7 +113,7 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     ["completions with an object prompt", "/v1/completions", { prompt: {} }, 400, "prompt"],
     ["completions with an empty prompt", "/v1/completions", { prompt: "" }, 400, "prompt"],
     ["completions with a token id outside the vocabulary", "/v1/completions", { prompt: [1, 1e9] }, 400, "prompt"],
-    ["completions with echo", "/v1/completions", { prompt: "x", echo: true }, 400, "echo"],
+    ["completions with an echo not true or false", "/v1/completions", { prompt: "x", echo: "yes" }, 400, "echo"],
     ["audio output", v1, { audio: { voice: "alloy", format: "wav" } }, 400, "audio"],
     ["modalities beyond text", v1, { modalities: ["text", "audio"] }, 400, "modalities"],
     ["a predicted output", v1, { prediction: { type: "content", content: "x" } }, 400, "prediction"],

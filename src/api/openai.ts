@@ -34,6 +34,8 @@ export interface OpenAIRequest {
   /** Whether to return logprobs, and how many alternatives per token. */
   logprobs: boolean;
   topLogprobs: number;
+  /** A completion's echo: each choice's text (and logprobs) starts with its prompt's. */
+  echo?: boolean;
   format?: FormatInput;
   tools?: ToolRequest;
   thinking?: ThinkingRequest;
@@ -514,7 +516,6 @@ export function parseCompletionRequest(body: unknown): OpenAIRequest {
   f.onlyKnown(COMPLETION_FIELDS);
   const common = commonFields(f);
   if (f.has("tools")) throw unsupported("tools", "'tools' on /v1/completions (use /v1/chat/completions)");
-  if (f.boolean("echo")) throw unsupported("echo");
   for (const field of ["reasoning_effort", "chat_template_kwargs", "thinking_budget"])
     if (f.has(field)) throw unsupported(field, `'${field}' on /v1/completions (use /v1/chat/completions)`);
   if (f.has("suffix")) throw unsupported("suffix");
@@ -527,6 +528,7 @@ export function parseCompletionRequest(body: unknown): OpenAIRequest {
     prompts: completionPrompts(f),
     logprobs: logprobs !== undefined,
     topLogprobs: logprobs ?? 0,
+    echo: f.boolean("echo") ?? false,
   };
 }
 
@@ -583,8 +585,9 @@ export interface ChatLogprob {
 
 export interface CompletionLogprobs {
   tokens: string[];
-  token_logprobs: number[];
-  top_logprobs: Record<string, number>[];
+  /** null for an echoed prompt's first token, which follows nothing. */
+  token_logprobs: (number | null)[];
+  top_logprobs: (Record<string, number> | null)[];
   text_offset: number[];
 }
 

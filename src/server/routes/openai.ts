@@ -13,7 +13,8 @@ import {
   type OpenAIRequest,
 } from "../../api/openai";
 import type { GenerationUsage, TokenLogprob } from "../../engine/scheduler";
-import { badRequest, errorBody, notFound, toApiError } from "../errors";
+import { badRequest, ClientGoneError, errorBody, notFound, toApiError } from "../errors";
+import { promptLogprobs } from "../../engine/prompt-logprobs";
 import {
   chatLogprobs,
   httpRequestBounds,
@@ -30,7 +31,7 @@ import {
   generationStream,
   type Send,
 } from "../respond";
-import { readJson } from "../../api/validate";
+import { readJson, unsupported } from "../../api/validate";
 import { type ServerState, serverStartDate } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
@@ -110,6 +111,8 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
   const model = requestedModel(s.config, req.model);
   const choices = req.prompts.length * req.n;
   if (!remoteModel(model)) checkChoicesFit(req, s.config.maxSequences);
+  // A remote model's prompt is tokenized by its provider: its tokens, and their logprobs, are not ours to echo.
+  else if (req.echo) throw unsupported("echo", "'echo' on a remote model");
   const input = {
     ...httpRequestBounds(s.config, c.req),
     model,
@@ -146,13 +149,61 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
       heldWith: first?.lease,
     }),
   );
+  const echoes = req.echo ? await promptEchoes(gens, req, c.req.raw.signal) : undefined;
   const meta = {
     id: newId(kind === "chat" ? "chatcmpl" : "cmpl"),
     created: unixSeconds(),
     model,
     system_fingerprint: systemFingerprint(model, s.config.version),
   };
-  return req.stream ? streamed(s, gens, req, kind, meta) : whole(gens, req, kind, meta);
+  return req.stream ? streamed(s, gens, req, kind, meta, echoes) : whole(gens, req, kind, meta, echoes);
+}
+
+/** What echo puts before a prompt's choices: its text and, with logprobs, its tokens'. */
+interface Echo {
+  text: string;
+  logprobs?: CompletionLogprobs;
+}
+
+/**
+ * Each prompt's echo, as OpenAI's legacy completions and vLLM give it: the prompt as sent (its
+ * ids' text for ids, or where truncate_prompt_tokens cut it), and with logprobs each of its
+ * tokens' after those before it (the first's null: it follows nothing), computed while its
+ * choices generate. Where that fails, or the client goes away, the choices are stopped.
+ */
+async function promptEchoes(gens: Generation[], req: OpenAIRequest, signal: AbortSignal): Promise<Echo[]> {
+  try {
+    const echoes: Echo[] = [];
+    for (const [p, prompt] of req.prompts.entries()) {
+      const gen = gens[p * req.n]!;
+      const tokenizer = gen.tokenizer!;
+      const ids = gen.promptIds;
+      const asSent = prompt.kind === "text" && req.controls.truncatePromptTokens === undefined;
+      const text = asSent ? prompt.text : tokenizer.decode(ids);
+      if (!req.logprobs) {
+        echoes.push({ text });
+        continue;
+      }
+      const lease = gen.lease!;
+      const { tokens, top } = await promptLogprobs(lease.entry.lm, ids, req.topLogprobs, {
+        adapter: lease.adapter,
+        signal,
+        // A long prompt holds up the model's streams no longer than a prefill would.
+        chunk: lease.entry.scheduler.limits.prefillChunk,
+      });
+      const logprobs = completionLogprobs(tokenizer, [{ token: ids[0]!, logprob: 0 }, ...tokens], [[], ...top], 0);
+      logprobs.token_logprobs[0] = null;
+      logprobs.top_logprobs[0] = null;
+      echoes.push({ text, logprobs });
+    }
+    return echoes;
+  } catch (error) {
+    const cause = signal.aborted
+      ? new ClientGoneError("the client went away while its prompt's logprobs were computed")
+      : error;
+    stopChoices(gens, cause);
+    throw cause;
+  }
 }
 
 /**
@@ -171,10 +222,8 @@ function checkChoicesFit(req: OpenAIRequest, maxSequences: number): void {
 }
 
 /**
- * Starts `n` generations; if one cannot start, those already started are stopped: cancelled, as
- * it is, when its client went away or the server cut it short, and not counted at all when the
- * request was refused (a 4xx: its queue full, a later prompt too long), as a refused request of
- * one choice is not. Each after the first is given the first (its hold on the model to share).
+ * Starts `n` generations; if one cannot start (its queue full, a later prompt too long), those
+ * already started are stopped. Each after the first is given the first (its hold on the model to share).
  */
 async function startChoices(
   n: number,
@@ -185,13 +234,22 @@ async function startChoices(
     for (let i = 0; i < n; i++) gens.push(await start(i, gens[0]));
     return gens;
   } catch (error) {
-    const status = toApiError(error).status;
-    const refused = status >= 400 && status < 500 && status !== 499;
-    for (const gen of gens) {
-      gen.abort();
-      gen.finish(refused ? undefined : "cancelled");
-    }
+    stopChoices(gens, error);
     throw error;
+  }
+}
+
+/**
+ * Stops choices started for a request that fails before they are read (`error` says why):
+ * cancelled, as a choice is, when its client went away or the server cut it short, and not counted
+ * at all when the request was refused (a 4xx), as a refused request of one choice is not.
+ */
+function stopChoices(gens: Generation[], error: unknown): void {
+  const status = toApiError(error).status;
+  const refused = status >= 400 && status < 500 && status !== 499;
+  for (const gen of gens) {
+    gen.abort();
+    gen.finish(refused ? undefined : "cancelled");
   }
 }
 
@@ -248,7 +306,13 @@ const openaiToolCalls = (calls: ToolCall[], withIndex: boolean) =>
     function: { name: c.name, arguments: JSON.stringify(c.arguments) },
   }));
 
-async function whole(gens: Generation[], req: OpenAIRequest, kind: Kind, meta: Meta): Promise<Response> {
+async function whole(
+  gens: Generation[],
+  req: OpenAIRequest,
+  kind: Kind,
+  meta: Meta,
+  echoes: Echo[] | undefined,
+): Promise<Response> {
   // A generation has a tokenizer whenever logprobs were asked for (a remote model refuses them).
   const tokenizer = gens[0]!.tokenizer!;
   const results = await Promise.all(gens.map(collectGeneration));
@@ -258,8 +322,10 @@ async function whole(gens: Generation[], req: OpenAIRequest, kind: Kind, meta: M
     const { text, reasoning, tokens, top, done } = result!;
     const alternatives = top.length ? top : undefined;
     if (kind === "completion") {
-      const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, alternatives, 0) : null;
-      return { index, text, logprobs, ...finish(done), ...closedEarly(gen) };
+      const echo = echoes?.[Math.floor(index / req.n)];
+      const own = req.logprobs ? completionLogprobs(tokenizer, tokens, alternatives, echoedLength(echo)) : null;
+      const logprobs = own && echo?.logprobs ? joinedLogprobs(echo.logprobs, own) : own;
+      return { index, text: (echo?.text ?? "") + text, logprobs, ...finish(done), ...closedEarly(gen) };
     }
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
     const message = {
@@ -284,6 +350,17 @@ async function whole(gens: Generation[], req: OpenAIRequest, kind: Kind, meta: M
   );
 }
 
+/** Where a choice's own text_offset starts after its echo: past its tokens' text, as the offsets count it. */
+const echoedLength = (echo: Echo | undefined) =>
+  echo?.logprobs?.tokens.reduce((length, token) => length + token.length, 0) ?? 0;
+
+const joinedLogprobs = (a: CompletionLogprobs, b: CompletionLogprobs): CompletionLogprobs => ({
+  tokens: [...a.tokens, ...b.tokens],
+  token_logprobs: [...a.token_logprobs, ...b.token_logprobs],
+  top_logprobs: [...a.top_logprobs, ...b.top_logprobs],
+  text_offset: [...a.text_offset, ...b.text_offset],
+});
+
 /** One usage for all choices (`n` per prompt): each prompt counted once, the completions together. */
 function totalUsage(usages: GenerationUsage[], n: number) {
   const sum = (pick: (u: GenerationUsage) => number, of = usages) => of.reduce((total, u) => total + pick(u), 0);
@@ -303,11 +380,18 @@ const sse = (value: unknown) => encoder.encode(`data: ${JSON.stringify(value)}\n
  * Each choice streams as it comes, its chunks naming its index; the usage (when asked) and
  * "data: [DONE]" follow once every choice has ended.
  */
-function streamed(s: ServerState, gens: Generation[], req: OpenAIRequest, kind: Kind, meta: Meta): Response {
+function streamed(
+  s: ServerState,
+  gens: Generation[],
+  req: OpenAIRequest,
+  kind: Kind,
+  meta: Meta,
+  echoes: Echo[] | undefined,
+): Response {
   const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
   const usages: GenerationUsage[] = [];
   const choices = gens.map((gen, index) =>
-    choiceStream(s, gen, index, req, kind, meta, (u) => {
+    choiceStream(s, gen, index, req, kind, meta, echoes?.[Math.floor(index / req.n)], (u) => {
       usages[index] = u;
     }),
   );
@@ -350,6 +434,7 @@ function choiceStream(
   req: OpenAIRequest,
   kind: Kind,
   meta: Meta,
+  echo: Echo | undefined,
   onUsage: (u: GenerationUsage) => void,
 ): ReadableStream<Uint8Array> {
   const tokenizer = gen.tokenizer!; // see whole()
@@ -368,13 +453,14 @@ function choiceStream(
     choices: [{ index, logprobs: null, finish_reason: null, ...choice }],
     ...(req.continuousUsage ? { usage: usageSoFar() } : req.includeUsage ? { usage: null } : {}),
   });
-  let offset = 0;
+  let offset = echoedLength(echo);
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   return generationStream(
     gen,
     {
       start: (send) => {
         if (kind === "chat") send(sse(chunk({ delta: { role: "assistant", content: "" } })));
+        if (echo) send(sse(chunk({ text: echo.text, logprobs: echo.logprobs ?? null })));
       },
       text: (event, send) => {
         completionTokens += event.tokens.length;
