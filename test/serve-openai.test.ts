@@ -378,6 +378,45 @@ describe("OpenAI completions and models", () => {
     });
   });
 
+  test("echo with max_tokens 0: the prompt alone, scored (as OpenAI's legacy models and vLLM answer it), whole and streamed", async () => {
+    const ask = { model, prompt: "Once upon a time", temperature: 0, echo: true, logprobs: 1 };
+    const scored = await client.completions.create({ ...ask, max_tokens: 2 });
+    const prompt = await client.completions.create({ ...ask, max_tokens: 0 });
+    const length = prompt.usage!.prompt_tokens;
+    expect(prompt.usage).toMatchObject({ prompt_tokens: scored.usage!.prompt_tokens, completion_tokens: 0 });
+    const { logprobs, ...choice } = prompt.choices[0]!;
+    expect(choice).toEqual({ index: 0, text: "Once upon a time", finish_reason: "length" });
+    const { tokens, token_logprobs, top_logprobs, text_offset } = scored.choices[0]!.logprobs!;
+    expect(logprobs).toEqual({
+      tokens: tokens!.slice(0, length),
+      token_logprobs: token_logprobs!.slice(0, length),
+      top_logprobs: top_logprobs!.slice(0, length),
+      text_offset: text_offset!.slice(0, length),
+    });
+    const chunks = [];
+    for await (const chunk of await client.completions.create({
+      ...ask,
+      prompt: [ask.prompt, "My cat"],
+      n: 2,
+      max_tokens: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    }))
+      chunks.push(chunk);
+    expect(chunks.map((c) => c.choices.map((choice) => [choice.index, choice.text, choice.finish_reason]))).toEqual([
+      [[0, ask.prompt, "length"]],
+      [[1, ask.prompt, "length"]],
+      [[2, "My cat", "length"]],
+      [[3, "My cat", "length"]],
+      [],
+    ]);
+    expect(chunks[0]!.choices[0]!.logprobs).toEqual(logprobs);
+    expect(chunks.at(-1)!.usage).toMatchObject({ prompt_tokens: length + 2, completion_tokens: 0 });
+    // Without echo there is nothing to answer: max_tokens stays at least 1.
+    const nothing = await client.completions.create({ model, prompt: "Hi", max_tokens: 0 }).catch((e) => e);
+    expect(nothing).toMatchObject({ status: 400, param: "max_tokens" });
+  });
+
   test("echo without logprobs: each choice's text starts with its prompt as sent, batched and streamed alike", async () => {
     const prompts = ["Once upon a time", "My cat"];
     const ask = { model, prompt: prompts, n: 2, max_tokens: 3, temperature: 0 };

@@ -124,7 +124,10 @@ const COMPLETION_FIELDS = [
 ];
 
 /** The fields both endpoints share: sampling, limits, stop, streaming. */
-function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "topLogprobs"> {
+function commonFields(
+  f: Fields,
+  { leastMaxTokens = 1 } = {},
+): Omit<OpenAIRequest, "prompts" | "logprobs" | "topLogprobs"> {
   const n = f.integer("n", { min: 1, max: MAX_CHOICES }) ?? 1;
   // Identifiers and hints that ask for nothing a local model would do differently (a remote provider is sent them).
   const hints = requestHints(f);
@@ -135,8 +138,8 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
   const includeUsage = options?.boolean("include_usage") ?? false;
   // As vLLM: only beside include_usage (alone it asks for nothing).
   const continuousUsage = (options?.boolean("continuous_usage_stats") ?? false) && includeUsage;
-  const newer = f.integer("max_completion_tokens", { min: 1 });
-  const maxTokens = newer ?? f.integer("max_tokens", { min: 1 });
+  const newer = f.integer("max_completion_tokens", { min: leastMaxTokens });
+  const maxTokens = newer ?? f.integer("max_tokens", { min: leastMaxTokens });
   let topK = f.integer("top_k", { min: -1 });
   if (topK === -1) topK = 0; // vLLM's "disabled"
   const sampling: SamplingInput = {
@@ -514,7 +517,9 @@ const COMPLETION_MAX_TOKENS = 16;
 export function parseCompletionRequest(body: unknown): OpenAIRequest {
   const f = Fields.of(body);
   f.onlyKnown(COMPLETION_FIELDS);
-  const common = commonFields(f);
+  const echo = f.boolean("echo") ?? false;
+  // max_tokens 0 with echo: the prompt alone, with its logprobs (OpenAI's legacy models and vLLM take it so).
+  const common = commonFields(f, { leastMaxTokens: echo ? 0 : 1 });
   if (f.has("tools")) throw unsupported("tools", "'tools' on /v1/completions (use /v1/chat/completions)");
   for (const field of ["reasoning_effort", "chat_template_kwargs", "thinking_budget"])
     if (f.has(field)) throw unsupported(field, `'${field}' on /v1/completions (use /v1/chat/completions)`);
@@ -528,7 +533,7 @@ export function parseCompletionRequest(body: unknown): OpenAIRequest {
     prompts: completionPrompts(f),
     logprobs: logprobs !== undefined,
     topLogprobs: logprobs ?? 0,
-    echo: f.boolean("echo") ?? false,
+    echo,
   };
 }
 

@@ -113,12 +113,15 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
   if (!remoteModel(model)) checkChoicesFit(req, s.config.maxSequences);
   // A remote model's prompt is tokenized by its provider: its tokens, and their logprobs, are not ours to echo.
   else if (req.echo) throw unsupported("echo", "'echo' on a remote model");
+  // echo with max_tokens 0 scores the prompt alone: its choices start, reading and checking the
+  // prompt as any does, and are stopped once it is echoed.
+  const echoOnly = req.echo && req.maxTokens === 0;
   const input = {
     ...httpRequestBounds(s.config, c.req),
     model,
     // OpenAI's documented defaults: temperature 1, top_p 1.
     defaults: { temperature: 1, topP: 1 },
-    maxTokens: req.maxTokens,
+    maxTokens: echoOnly ? 1 : req.maxTokens,
     defaultMaxTokens: req.defaultMaxTokens,
     maxTokensParam: req.maxTokensParam,
     strictMaxTokens: true,
@@ -156,7 +159,43 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     model,
     system_fingerprint: systemFingerprint(model, s.config.version),
   };
+  if (echoOnly) return echoedPrompts(gens, req, meta, echoes!);
   return req.stream ? streamed(s, gens, req, kind, meta, echoes) : whole(gens, req, kind, meta, echoes);
+}
+
+/**
+ * echo with max_tokens 0: each choice is its prompt alone (finish_reason length, no completion
+ * tokens), as OpenAI's legacy models and vLLM answer it; its generation is stopped unread.
+ */
+function echoedPrompts(gens: Generation[], req: OpenAIRequest, meta: Meta, echoes: Echo[]): Response {
+  for (const gen of gens) {
+    gen.abort();
+    gen.finish("length");
+  }
+  const promptTokens = (index: number) => gens[index]!.promptIds.length;
+  const choices = gens.map((_, index) => {
+    const echo = echoes[Math.floor(index / req.n)]!;
+    return { index, text: echo.text, logprobs: echo.logprobs ?? null, finish_reason: "length" };
+  });
+  const object = "text_completion";
+  const total = usage(
+    echoes.reduce((sum, _, p) => sum + promptTokens(p * req.n), 0),
+    0,
+    0,
+  );
+  if (!req.stream) return Response.json({ ...meta, object, choices, usage: total });
+  const chunkUsage = (index: number) =>
+    req.continuousUsage
+      ? { usage: { prompt_tokens: promptTokens(index), completion_tokens: 0, total_tokens: promptTokens(index) } }
+      : req.includeUsage
+        ? { usage: null }
+        : {};
+  const events = [
+    ...choices.map((choice) => sse({ ...meta, object, choices: [choice], ...chunkUsage(choice.index) })),
+    ...(req.includeUsage ? [sse({ ...meta, object, choices: [], usage: total })] : []),
+    encoder.encode("data: [DONE]\n\n"),
+  ];
+  return new Response(new Blob(events).stream(), { headers: eventStreamHeaders });
 }
 
 /** What echo puts before a prompt's choices: its text and, with logprobs, its tokens'. */
