@@ -12,6 +12,9 @@ import * as mx from "../mlx";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
 import type { TokenLogprob } from "./scheduler";
 
+/** Values per array of a pass's logits (16M float32: 64 MB). */
+const LOGITS_PER_PASS = 16 * 1024 * 1024;
+
 export interface PromptLogprobs {
   /** Of the prompt's tokens after its first (which follows nothing): one each. */
   tokens: TokenLogprob[];
@@ -34,7 +37,12 @@ export async function promptLogprobs(
     throw new UnsupportedError("the prompt's logprobs (echo) of a model split across processes", "echo");
   const out: PromptLogprobs = { tokens: [], top: [] };
   const caches = makeCaches(lm.model);
-  const chunk = o.chunk ?? DEFAULT_PREFILL_CHUNK;
+  // A pass holds a few arrays of positions × vocabulary (logits, logprobs, their ranking): at most
+  // about LOGITS_PER_PASS values each, so a large vocabulary (150k) costs no gigabyte at once.
+  const chunk = Math.max(
+    1,
+    Math.min(o.chunk ?? DEFAULT_PREFILL_CHUNK, Math.floor(LOGITS_PER_PASS / lm.config.vocabSize)),
+  );
   const adapter = o.adapter ?? lm.adapter;
   try {
     // The last position predicts a token after the prompt: no pass reads it.
