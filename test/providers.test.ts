@@ -648,6 +648,9 @@ describe("every API family reaches either provider kind", () => {
     });
     expect(logprobs.status).toBe(400);
     expect(logprobs.json.error.param).toBe("logprobs");
+    // The provider tokenizes the prompt: its tokens, and their logprobs, are not ours to echo.
+    const echo = await post(`${proxy.url}/v1/completions`, { model: "ro", prompt: "Once upon", echo: true });
+    expect({ status: echo.status, param: echo.json.error?.param }).toEqual({ status: 400, param: "echo" });
   });
 });
 
