@@ -270,6 +270,27 @@ describe("echoed fields", () => {
     expect(auto.status).toBe(400);
     expect(auto.json.error).toMatchObject({ param: "truncation", code: "unsupported_parameter" });
   });
+
+  test("each function tool's strict comes back as sent, unset (null) as OpenAI's default (true)", async () => {
+    const noArguments = { type: "object", properties: {} };
+    const r = await openai.responses.create({
+      model,
+      input: "Hi",
+      tools: [
+        { type: "function", name: "strict", parameters: noArguments, strict: true },
+        { type: "function", name: "lax", parameters: noArguments, strict: false },
+        { type: "function", name: "unset", parameters: noArguments, strict: null },
+      ],
+      tool_choice: "none",
+      max_output_tokens: 1,
+    });
+    const functions = r.tools as OpenAI.Responses.FunctionTool[];
+    expect(functions.map(({ name, strict }) => [name, strict])).toEqual([
+      ["strict", true],
+      ["lax", false],
+      ["unset", true],
+    ]);
+  });
 });
 
 describe("responses.stream", () => {

@@ -196,7 +196,8 @@ function responseBase(req: ResponsesRequest, model: string, sampling?: { tempera
       name: t.name,
       description: t.description ?? null,
       parameters: t.parameters,
-      strict: false,
+      // As the client set it; unset, OpenAI's default (true), which the call's grammar keeps here.
+      strict: t.strict ?? true,
     })),
     text: { format: req.textFormat },
     max_output_tokens: req.maxTokens ?? null,
