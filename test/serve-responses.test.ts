@@ -315,6 +315,33 @@ describe("responses.stream", () => {
     expect(whole.output_text).toBe(deltas);
   });
 
+  test("an empty answer: its message's events come as for any answer, so the events build the final output", async () => {
+    // A model that ends its answer at once.
+    const silent = join(mkdtempSync(join(tmpdir(), "mlx-serve-responses-")), "silent");
+    writeScriptedModel(silent, []);
+    const request = { model: silent, input: "Hi", temperature: 0 };
+    const whole = await openai.responses.create(request);
+    expect(whole.output).toMatchObject([{ type: "message", content: [{ type: "output_text", text: "" }] }]);
+    const types: string[] = [];
+    const done: OpenAI.Responses.ResponseOutputItem[] = [];
+    const stream = openai.responses.stream(request);
+    stream.on("event", (e) => types.push(e.type));
+    stream.on("response.output_item.done", (e) => done.push(e.item));
+    const final = await stream.finalResponse();
+    expect(types).toEqual([
+      "response.created",
+      "response.in_progress",
+      "response.output_item.added",
+      "response.content_part.added",
+      "response.output_text.done",
+      "response.content_part.done",
+      "response.output_item.done",
+      "response.completed",
+    ]);
+    expect(final.output).toMatchObject(done);
+    expect(final.output_text).toBe("");
+  });
+
   test("a budget spent in reasoning: the output is the reasoning item the events announced, no empty message", async () => {
     // A qwen3-style template that opens <think>: random weights reason on until the budget ends.
     const thinker = join(mkdtempSync(join(tmpdir(), "mlx-serve-responses-")), "thinker");

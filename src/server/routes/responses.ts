@@ -304,19 +304,21 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
   // with what follows them, or at the end), so the deltas' add up to the whole answer's.
   const logprobs: ChatLogprob[] = [];
   let pending: ChatLogprob[] = [];
+  const openMessage = (send: Send) => {
+    if (messageOpen) return;
+    closeReasoning(send);
+    messageOpen = true;
+    part = { ...part, output_index: output.length };
+    emit(send, {
+      type: "response.output_item.added",
+      output_index: part.output_index,
+      item: messageItem(messageId, "", "in_progress"),
+    });
+    emit(send, { type: "response.content_part.added", ...part, part: outputText("") });
+  };
   const sendText = (delta: string, send: Send) => {
     if (!delta) return;
-    if (!messageOpen) {
-      closeReasoning(send);
-      messageOpen = true;
-      part = { ...part, output_index: output.length };
-      emit(send, {
-        type: "response.output_item.added",
-        output_index: part.output_index,
-        item: messageItem(messageId, "", "in_progress"),
-      });
-      emit(send, { type: "response.content_part.added", ...part, part: outputText("") });
-    }
+    openMessage(send);
     text += delta;
     logprobs.push(...pending);
     emit(send, { type: "response.output_text.delta", ...part, delta, logprobs: pending });
@@ -339,6 +341,9 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
         const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
         sendText(content, send);
         closeReasoning(send);
+        // An empty answer is still a message, as read whole (see outputItems): its events come
+        // too, so that a client building the output from them gets the final response's items.
+        if (output.length === 0 && calls.length === 0) openMessage(send);
         if (messageOpen) {
           logprobs.push(...pending);
           emit(send, { type: "response.output_text.done", ...part, text, logprobs });
@@ -370,13 +375,8 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
           emit(send, { type: "response.output_item.done", output_index, item });
           output.push(item);
         }
-        const response = finished(
-          base,
-          // The items the events announced; an empty message when there were none.
-          output.length > 0 ? output : outputItems("", [], namespaced, messageId, "", itemStatus(e.finishReason)),
-          e.finishReason,
-          e.usage,
-        );
+        // The items the events announced.
+        const response = finished(base, output, e.finishReason, e.usage);
         keep(text, calls, reasoning, response);
         emit(send, { type: e.finishReason === "length" ? "response.incomplete" : "response.completed", response });
       },
