@@ -342,7 +342,7 @@ describe("responses.stream", () => {
     expect(final.output_text).toBe("");
   });
 
-  test("a budget spent in reasoning: the output is the reasoning item the events announced, no empty message", async () => {
+  test("a budget spent in reasoning: the output is the reasoning item the events announced, incomplete, no empty message", async () => {
     // A qwen3-style template that opens <think>: random weights reason on until the budget ends.
     const thinker = join(mkdtempSync(join(tmpdir(), "mlx-serve-responses-")), "thinker");
     writeTinyModel(thinker, {
@@ -362,6 +362,9 @@ describe("responses.stream", () => {
     const whole = await openai.responses.create(request);
     expect(whole.status).toBe("incomplete");
     expect(whole.output.map((o) => o.type)).toEqual(["reasoning"]);
+    // The reasoning the budget cut is incomplete, as a cut message is.
+    expect(streamed.output).toMatchObject([{ type: "reasoning", status: "incomplete" }]);
+    expect(whole.output).toMatchObject([{ type: "reasoning", status: "incomplete" }]);
   });
 
   test("a required call streams as function_call_arguments deltas", async () => {

@@ -232,7 +232,10 @@ function outputItems(
   logprobs: ChatLogprob[] = [],
 ) {
   return [
-    ...(reasoning ? [reasoningItem(responseId("rs"), reasoning, "completed")] : []),
+    // Reasoning the answer or a call followed was finished; else the budget may have cut it.
+    ...(reasoning
+      ? [reasoningItem(responseId("rs"), reasoning, content || calls.length > 0 ? "completed" : status)]
+      : []),
     // An empty answer is still a message, unless reasoning (the budget ran out in it) came instead.
     ...(content || (calls.length === 0 && !reasoning) ? [messageItem(messageId, content, status, logprobs)] : []),
     ...calls.map((call) => functionCallItem(call, status, namespaced)),
@@ -278,12 +281,12 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
   let part = { item_id: messageId, output_index: 0, content_index: 0 };
   const reasoningPart = { item_id: reasoningId, output_index: 0, content_index: 0 };
   // The reasoning comes first and is done once the answer (or a call) begins.
-  const closeReasoning = (send: Send) => {
+  const closeReasoning = (send: Send, status: ItemStatus = "completed") => {
     if (!reasoningOpen) return;
     reasoningOpen = false;
     emit(send, { type: "response.reasoning_text.done", ...reasoningPart, text: reasoning });
     emit(send, { type: "response.content_part.done", ...reasoningPart, part: reasoningText(reasoning) });
-    output.push(reasoningItem(reasoningId, reasoning, "completed"));
+    output.push(reasoningItem(reasoningId, reasoning, status));
     emit(send, { type: "response.output_item.done", output_index: 0, item: output[0] });
   };
   const sendReasoning = (delta: string | undefined, send: Send) => {
@@ -340,7 +343,8 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
       done: (e, send) => {
         const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
         sendText(content, send);
-        closeReasoning(send);
+        // Reasoning still open at the end had no answer after it: the budget may have cut it.
+        closeReasoning(send, calls.length > 0 ? "completed" : itemStatus(e.finishReason));
         // An empty answer is still a message, as read whole (see outputItems): its events come
         // too, so that a client building the output from them gets the final response's items.
         if (output.length === 0 && calls.length === 0) openMessage(send);
