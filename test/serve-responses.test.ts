@@ -271,6 +271,31 @@ describe("echoed fields", () => {
     expect(auto.json.error).toMatchObject({ param: "truncation", code: "unsupported_parameter" });
   });
 
+  test("reasoning and the end user's hints come back as sent, unset as OpenAI's nulls", async () => {
+    const r = await openai.responses.create({
+      model,
+      input: "Hi",
+      reasoning: { summary: "auto" },
+      user: "ada",
+      safety_identifier: "user-7",
+      prompt_cache_key: "chat-1",
+      max_output_tokens: 1,
+    });
+    expect(r).toMatchObject({
+      reasoning: { effort: null, summary: "auto" },
+      user: "ada",
+      safety_identifier: "user-7",
+      prompt_cache_key: "chat-1",
+    });
+    const unset = await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 });
+    expect(unset).toMatchObject({
+      reasoning: { effort: null, summary: null },
+      safety_identifier: null,
+      prompt_cache_key: null,
+    });
+    expect(unset.user).toBeUndefined();
+  });
+
   test("each function tool's strict comes back as sent, unset (null) as OpenAI's default (true)", async () => {
     const noArguments = { type: "object", properties: {} };
     const r = await openai.responses.create({

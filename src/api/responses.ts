@@ -33,6 +33,8 @@ export interface ResponsesRequest {
   /** The functions of `namespace` tools, by the name the model calls them (see namespacedName). */
   namespaced: Map<string, NamespacedName>;
   thinking?: ThinkingRequest;
+  /** `reasoning` as the response echoes it (OpenAI's nulls where unset). */
+  reasoning: { effort: string | null; summary: string | null };
   hints: RequestHints;
 }
 
@@ -157,7 +159,7 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     },
     ...textFormat(f),
     ...toolRequest(f),
-    thinking: reasoningParam(f),
+    ...reasoningParam(f),
     hints,
     logprobs,
     topLogprobs,
@@ -180,18 +182,18 @@ function onlyDefaults(f: Fields): void {
  * `reasoning`: {effort} ("none" switches thinking off, any other effort on), and `summary`, which
  * is accepted: no summary is written, the reasoning comes whole instead (its items' content).
  */
-function reasoningParam(f: Fields): ThinkingRequest | undefined {
+function reasoningParam(f: Fields): Pick<ResponsesRequest, "thinking" | "reasoning"> {
   const r = f.object("reasoning");
-  if (!r) return undefined;
-  r.onlyKnown(["effort", "summary"]);
-  const summary = r.string("summary");
+  r?.onlyKnown(["effort", "summary"]);
+  const summary = r?.string("summary");
   if (summary !== undefined && !["auto", "concise", "detailed"].includes(summary))
-    r.fail("summary", `must be one of auto, concise, detailed; got '${summary}'`);
-  const effort = r.string("effort");
-  if (effort === undefined) return undefined;
+    r!.fail("summary", `must be one of auto, concise, detailed; got '${summary}'`);
+  const effort = r?.string("effort");
+  const reasoning = { effort: effort ?? null, summary: summary ?? null };
+  if (effort === undefined) return { reasoning };
   if (!REASONING_EFFORTS.includes(effort))
-    r.fail("effort", `must be one of ${REASONING_EFFORTS.join(", ")}; got '${effort}'`);
-  return { enabled: effort !== "none", param: "reasoning.effort", effort };
+    r!.fail("effort", `must be one of ${REASONING_EFFORTS.join(", ")}; got '${effort}'`);
+  return { thinking: { enabled: effort !== "none", param: "reasoning.effort", effort }, reasoning };
 }
 
 /** One input item: a message, a function call the model made, or a call's output. */

@@ -200,6 +200,11 @@ function responseBase(req: ResponsesRequest, model: string, sampling?: { tempera
       strict: t.strict ?? true,
     })),
     text: { format: req.textFormat },
+    reasoning: req.reasoning,
+    // The end user's hints as sent (they change nothing here; see RequestHints).
+    ...(req.hints.user !== undefined && { user: req.hints.user }),
+    safety_identifier: req.hints.safetyIdentifier ?? null,
+    prompt_cache_key: req.hints.promptCacheKey ?? null,
     max_output_tokens: req.maxTokens ?? null,
     top_logprobs: req.topLogprobs,
     // The only values we take (see onlyDefaults).
