@@ -238,10 +238,11 @@ describe("responses.create", () => {
 });
 
 describe("echoed fields", () => {
-  test("metadata, text.format's name, and background and truncation at their defaults come back as sent", async () => {
+  test("metadata, text.format's name and description, and background and truncation at their defaults come back as sent", async () => {
     const format = {
       type: "json_schema" as const,
       name: "verdict",
+      description: "Whether it holds",
       schema: {
         type: "object",
         properties: { ok: { type: "boolean" } },

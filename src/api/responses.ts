@@ -325,7 +325,7 @@ export function inputItemsPage(items: { id: string }[], query: Record<string, st
   };
 }
 
-/** text.format: text, json_object, or json_schema {name, schema, strict}; and how the response echoes it. */
+/** text.format: text, json_object, or json_schema {name, description, schema, strict}; and how the response echoes it (as sent). */
 function textFormat(f: Fields): { format?: FormatInput; textFormat: Record<string, unknown> } {
   const text = f.object("text");
   // `verbosity` we cannot honour (chat completions refuses it too), so it is a 400, not ignored.
@@ -340,14 +340,10 @@ function textFormat(f: Fields): { format?: FormatInput; textFormat: Record<strin
   const name = format.string("name", { required: true, nonEmpty: true })!;
   const schema = format.object("schema") ?? format.fail("schema", "must be a JSON Schema object");
   const strict = format.boolean("strict") ?? false;
+  const description = format.string("description");
   return {
-    format: {
-      format: { schema: schema.body, strict },
-      param: "text.format.schema",
-      name,
-      description: format.string("description"),
-    },
-    textFormat: { type, name, schema: schema.body, strict },
+    format: { format: { schema: schema.body, strict }, param: "text.format.schema", name, description },
+    textFormat: { type, name, ...(description !== undefined && { description }), schema: schema.body, strict },
   };
 }
 
