@@ -468,6 +468,15 @@ describe("errors", () => {
       [{ text: { format: { type: "json_schema", name: "x" } } }, /JSON Schema/, "text.format.schema"],
       // As chat completions' `verbosity`: asked for, not honoured, so not silently dropped.
       [{ text: { format: { type: "text" }, verbosity: "low" } }, /'text.verbosity' is not supported/, "text.verbosity"],
+      // metadata as OpenAI bounds it: echoed, a value other than a string would break the client's types.
+      [{ metadata: { priority: 1 } }, /'metadata.priority' must be a string/, "metadata.priority"],
+      [{ metadata: { note: "x".repeat(513) } }, /at most 512 characters/, "metadata.note"],
+      [{ metadata: { ["k".repeat(65)]: "v" } }, /over 64 characters/, `metadata.${"k".repeat(65)}`],
+      [
+        { metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, "v"])) },
+        /at most 16 keys/,
+        "metadata",
+      ],
     ];
     for (const [change, message, param] of cases) {
       const r = await post(url, { model, input: "Hi", max_output_tokens: 2, ...(change as object) });

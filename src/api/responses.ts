@@ -16,7 +16,7 @@ export interface ResponsesRequest {
   inputItems: InputItem[];
   instructions: string | null;
   /** Echoed on the response: the client's tags for it. */
-  metadata: Record<string, unknown>;
+  metadata: Record<string, string>;
   /** Whether to keep the conversation so a later request can continue it. */
   store: boolean;
   previousResponseId?: string;
@@ -147,7 +147,7 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     input: messages,
     inputItems,
     instructions: f.string("instructions") ?? null,
-    metadata: f.object("metadata")?.body ?? {},
+    metadata: metadataParam(f),
     // OpenAI's default is to store; a client that says nothing gets a response it can continue.
     store: f.boolean("store") ?? true,
     previousResponseId: f.string("previous_response_id", { nonEmpty: true }),
@@ -164,6 +164,26 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     logprobs,
     topLogprobs,
   };
+}
+
+/**
+ * `metadata`, echoed on the response: OpenAI's tags, at most 16, each a string of up to 512
+ * characters under a key of up to 64 (a number there would reach the client where its types
+ * promise a string).
+ */
+function metadataParam(f: Fields): Record<string, string> {
+  const m = f.object("metadata");
+  if (!m) return {};
+  const keys = Object.keys(m.body);
+  if (keys.length > 16) f.fail("metadata", `holds at most 16 keys, got ${keys.length}`);
+  return Object.fromEntries(
+    keys.map((key) => {
+      if (key.length > 64) m.fail(key, `is a key over 64 characters`);
+      const value = m.string(key, { required: true })!;
+      if (value.length > 512) m.fail(key, `must be at most 512 characters, got ${value.length}`);
+      return [key, value];
+    }),
+  );
 }
 
 /**
