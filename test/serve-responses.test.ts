@@ -297,6 +297,14 @@ describe("echoed fields", () => {
     expect(unset.user).toBeUndefined();
   });
 
+  test("parallel_tool_calls comes back as sent, also without tools", async () => {
+    const r = await openai.responses.create({ model, input: "Hi", parallel_tool_calls: false, max_output_tokens: 1 });
+    expect(r.parallel_tool_calls).toBe(false);
+    expect((await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 })).parallel_tool_calls).toBe(
+      true,
+    );
+  });
+
   test("each function tool's strict comes back as sent, unset (null) as OpenAI's default (true)", async () => {
     const noArguments = { type: "object", properties: {} };
     const r = await openai.responses.create({
@@ -468,6 +476,8 @@ describe("errors", () => {
       [{ text: { format: { type: "json_schema", name: "x" } } }, /JSON Schema/, "text.format.schema"],
       // As chat completions' `verbosity`: asked for, not honoured, so not silently dropped.
       [{ text: { format: { type: "text" }, verbosity: "low" } }, /'text.verbosity' is not supported/, "text.verbosity"],
+      // Without tools too, as chat completions checks it.
+      [{ parallel_tool_calls: "yes" }, /'parallel_tool_calls' must be true or false/, "parallel_tool_calls"],
       // metadata as OpenAI bounds it: echoed, a value other than a string would break the client's types.
       [{ metadata: { priority: 1 } }, /'metadata.priority' must be a string/, "metadata.priority"],
       [{ metadata: { note: "x".repeat(513) } }, /at most 512 characters/, "metadata.note"],

@@ -183,7 +183,7 @@ function responseBase(req: ResponsesRequest, model: string, sampling?: { tempera
     store: req.store,
     error: null,
     metadata: req.metadata,
-    parallel_tool_calls: req.tools?.parallel ?? true,
+    parallel_tool_calls: req.tools?.parallel ?? req.parallelToolCalls,
     temperature: sampling?.temperature ?? req.sampling.temperature ?? 1,
     top_p: sampling?.topP ?? req.sampling.topP ?? 1,
     tool_choice: req.tools
