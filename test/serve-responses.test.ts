@@ -297,9 +297,15 @@ describe("echoed fields", () => {
     expect(unset.user).toBeUndefined();
   });
 
-  test("parallel_tool_calls comes back as sent, also without tools", async () => {
-    const r = await openai.responses.create({ model, input: "Hi", parallel_tool_calls: false, max_output_tokens: 1 });
-    expect(r.parallel_tool_calls).toBe(false);
+  test("parallel_tool_calls and tool_choice come back as sent, also without tools", async () => {
+    const r = await openai.responses.create({
+      model,
+      input: "Hi",
+      parallel_tool_calls: false,
+      tool_choice: "none",
+      max_output_tokens: 1,
+    });
+    expect(r).toMatchObject({ parallel_tool_calls: false, tool_choice: "none" });
     expect((await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 })).parallel_tool_calls).toBe(
       true,
     );

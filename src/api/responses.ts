@@ -27,6 +27,8 @@ export interface ResponsesRequest {
   /** `text.format` as the response echoes it (json_schema's name included). */
   textFormat: Record<string, unknown>;
   tools?: ToolRequest;
+  /** `tool_choice` as sent (default auto), with tools or without. */
+  toolChoice: ToolChoice;
   /** `parallel_tool_calls` as sent (default true); what calls are made follows tools.parallel. */
   parallelToolCalls: boolean;
   /** Whether each answer token's logprob is asked for (include message.output_text.logprobs), and how many alternatives. */
@@ -373,7 +375,7 @@ function textFormat(f: Fields): { format?: FormatInput; textFormat: Record<strin
  * `tools` ({type: "function", name, description, parameters}; a `namespace` of such functions;
  * built-in tools, not offered) and `tool_choice`.
  */
-function toolRequest(f: Fields): Pick<ResponsesRequest, "tools" | "namespaced" | "parallelToolCalls"> {
+function toolRequest(f: Fields): Pick<ResponsesRequest, "tools" | "namespaced" | "toolChoice" | "parallelToolCalls"> {
   const names = new Set<string>();
   const namespaced = new Map<string, NamespacedName>();
   const tools: ToolSpec[] = (f.array("tools", { max: MAX_TOOLS }) ?? []).flatMap((item, i) => {
@@ -403,10 +405,10 @@ function toolRequest(f: Fields): Pick<ResponsesRequest, "tools" | "namespaced" |
     throw new ValidationError("'tool_choice' 'required' needs 'tools'", "tool_choice");
   // Read with tools or without, so that a value of the wrong type is a 400 either way.
   const parallelToolCalls = f.boolean("parallel_tool_calls") ?? true;
-  if (tools.length === 0) return { namespaced, parallelToolCalls };
+  if (tools.length === 0) return { namespaced, toolChoice: choice, parallelToolCalls };
   // As in chat completions (see toolRequest in ./tools): a forced function is called exactly once.
   const parallel = parallelToolCalls && typeof choice !== "object";
-  return { tools: { tools, choice, parallel }, namespaced, parallelToolCalls };
+  return { tools: { tools, choice, parallel }, namespaced, toolChoice: choice, parallelToolCalls };
 }
 
 /** A `namespace` tool's functions, each offered by its namespaced name, its description after the namespace's. */

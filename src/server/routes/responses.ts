@@ -186,11 +186,7 @@ function responseBase(req: ResponsesRequest, model: string, sampling?: { tempera
     parallel_tool_calls: req.tools?.parallel ?? req.parallelToolCalls,
     temperature: sampling?.temperature ?? req.sampling.temperature ?? 1,
     top_p: sampling?.topP ?? req.sampling.topP ?? 1,
-    tool_choice: req.tools
-      ? typeof req.tools.choice === "object"
-        ? { type: "function", name: req.tools.choice.name }
-        : req.tools.choice
-      : "auto",
+    tool_choice: typeof req.toolChoice === "object" ? { type: "function", name: req.toolChoice.name } : req.toolChoice,
     tools: (req.tools?.tools ?? []).map((t) => ({
       type: "function",
       name: t.name,
