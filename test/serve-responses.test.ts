@@ -280,19 +280,27 @@ describe("echoed fields", () => {
       user: "ada",
       safety_identifier: "user-7",
       prompt_cache_key: "chat-1",
+      // They bound built-in tools (none here) and OpenAI's cache: they pass, and come back.
+      // (max_tool_calls: in the beta types of this client, in the stable ones of others.)
+      max_tool_calls: 3,
+      prompt_cache_retention: "24h",
       max_output_tokens: 1,
-    });
+    } as OpenAI.Responses.ResponseCreateParamsNonStreaming);
     expect(r).toMatchObject({
       reasoning: { effort: null, summary: "auto" },
       user: "ada",
       safety_identifier: "user-7",
       prompt_cache_key: "chat-1",
+      max_tool_calls: 3,
+      prompt_cache_retention: "24h",
     });
     const unset = await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 });
     expect(unset).toMatchObject({
       reasoning: { effort: null, summary: null },
       safety_identifier: null,
       prompt_cache_key: null,
+      max_tool_calls: null,
+      prompt_cache_retention: null,
     });
     expect(unset.user).toBeUndefined();
   });
@@ -482,6 +490,8 @@ describe("errors", () => {
       [{ text: { format: { type: "json_schema", name: "x" } } }, /JSON Schema/, "text.format.schema"],
       // As chat completions' `verbosity`: asked for, not honoured, so not silently dropped.
       [{ text: { format: { type: "text" }, verbosity: "low" } }, /'text.verbosity' is not supported/, "text.verbosity"],
+      [{ max_tool_calls: 0 }, /'max_tool_calls' must be >= 1/, "max_tool_calls"],
+      [{ prompt_cache_retention: "1h" }, /must be in_memory or 24h/, "prompt_cache_retention"],
       // Without tools too, as chat completions checks it.
       [{ parallel_tool_calls: "yes" }, /'parallel_tool_calls' must be true or false/, "parallel_tool_calls"],
       // metadata as OpenAI bounds it: echoed, a value other than a string would break the client's types.

@@ -201,6 +201,8 @@ function responseBase(req: ResponsesRequest, model: string, sampling?: { tempera
     ...(req.hints.user !== undefined && { user: req.hints.user }),
     safety_identifier: req.hints.safetyIdentifier ?? null,
     prompt_cache_key: req.hints.promptCacheKey ?? null,
+    prompt_cache_retention: req.promptCacheRetention,
+    max_tool_calls: req.maxToolCalls,
     max_output_tokens: req.maxTokens ?? null,
     top_logprobs: req.topLogprobs,
     // The only values we take (see onlyDefaults).
