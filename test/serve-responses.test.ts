@@ -70,6 +70,7 @@ describe("responses.create", () => {
     expect(r.incomplete_details?.reason).toBe("max_output_tokens");
     expect(r.output[0]!).toMatchObject({ type: "message", status: "incomplete" });
     expect(r.output_text.length).toBeGreaterThan(0);
+    expect(r.completed_at).toBeNull();
     expect(r.usage!.output_tokens).toBe(6);
     expect(r.usage!.total_tokens).toBe(r.usage!.input_tokens + 6);
     // Both details the SDKs' ResponseUsage requires (Python's pydantic validation fails without one).
@@ -388,6 +389,23 @@ describe("responses.stream", () => {
     ]);
     expect(final.output).toMatchObject(done);
     expect(final.output_text).toBe("");
+  });
+
+  test("completed_at: null until the response completes, then when it did", async () => {
+    const scripted = join(mkdtempSync(join(tmpdir(), "mlx-serve-responses-")), "scripted");
+    writeScriptedModel(scripted, ["Hi", "."]);
+    const request = { model: scripted, input: "Hello", temperature: 0 };
+    const whole = await openai.responses.create(request);
+    expect(whole.status).toBe("completed");
+    expect(whole.completed_at).toBeGreaterThanOrEqual(whole.created_at);
+    const stream = openai.responses.stream(request);
+    const started: (number | null | undefined)[] = [];
+    stream.on("response.created", (e) => started.push(e.response.completed_at));
+    stream.on("response.in_progress", (e) => started.push(e.response.completed_at));
+    const final = await stream.finalResponse();
+    expect(started).toEqual([null, null]);
+    expect(final.completed_at).toBeGreaterThanOrEqual(final.created_at);
+    expect((await openai.responses.retrieve(final.id)).completed_at).toBe(final.completed_at);
   });
 
   test("a budget spent in reasoning: the output is the reasoning item the events announced, incomplete, no empty message", async () => {

@@ -177,6 +177,7 @@ function responseBase(req: ResponsesRequest, model: string, sampling?: { tempera
     id: responseId("resp"),
     object: "response" as const,
     created_at: unixSeconds(),
+    completed_at: null as number | null,
     model,
     instructions: req.instructions,
     previous_response_id: req.previousResponseId ?? null,
@@ -215,6 +216,8 @@ function finished(base: Base, output: { id: string }[], finishReason: string, u:
   const incomplete = finishReason === "length";
   return {
     ...base,
+    // As OpenAI's: set on a completed response only (in progress, cut or failed: null).
+    completed_at: incomplete ? null : unixSeconds(),
     status: incomplete ? ("incomplete" as const) : ("completed" as const),
     incomplete_details: incomplete ? { reason: "max_output_tokens" } : null,
     output,
