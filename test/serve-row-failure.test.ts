@@ -158,4 +158,25 @@ describe("a request that fails on its own row of a batched step", () => {
     expect(await failedGenerations()).toBe(before + 1);
     expect(await running()).toBe(0);
   });
+
+  test("a streamed Response ends with the error event, then response.failed with one of OpenAI's response error codes", async () => {
+    const events: OpenAI.Responses.ResponseStreamEvent[] = [];
+    const stream = await openai.responses.create({
+      model,
+      input: POISON,
+      text: { format: { type: "json_object" } },
+      max_output_tokens: 8,
+      temperature: 0,
+      stream: true,
+    });
+    for await (const event of stream) events.push(event);
+    const [error, failed] = events.slice(-2);
+    expect(error).toMatchObject({ type: "error", code: "internal_error", message: "internal server error" });
+    // ResponseError's code is an enum in the client's types: ours ("internal_error") is not among them.
+    expect(failed).toMatchObject({
+      type: "response.failed",
+      response: { status: "failed", error: { code: "server_error" } },
+    });
+    expect(await running()).toBe(0);
+  });
 });

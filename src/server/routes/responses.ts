@@ -225,6 +225,10 @@ function finished(base: Base, output: { id: string }[], finishReason: string, u:
   };
 }
 
+/** A failed response's error code: OpenAI's for a rate limit, a prompt it refused, or anything else. */
+const failedCode = (status: number) =>
+  status === 429 ? "rate_limit_exceeded" : status >= 400 && status < 500 ? "invalid_prompt" : "server_error";
+
 /** A message or call the token budget cut (a call closed early to stay valid) is incomplete, as the response is. */
 const itemStatus = (finishReason: string): ItemStatus => (finishReason === "length" ? "incomplete" : "completed");
 
@@ -394,7 +398,9 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
       // wait for one of response.completed, .incomplete or .failed.
       error: (e) => {
         const { error } = errorBody(e, "openai") as { error: { message: string; code: string | null } };
-        const failed = { code: error.code ?? "server_error", message: error.message };
+        // The failed response's code is one of OpenAI's response error codes, which the clients'
+        // types list (the error event before it carries ours, as any error body does).
+        const failed = { code: failedCode(e.status), message: error.message };
         // What was written before the failure, as OpenAI's failed response holds it: an item still
         // open is cut there.
         const written = [
