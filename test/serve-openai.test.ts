@@ -3,6 +3,7 @@
 // limits (and raw requests for what the client would not send): n against the server's capacity,
 // logit_bias keys, system_fingerprint, streamed text offsets.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import Anthropic from "@anthropic-ai/sdk";
 import OpenAI from "openai";
 import { completeAlone } from "./helpers/generate";
 import { parseChatRequest } from "../src/api/openai";
@@ -843,5 +844,36 @@ describe("an answer cut within a character", () => {
     for await (const chunk of await client.chat.completions.create({ ...chat, stream: true }))
       chatStreamed += chunk.choices[0]?.delta.content ?? "";
     expect(chatStreamed).toBe(" ");
+  });
+});
+
+describe("request ids", () => {
+  test("every answer names its request in X-Request-Id (the client's id when it sent one), as the OpenAI client reads it; Anthropic's in request-id", async () => {
+    const whole = await client.chat.completions.create({ model, messages, max_tokens: 2 });
+    expect(whole._request_id).toMatch(/^[0-9a-f-]{36}$/);
+    const other = await client.chat.completions.create({ model, messages, max_tokens: 2 });
+    expect(other._request_id).not.toBe(whole._request_id);
+
+    const { data: stream, response } = await client.chat.completions
+      .create({ model, messages, max_tokens: 2, stream: true }, { headers: { "X-Request-Id": "client-42" } })
+      .withResponse();
+    for await (const _ of stream);
+    expect(response.headers.get("x-request-id")).toBe("client-42");
+
+    // An error too: the id a user quotes when reporting it.
+    const failed = await client.chat.completions.create({ model: "no-such-model", messages }).catch((e) => e);
+    expect(failed).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(failed.requestID).toMatch(/^[0-9a-f-]{36}$/);
+    // A browser page may read it (CORS exposes it).
+    const page = await fetch(`${server.url}/v1/models`, { headers: { Origin: server.url } });
+    expect(page.headers.get("access-control-expose-headers")?.toLowerCase()).toContain("x-request-id");
+
+    // Anthropic's client reads it from request-id.
+    const anthropic = new Anthropic({ baseURL: server.url, apiKey: "unused", maxRetries: 0 });
+    const message = await anthropic.messages.create({ model, max_tokens: 2, messages });
+    expect(message._request_id).toMatch(/^[0-9a-f-]{36}$/);
+    const refused = await anthropic.messages.create({ model, max_tokens: 0, messages }).catch((e) => e);
+    expect(refused).toBeInstanceOf(Anthropic.BadRequestError);
+    expect(refused.requestID).toMatch(/^[0-9a-f-]{36}$/);
   });
 });

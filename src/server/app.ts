@@ -10,8 +10,10 @@ import { Hono, type Context } from "hono";
 import { matchedRoutes } from "hono/route";
 import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
+import { requestId } from "hono/request-id";
 import {
   ApiError,
+  apiFamily,
   ClientGoneError,
   errorResponse,
   hostNotAllowed,
@@ -220,6 +222,16 @@ const digest = (s: string) => createHash("sha256").update(s).digest();
 export function createApp(s: ServerState): Hono {
   const app = new Hono();
 
+  // 0. Every answer names its request in X-Request-Id, the client's own id when it sent one: the
+  // OpenAI client reads it (`_request_id`) and a user reporting a failure can quote it.
+  app.use("*", requestId());
+  // Anthropic's clients read the same id from its own header's name.
+  app.use("*", async (c, next) => {
+    if (apiFamily(c.req.path, c.req.header("anthropic-version")) === "anthropic")
+      c.header("request-id", c.get("requestId"));
+    await next();
+  });
+
   // 1. Accounting: every request by route and status (streams count when their headers go out).
   app.use("*", async (c, next) => {
     await next();
@@ -270,7 +282,7 @@ export function createApp(s: ServerState): Hono {
       // Whatever headers the preflight asks for (as vLLM allows by default): the OpenAI and
       // Anthropic SDKs in a browser send their own (x-stainless-*, anthropic-dangerous-...).
       // Our own response headers are readable by the page.
-      exposeHeaders: ["Retry-After", "X-Mlx-Closed-Early"],
+      exposeHeaders: ["Retry-After", "X-Mlx-Closed-Early", "X-Request-Id"],
       maxAge: 600,
     }),
   );
