@@ -877,3 +877,52 @@ describe("request ids", () => {
     expect(refused.requestID).toMatch(/^[0-9a-f-]{36}$/);
   });
 });
+
+describe("an assistant's refusal replayed", () => {
+  test("a refusal content part is the assistant's words (chat completions and responses), in no other role", async () => {
+    const said = "I cannot help with that.";
+    const turns = (assistant: unknown) => [
+      { role: "user", content: "Do something bad" },
+      { role: "assistant", content: assistant },
+      { role: "user", content: "Then tell me a story" },
+    ];
+    const chat = async (assistant: unknown) =>
+      (
+        await post(`${server.url}/v1/chat/completions`, {
+          model,
+          messages: turns(assistant),
+          max_tokens: 4,
+          temperature: 0,
+        })
+      ).json;
+    const plain = await chat(said);
+    const refused = await chat([{ type: "refusal", refusal: said }]);
+    // The same prompt: all but its last token is the first's, from the prefix cache.
+    expect(refused.usage.prompt_tokens).toBe(plain.usage.prompt_tokens);
+    expect(refused.usage.prompt_tokens_details.cached_tokens).toBe(plain.usage.prompt_tokens - 1);
+    expect(refused.choices[0].message.content).toBe(plain.choices[0].message.content);
+
+    const responses = async (assistant: unknown) =>
+      (
+        await post(`${server.url}/v1/responses`, {
+          model,
+          input: turns(assistant),
+          max_output_tokens: 4,
+          temperature: 0,
+        })
+      ).json;
+    const asText = await responses([{ type: "output_text", text: said }]);
+    const asRefusal = await responses([{ type: "refusal", refusal: said }]);
+    expect(asRefusal.usage.input_tokens).toBe(asText.usage.input_tokens);
+    expect(asRefusal.usage.input_tokens_details.cached_tokens).toBe(asText.usage.input_tokens - 1);
+    expect(asRefusal.output[0].content[0].text).toBe(asText.output[0].content[0].text);
+
+    // A user does not refuse: still the 400 an unknown part is.
+    const user = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages: [{ role: "user", content: [{ type: "refusal", refusal: said }] }],
+    });
+    expect(user.status).toBe(400);
+    expect(user.json.error.param).toBe("messages.0.content.0.type");
+  });
+});

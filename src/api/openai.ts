@@ -395,10 +395,13 @@ function messageContent(m: Fields, at: string): string {
   }
   if (!Array.isArray(content))
     throw new ValidationError(`'${at}.content' must be a string or a list of content parts`, `${at}.content`);
+  const assistant = m.raw("role") === "assistant";
   return content
     .map((part, i) => {
       const p = Fields.item(part, `${at}.content.${i}`);
       const type = p.string("type", { required: true });
+      // An assistant turn that declined is replayed with its refusal as what it said.
+      if (type === "refusal" && assistant) return p.string("refusal", { required: true })!;
       if (type !== "text") throw unsupported(`${at}.content.${i}.type`, `content of type '${type}'`);
       return p.string("text", { required: true })!;
     })

@@ -295,6 +295,8 @@ function textContent(item: Fields, field: "content" | "output"): string {
     .map((raw, j) => {
       const part = Fields.item(raw, item.name(`${field}.${j}`));
       const type = part.string("type", { required: true })!;
+      // An assistant turn that declined is replayed with its refusal as what it said.
+      if (type === "refusal" && item.raw("role") === "assistant") return part.string("refusal", { required: true })!;
       if (type !== "input_text" && type !== "output_text")
         throw unsupported(part.name("type"), `content of type '${type}'`);
       return part.string("text", { required: true })!;
