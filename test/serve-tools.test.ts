@@ -218,6 +218,22 @@ describe("OpenAI tools", () => {
     expect(tokens(none)).toBe(tokens(withResult));
   });
 
+  test("a call replayed with empty arguments is a call without any, as with {}", async () => {
+    const replayed = (args: string): OpenAI.ChatCompletionMessageParam[] => [
+      ...ask,
+      {
+        role: "assistant",
+        content: null,
+        tool_calls: [{ id: "c1", type: "function", function: { name: "now", arguments: args } }],
+      },
+      { role: "tool", tool_call_id: "c1", content: "noon" },
+    ];
+    const prompt = async (args: string) =>
+      (await openai.chat.completions.create({ model, messages: replayed(args), max_tokens: 1 })).usage!.prompt_tokens;
+    expect(await prompt("")).toBe(await prompt("{}"));
+    expect(await prompt(" ")).toBe(await prompt("{}"));
+  });
+
   test("bad tool requests are 400s naming the field, and the server carries on", async () => {
     const url = `${server.url}/v1/chat/completions`;
     const messages = [{ role: "user", content: "x" }];

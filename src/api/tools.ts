@@ -153,6 +153,8 @@ export function parseToolCalls(m: Fields, argumentsAs: "json-text" | "object"): 
 export function callArguments(fn: Fields, argumentsAs: "json-text" | "object"): Record<string, unknown> {
   if (argumentsAs === "object") return fn.object("arguments")?.body ?? {};
   const text = fn.string("arguments") ?? "{}";
+  // A call of a function without parameters, as some clients and models write it.
+  if (text.trim() === "") return {};
   let value: unknown;
   try {
     value = parseExactJson(text);
