@@ -847,16 +847,21 @@ test("ignore_eos reaches an OpenAI-compatible provider; an Anthropic one, which 
   });
 });
 
-test("the end user and the prompt cache key a request names reach the provider, as its API names them", async () => {
+test("the end user, the prompt cache key and its retention a request names reach the provider, as its API names them", async () => {
   const hi = [{ role: "user" as const, content: "Hi" }];
   const sent = async (ask: () => Promise<unknown>) => {
     recordedBodies.length = 0;
     await ask();
     expect(recordedBodies).toHaveLength(1);
-    const { user, safety_identifier, prompt_cache_key, metadata } = recordedBodies[0]!;
-    return { user, safety_identifier, prompt_cache_key, metadata };
+    const { user, safety_identifier, prompt_cache_key, prompt_cache_retention, metadata } = recordedBodies[0]!;
+    return { user, safety_identifier, prompt_cache_key, prompt_cache_retention, metadata };
   };
-  const hints = { user: "u-1", safety_identifier: "s-1", prompt_cache_key: "k-1" };
+  const hints = {
+    user: "u-1",
+    safety_identifier: "s-1",
+    prompt_cache_key: "k-1",
+    prompt_cache_retention: "24h" as const,
+  };
   // Before, each was dropped on the way.
   const chat = (model: string) => () =>
     openai.chat.completions.create({ model, messages: hi, max_tokens: 2, ...hints });
@@ -864,6 +869,11 @@ test("the end user and the prompt cache key a request names reach the provider, 
   expect(
     await sent(() => openai.responses.create({ model: "rrecorded", input: "Hi", max_output_tokens: 2, ...hints })),
   ).toEqual({ ...hints, metadata: undefined });
+  // The spelling OpenAI's clients first had for in_memory, which agent frameworks still send.
+  const legacy = { ...hints, prompt_cache_retention: "in-memory" } as object;
+  expect(
+    await sent(() => openai.chat.completions.create({ model: "rrecorded", messages: hi, max_tokens: 2, ...legacy })),
+  ).toEqual({ ...hints, prompt_cache_retention: "in_memory", metadata: undefined });
   const anthropicAsked = (model: string) => () =>
     anthropic.messages.create({ model, max_tokens: 2, messages: hi, metadata: { user_id: "u-2" } });
   expect(await sent(anthropicAsked("rrecorded"))).toMatchObject({ user: "u-2", metadata: undefined });
@@ -873,6 +883,7 @@ test("the end user and the prompt cache key a request names reach the provider, 
     user: undefined,
     safety_identifier: undefined,
     prompt_cache_key: undefined,
+    prompt_cache_retention: undefined,
     metadata: { user_id: "u-1" },
   });
 });

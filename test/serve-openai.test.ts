@@ -926,3 +926,23 @@ describe("an assistant's refusal replayed", () => {
     expect(user.json.error.param).toBe("messages.0.content.0.type");
   });
 });
+
+describe("prompt_cache_retention", () => {
+  test("OpenAI's retention policies pass (our prefix cache keeps what its budget holds), any other value is a 400", async () => {
+    for (const prompt_cache_retention of ["in_memory", "24h", "in-memory"]) {
+      const r = await post(`${server.url}/v1/chat/completions`, {
+        model,
+        messages,
+        max_tokens: 1,
+        prompt_cache_retention,
+      });
+      expect(r.status).toBe(200);
+    }
+    const bad = await post(`${server.url}/v1/chat/completions`, { model, messages, prompt_cache_retention: "1h" });
+    expect(bad.status).toBe(400);
+    expect(bad.json.error).toMatchObject({
+      param: "prompt_cache_retention",
+      message: expect.stringMatching(/in_memory or 24h/),
+    });
+  });
+});

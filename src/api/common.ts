@@ -25,13 +25,15 @@ export type { ThinkingRequest } from "../engine/reasoning";
 /**
  * What a request says about itself to whoever serves it, changing nothing in its answer: the
  * end user (OpenAI's `user`, Anthropic's `metadata.user_id`), OpenAI's `safety_identifier`, and
- * the key that groups requests for a provider's prompt cache (`prompt_cache_key`). A local model
- * has no use for them (our prefix cache needs no key); a remote provider is sent them.
+ * the key that groups requests for a provider's prompt cache (`prompt_cache_key`) and how long that
+ * provider keeps it (`prompt_cache_retention`). A local model has no use for them (our prefix cache
+ * needs no key and keeps what its budget holds); a remote provider is sent them.
  */
 export interface RequestHints {
   user?: string;
   safetyIdentifier?: string;
   promptCacheKey?: string;
+  promptCacheRetention?: "in_memory" | "24h";
 }
 
 /**

@@ -107,6 +107,7 @@ const CHAT_FIELDS = [
   "thinking_budget",
   "metadata",
   "prompt_cache_key",
+  "prompt_cache_retention",
   "continue_final_message",
   "add_generation_prompt",
 ];
@@ -307,13 +308,26 @@ function tokenIds(f: Fields, field: string, o: { nonEmpty?: boolean } = {}): num
   return ids?.length ? (ids as number[]) : undefined;
 }
 
-/** user, safety_identifier and prompt_cache_key (chat completions and Responses). */
+/** user, safety_identifier, prompt_cache_key and prompt_cache_retention (chat completions and Responses). */
 export function requestHints(f: Fields): RequestHints {
   return {
     user: f.string("user"),
     safetyIdentifier: f.string("safety_identifier"),
     promptCacheKey: f.string("prompt_cache_key"),
+    promptCacheRetention: promptCacheRetention(f),
   };
+}
+
+/**
+ * OpenAI's two retention policies; "in-memory" is how its clients spelled the first until they
+ * were corrected, and agent frameworks built then still send it.
+ */
+function promptCacheRetention(f: Fields): RequestHints["promptCacheRetention"] {
+  const retention = f.string("prompt_cache_retention");
+  if (retention === undefined) return undefined;
+  if (retention === "in_memory" || retention === "in-memory") return "in_memory";
+  if (retention === "24h") return retention;
+  return f.fail("prompt_cache_retention", `must be in_memory or 24h; got '${retention}'`);
 }
 
 /** OpenAI's service_tier names for how every request here is served (chat completions and Responses). */

@@ -29,9 +29,8 @@ export interface ResponsesRequest {
   tools?: ToolRequest;
   /** `tool_choice` as sent (default auto), with tools or without. */
   toolChoice: ToolChoice;
-  /** `max_tool_calls` and `prompt_cache_retention` as sent, echoed (see builtInToolsAndCache). */
+  /** `max_tool_calls` as sent, echoed: it bounds calls to built-in tools, which are not offered here (HOSTED_TOOLS). */
   maxToolCalls: number | null;
-  promptCacheRetention: string | null;
   /** `parallel_tool_calls` as sent (default true); what calls are made follows tools.parallel. */
   parallelToolCalls: boolean;
   /** Whether each answer token's logprob is asked for (include message.output_text.logprobs), and how many alternatives. */
@@ -71,10 +70,11 @@ const HOSTED_TOOLS = new Set([
 /**
  * Strings that change nothing here, so they pass (as Anthropic's `cache_control` does): `user`
  * and `safety_identifier` name the end user to OpenAI, `prompt_cache_key` groups requests for a
- * cache that our prefix cache, matching any shared prefix, does without. A remote provider is
- * sent them (RequestHints).
+ * cache that our prefix cache, matching any shared prefix, does without, and
+ * `prompt_cache_retention` says how long to keep it, which our cache's budget decides. A remote
+ * provider is sent them (RequestHints).
  */
-const HINTS = ["user", "safety_identifier", "prompt_cache_key"];
+const HINTS = ["user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention"];
 
 /** The include value that asks for each answer token's logprob (and `top_logprobs` alternatives). */
 const LOGPROBS = "message.output_text.logprobs";
@@ -113,7 +113,6 @@ const KNOWN = new Set([
   // The client's own tags for its logs (Codex's turn ids), as `metadata` but not echoed.
   "client_metadata",
   "max_tool_calls",
-  "prompt_cache_retention",
 ]);
 const ROLES = new Set(["user", "assistant", "system", "developer"]);
 
@@ -169,7 +168,7 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     ...textFormat(f),
     ...toolRequest(f),
     ...reasoningParam(f),
-    ...builtInToolsAndCache(f),
+    maxToolCalls: f.integer("max_tool_calls", { min: 1 }) ?? null,
     hints,
     logprobs,
     topLogprobs,
@@ -194,20 +193,6 @@ function metadataParam(f: Fields): Record<string, string> {
       return [key, value];
     }),
   );
-}
-
-/**
- * Two fields that bound what this server does not do, so they pass, checked, and are echoed:
- * `max_tool_calls` counts calls to built-in tools, which are not offered here (HOSTED_TOOLS), not
- * to functions; `prompt_cache_retention` is how long OpenAI keeps a cached prefix, which our
- * prefix cache decides on its own (as `prompt_cache_key`, a hint). Agent frameworks pass either
- * on from their model settings, whatever the model.
- */
-function builtInToolsAndCache(f: Fields): Pick<ResponsesRequest, "maxToolCalls" | "promptCacheRetention"> {
-  const retention = f.string("prompt_cache_retention");
-  if (retention !== undefined && retention !== "in_memory" && retention !== "24h")
-    f.fail("prompt_cache_retention", `must be in_memory or 24h; got '${retention}'`);
-  return { maxToolCalls: f.integer("max_tool_calls", { min: 1 }) ?? null, promptCacheRetention: retention ?? null };
 }
 
 /**

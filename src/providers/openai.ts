@@ -37,6 +37,7 @@ export const openaiAdapter: ProviderAdapter = {
       user: req.hints?.user,
       safety_identifier: req.hints?.safetyIdentifier,
       prompt_cache_key: req.hints?.promptCacheKey,
+      prompt_cache_retention: req.hints?.promptCacheRetention,
     };
     const prompt = req.prompt;
     if (prompt.kind === "ids")

@@ -202,7 +202,7 @@ function responseBase(req: ResponsesRequest, model: string, sampling?: { tempera
     ...(req.hints.user !== undefined && { user: req.hints.user }),
     safety_identifier: req.hints.safetyIdentifier ?? null,
     prompt_cache_key: req.hints.promptCacheKey ?? null,
-    prompt_cache_retention: req.promptCacheRetention,
+    prompt_cache_retention: req.hints.promptCacheRetention ?? null,
     max_tool_calls: req.maxToolCalls,
     max_output_tokens: req.maxTokens ?? null,
     top_logprobs: req.topLogprobs,
