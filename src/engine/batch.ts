@@ -231,6 +231,14 @@ export class BatchGenerator {
     });
   }
 
+  /**
+   * Takes out the sequences still waiting for a batch slot (their prefill not begun): nothing of
+   * theirs is in the batch, so after a failed step they go on in another generator.
+   */
+  takeWaiting(): { id: string; request: SequenceRequest }[] {
+    return this.#waiting.splice(0).map(({ id, request }) => ({ id, request }));
+  }
+
   /** Stops a sequence wherever it is (waiting, prefilling or decoding). */
   remove(id: string): void {
     if (this.#stepping) {

@@ -320,9 +320,11 @@ export class Scheduler {
         try {
           events = await this.#generator.stepAsync();
         } catch (error) {
-          // A failed step leaves the batch in an unknown state: end every stream with the error.
-          this.#failAll(error as Error);
-          break;
+          // A failed step leaves the batch in an unknown state: end the streams it held with the
+          // error; those still queued go on in a new batch.
+          this.#failStep(error as Error);
+          await new Promise((resolve) => setImmediate(resolve));
+          continue;
         }
         const turn = this.#generator.lastTurn;
         const ms = (turn?.ms ?? performance.now() - started) + carried.ms;
@@ -461,23 +463,28 @@ export class Scheduler {
   }
 
   /**
-   * Ends every stream with a failed step's error. Their rows leave the batch as any finished
-   * sequence's do (other ranks of a split model told); when the rows' caches hold the failed
-   * computation, taking them out (or saving their prefixes) evaluates it again and throws, which
-   * took the server down: the batch is then let go whole, and a new one, with the limits the tuner
-   * set, takes the next requests.
+   * Ends the streams a failed step held (decoding, or prefilling) with its error. Their rows leave
+   * the batch as any finished sequence's do (other ranks of a split model told); when the rows'
+   * caches hold the failed computation, taking them out (or saving their prefixes) evaluates it
+   * again and throws, which took the server down: the batch is then let go whole, and a new one,
+   * with the limits the tuner set, takes the requests still queued, which the step never held
+   * (they failed with it before, though the model serves them as well as any), and the next ones.
    */
-  #failAll(error: Error): void {
-    for (const s of this.#running.values()) {
-      s.finished = true;
-      s.channel.push({ type: "error", error });
-      s.channel.close();
-    }
-    this.#running.clear();
+  #failStep(error: Error): void {
     // Nothing of the failed batch is kept: its caches may hold a step that never completed (the
     // prefix cache would take them from sequences removed one by one, evaluating that step again).
     const failed = this.#generator;
+    const queued = failed.takeWaiting();
     this.#generator = new BatchGenerator(failed.model, failed.options);
+    for (const { id, request } of queued) this.#generator.add(id, request);
+    const carried = new Set(queued.map((q) => q.id));
+    for (const [id, s] of this.#running) {
+      if (carried.has(id)) continue;
+      s.finished = true;
+      s.channel.push({ type: "error", error });
+      s.channel.close();
+      this.#running.delete(id);
+    }
     try {
       failed.dispose();
     } catch {

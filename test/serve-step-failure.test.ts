@@ -1,0 +1,115 @@
+// A whole engine step that fails (not one row's logits processor: serve-row-failure.test.ts)
+// ends only the requests the step held. The trigger is a real one: a prompt cache file of
+// `serve --prompt-cache-dir` whose header was damaged so that it still passes its checksum
+// (a tensor's shape rewritten, its bytes and their count unchanged), so that the batch's decode
+// step fails on the keys seeded from it. Requests still queued behind it were never in that step:
+// they are answered, and the server serves on.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { RunningServer } from "../src/server/app";
+import { eventually, post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+let root: string;
+let model: string;
+let cacheDir: string;
+
+const system = Array.from({ length: 120 }, (_, i) => `rule ${i % 17}`).join("; ");
+const question = (url: string) =>
+  post(`${url}/v1/chat/completions`, {
+    model,
+    messages: [
+      { role: "system", content: system },
+      { role: "user", content: "What is rule 3?" },
+    ],
+    max_tokens: 8,
+    temperature: 0,
+  });
+const completion = (url: string, prompt: string) =>
+  post(`${url}/v1/completions`, { model, prompt, max_tokens: 6, temperature: 0, ignore_eos: true });
+
+/**
+ * Each prompt cache file in `dir` with its first layer's keys of shape [1, h, n, d] said to be
+ * [h, 1, n, d]: the same bytes under the same checksum, which seeding a batch's cache cannot use.
+ */
+function reshapeFirstKeys(dir: string): number {
+  const names = readdirSync(dir).filter((f) => f.endsWith(".safetensors"));
+  for (const name of names) {
+    const path = join(dir, name);
+    const bytes = readFileSync(path);
+    const length = Number(bytes.readBigUInt64LE(0));
+    const header = bytes.subarray(8, 8 + length).toString("utf8");
+    const keys = JSON.parse(header)["layers.0.keys.0"] as { shape: number[] };
+    const [batch, heads, ...rest] = keys.shape;
+    expect(batch).toBe(1);
+    const edited = header.replace(
+      `"shape":${JSON.stringify(keys.shape)}`,
+      `"shape":${JSON.stringify([heads, batch, ...rest])}`,
+    );
+    expect(edited.length).toBe(header.length);
+    bytes.write(edited, 8, "utf8");
+    writeFileSync(path, bytes);
+  }
+  return names.length;
+}
+
+async function metric(url: string, pattern: RegExp): Promise<number> {
+  return Number(pattern.exec(await (await fetch(`${url}/metrics`)).text())?.[1] ?? Number.NaN);
+}
+const waiting = async (url: string) => ((await (await fetch(`${url}/stats`)).json()) as any).queue.waiting as number;
+
+beforeAll(async () => {
+  root = mkdtempSync(join(tmpdir(), "mlx-step-failure-"));
+  process.env.MLX_HOME ??= join(root, "home");
+  model = join(root, "tiny");
+  writeTinyModel(model, { contextLength: 8192, seed: 11 });
+  cacheDir = join(root, "prompts");
+  // A first server answers the question and, stopping, writes its prefixes to the directory.
+  const first = serve({ promptCacheDir: cacheDir, prefixCacheBytes: 64 * 1024 * 1024 });
+  try {
+    expect((await question(first.url)).status).toBe(200);
+  } finally {
+    await first.stop();
+  }
+  expect(reshapeFirstKeys(cacheDir)).toBeGreaterThan(0);
+});
+
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+describe("a failed engine step", () => {
+  let server: RunningServer;
+  afterAll(() => server?.stop());
+
+  test("fails the requests it held; one queued behind it is answered, and the server serves on", async () => {
+    server = serve({ promptCacheDir: cacheDir, prefixCacheBytes: 64 * 1024 * 1024, maxBatch: 1 });
+    const { url } = server;
+    // A long stream holds the one batch slot while the failing request and another queue behind it.
+    const hold = new AbortController();
+    const long = await fetch(`${url}/v1/completions`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
+      signal: hold.signal,
+    });
+    expect(long.status).toBe(200);
+    await long.body!.getReader().read();
+    const failing = question(url);
+    await eventually(async () => (await waiting(url)) === 1);
+    const queued = completion(url, "Hello there");
+    await eventually(async () => (await waiting(url)) === 2);
+    hold.abort();
+    // The question's prompt comes back from the damaged file, and the step it joins fails.
+    const failed = await failing;
+    expect(failed.status).toBe(500);
+    // Before, the queued request failed with it, though the step never held it.
+    const answered = await queued;
+    expect(answered.status).toBe(200);
+    expect(answered.json.usage.completion_tokens).toBe(6);
+    expect(answered.json.choices[0].text).toBe((await completion(url, "Hello there")).json.choices[0].text);
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+    await eventually(async () => (await metric(url, /^mlx_requests_running (\d+)$/m)) === 0);
+    expect(await metric(url, /^mlx_generations_total\{[^}]*finish_reason="error"[^}]*\} (\d+)$/m)).toBe(1);
+  }, 120_000);
+});
