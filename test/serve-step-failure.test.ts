@@ -5,7 +5,7 @@
 // step fails on the keys seeded from it. Requests still queued behind it were never in that step:
 // they are answered, and the server serves on.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { RunningServer } from "../src/server/app";
@@ -15,6 +15,8 @@ import { writeTinyModel } from "./helpers/tiny-model";
 let root: string;
 let model: string;
 let cacheDir: string;
+/** The damaged prompt cache file's name. */
+let damaged: string;
 
 const system = Array.from({ length: 120 }, (_, i) => `rule ${i % 17}`).join("; ");
 const question = (url: string) =>
@@ -31,28 +33,28 @@ const completion = (url: string, prompt: string) =>
   post(`${url}/v1/completions`, { model, prompt, max_tokens: 6, temperature: 0, ignore_eos: true });
 
 /**
- * Each prompt cache file in `dir` with its first layer's keys of shape [1, h, n, d] said to be
- * [h, 1, n, d]: the same bytes under the same checksum, which seeding a batch's cache cannot use.
+ * The prompt cache files in `dir` but one (each serves the question), and that one with its first
+ * layer's keys of shape [1, h, n, d] said to be [h, 1, n, d]: the same bytes under the same
+ * checksum, which the batch's cache cannot take. Its name.
  */
-function reshapeFirstKeys(dir: string): number {
-  const names = readdirSync(dir).filter((f) => f.endsWith(".safetensors"));
-  for (const name of names) {
-    const path = join(dir, name);
-    const bytes = readFileSync(path);
-    const length = Number(bytes.readBigUInt64LE(0));
-    const header = bytes.subarray(8, 8 + length).toString("utf8");
-    const keys = JSON.parse(header)["layers.0.keys.0"] as { shape: number[] };
-    const [batch, heads, ...rest] = keys.shape;
-    expect(batch).toBe(1);
-    const edited = header.replace(
-      `"shape":${JSON.stringify(keys.shape)}`,
-      `"shape":${JSON.stringify([heads, batch, ...rest])}`,
-    );
-    expect(edited.length).toBe(header.length);
-    bytes.write(edited, 8, "utf8");
-    writeFileSync(path, bytes);
-  }
-  return names.length;
+function damageOneFile(dir: string): string {
+  const [name, ...others] = readdirSync(dir).filter((f) => f.endsWith(".safetensors"));
+  for (const other of others) rmSync(join(dir, other));
+  const path = join(dir, name!);
+  const bytes = readFileSync(path);
+  const length = Number(bytes.readBigUInt64LE(0));
+  const header = bytes.subarray(8, 8 + length).toString("utf8");
+  const keys = JSON.parse(header)["layers.0.keys.0"] as { shape: number[] };
+  const [batch, heads, ...rest] = keys.shape;
+  expect(batch).toBe(1);
+  const edited = header.replace(
+    `"shape":${JSON.stringify(keys.shape)}`,
+    `"shape":${JSON.stringify([heads, batch, ...rest])}`,
+  );
+  expect(edited.length).toBe(header.length);
+  bytes.write(edited, 8, "utf8");
+  writeFileSync(path, bytes);
+  return name!;
 }
 
 async function metric(url: string, pattern: RegExp): Promise<number> {
@@ -73,17 +75,23 @@ beforeAll(async () => {
   } finally {
     await first.stop();
   }
-  expect(reshapeFirstKeys(cacheDir)).toBeGreaterThan(0);
+  damaged = damageOneFile(cacheDir);
 });
 
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 describe("a failed engine step", () => {
   let server: RunningServer;
+  const warnings: string[] = [];
   afterAll(() => server?.stop());
 
   test("fails the requests it held; one queued behind it is answered, and the server serves on", async () => {
-    server = serve({ promptCacheDir: cacheDir, prefixCacheBytes: 64 * 1024 * 1024, maxBatch: 1 });
+    server = serve({
+      promptCacheDir: cacheDir,
+      prefixCacheBytes: 64 * 1024 * 1024,
+      maxBatch: 1,
+      logWarning: (w) => warnings.push(w),
+    });
     const { url } = server;
     // A long stream holds the one batch slot while the failing request and another queue behind it.
     const hold = new AbortController();
@@ -111,5 +119,17 @@ describe("a failed engine step", () => {
     expect((await fetch(`${url}/health`)).status).toBe(200);
     await eventually(async () => (await metric(url, /^mlx_requests_running (\d+)$/m)) === 0);
     expect(await metric(url, /^mlx_generations_total\{[^}]*finish_reason="error"[^}]*\} (\d+)$/m)).toBe(1);
+  }, 120_000);
+
+  test("the prefix the failed step started from is dropped, its file too: the question asked again is answered", async () => {
+    expect(warnings).toContain(
+      `prompt cache: removing ${join(cacheDir, damaged)}: slice_update: Cannot broadcast array of shape (1,2,1,16) into shape (1,1,1,16).`,
+    );
+    expect(existsSync(join(cacheDir, damaged))).toBe(false);
+    // Before, the damaged prefix stayed in memory (and on disk): each request sharing it failed.
+    const again = await question(server.url);
+    expect(again.status).toBe(200);
+    expect(again.json.usage.prompt_tokens_details.cached_tokens).toBe(0);
+    expect(again.json.usage.completion_tokens).toBe(8);
   }, 120_000);
 });

@@ -73,6 +73,8 @@ interface Sequence extends SpeculatingSequence {
   misses: number;
   /** Why its processors or sampler threw at a step: it leaves the batch when that step is read. */
   failure?: Error;
+  /** The prefix cache entry its prefill started from, if any (see PrefixCache.discard). */
+  seededFrom?: number;
 }
 
 /**
@@ -317,9 +319,20 @@ export class BatchGenerator {
     }
   }
 
-  /** A step failed: a model split across processes hears of it first; the error to throw. */
+  /**
+   * A step failed: a model split across processes hears of it first; the prefix cache entries its
+   * sequences started from are dropped (see PrefixCache.discard); the error to throw.
+   */
   #failed(error: unknown): unknown {
-    return this.model.remote?.stepFailed(error as Error) ?? error;
+    const thrown = this.model.remote?.stepFailed(error as Error) ?? error;
+    const held = [
+      ...this.#groups.flatMap((g) => g.active),
+      ...this.#joining.map((j) => j.prefill.sequence),
+      ...(this.#prefill ? [this.#prefill.sequence] : []),
+    ];
+    const seeded = held.flatMap((s) => (s.seededFrom === undefined ? [] : [s.seededFrom]));
+    if (seeded.length > 0) this.options.prefixCache?.discard(seeded, thrown as Error);
+    return thrown;
   }
 
   /** A step, paused (yield) before each wait for the model's layers in other processes (arrive()). */
@@ -648,6 +661,7 @@ export class BatchGenerator {
     // Start from the longest stored prefix; the last prompt token is always computed anew (its logits give the first token).
     const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1, namespace(sequence));
     if (match) {
+      sequence.seededFrom = match.id;
       seedCaches(caches, match.keys, match.values, match.length, match.dropped);
       this.model.remote?.restorePrefix(match.id, caches, match.length, match.dropped);
     }

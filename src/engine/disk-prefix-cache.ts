@@ -202,6 +202,12 @@ export class DiskPrefixCache {
     }
   }
 
+  /** Removes the file of `entry`, where there is one: what it holds failed a step it was used in. */
+  discard(entry: Pick<PromptCacheEntry, "tokens" | "dropped">, why: Error): void {
+    const name = this.fileName(entry);
+    if (this.#files.has(name)) this.#discard(join(this.dir, name), why);
+  }
+
   /** Forgets a damaged or unusable file and removes it (with its shares) where the directory lets us. */
   #discard(file: string, why: Error): void {
     // A PromptCacheFileError names the file already: once is enough.

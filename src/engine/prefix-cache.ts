@@ -139,6 +139,20 @@ export class PrefixCache {
     return undefined;
   }
 
+  /**
+   * Drops the entries numbered `ids` and their files on disk: a step of sequences that started
+   * from them failed, and what they hold may be why (a file whose header misstates a tensor's
+   * shape passes its checksum). Left in, each later request sharing their prefix failed as well.
+   */
+  discard(ids: readonly number[], why: Error): void {
+    const discarded = [...this.#entries, ...(this.#lent ? [this.#lent] : [])].filter((e) => ids.includes(e.id));
+    for (const entry of discarded) {
+      if (entry.namespace === 0) this.disk?.discard(entry, why);
+      if (entry === this.#lent) this.#releaseLent();
+      else this.#remove(entry);
+    }
+  }
+
   /** Drops `entry` (here and on the other processes). */
   #remove(entry: Entry): void {
     this.#entries = this.#entries.filter((e) => e !== entry);
