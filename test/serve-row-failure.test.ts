@@ -179,4 +179,24 @@ describe("a request that fails on its own row of a batched step", () => {
     });
     expect(await running()).toBe(0);
   });
+
+  test("a choice that fails a whole (not streamed) response stops the request's other choices: cancelled, not left decoding", async () => {
+    const cancelled = () =>
+      metric(/^mlx_generations_total\{route="\/v1\/completions",finish_reason="cancelled"\} (\d+)$/m);
+    const [failedBefore, cancelledBefore] = [await failedGenerations(), await cancelled()];
+    // Two prompts, one choice each; the grammar lets the sound one go on to its max_tokens.
+    const failure = await post(`${server.url}/v1/completions`, {
+      model,
+      prompt: [prompts[0], POISON],
+      max_tokens: 300,
+      temperature: 0,
+      guided_regex: "[a-z ]{0,400}",
+    });
+    expect(failure.status).toBe(500);
+    expect(await failedGenerations()).toBe(failedBefore + 1);
+    // Before, the sound choice decoded on to its end for the response already sent, counted as
+    // if answered ("stop" or "length"), never as cancelled.
+    expect(await cancelled()).toBe(cancelledBefore + 1);
+    expect(await running()).toBe(0);
+  });
 });

@@ -354,7 +354,16 @@ async function whole(
 ): Promise<Response> {
   // A generation has a tokenizer whenever logprobs were asked for (a remote model refuses them).
   const tokenizer = gens[0]!.tokenizer!;
-  const results = await Promise.all(gens.map(collectGeneration));
+  // One choice failing fails the response: the others are stopped (cancelled), not left decoding
+  // for an answer no one will read, each holding a batch slot to its max_tokens.
+  const results = await Promise.all(
+    gens.map((gen) =>
+      collectGeneration(gen).catch((error: unknown) => {
+        for (const other of gens) other.abort();
+        throw error;
+      }),
+    ),
+  );
   if (results.some((r) => !r)) return new Response(null, { status: 499 }); // the client is gone
   const choices = results.map((result, index) => {
     const gen = gens[index]!;
