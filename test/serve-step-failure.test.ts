@@ -1,11 +1,12 @@
 // A whole engine step that fails (not one row's logits processor: serve-row-failure.test.ts)
-// ends only the requests the step held. The trigger is a real one: a prompt cache file of
-// `serve --prompt-cache-dir` whose header was damaged so that it still passes its checksum
-// (a tensor's shape rewritten, its bytes and their count unchanged), so that the batch's decode
-// step fails on the keys seeded from it. Requests still queued behind it were never in that step:
-// they are answered, and the server serves on.
+// ends only the requests the step held, and a failed prefill only its own. The trigger is a real
+// one: a prompt cache file of `serve --prompt-cache-dir` whose header was damaged so that it still
+// passes its checksum (a tensor's shape rewritten, its bytes and their count unchanged), so that
+// the batch's decode step (or a prefill) fails on the keys seeded from it. Requests still queued
+// behind it were never in that step: they are answered; the prefix is dropped, and the server
+// serves on.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { RunningServer } from "../src/server/app";
@@ -14,17 +15,16 @@ import { writeTinyModel } from "./helpers/tiny-model";
 
 let root: string;
 let model: string;
-let cacheDir: string;
-/** The damaged prompt cache file's name. */
-let damaged: string;
+/** The prompt cache files a first server left after answering the question. */
+let written: string;
 
 const system = Array.from({ length: 120 }, (_, i) => `rule ${i % 17}`).join("; ");
-const question = (url: string) =>
+const question = (url: string, asked = "What is rule 3?") =>
   post(`${url}/v1/chat/completions`, {
     model,
     messages: [
       { role: "system", content: system },
-      { role: "user", content: "What is rule 3?" },
+      { role: "user", content: asked },
     ],
     max_tokens: 8,
     temperature: 0,
@@ -33,14 +33,16 @@ const completion = (url: string, prompt: string) =>
   post(`${url}/v1/completions`, { model, prompt, max_tokens: 6, temperature: 0, ignore_eos: true });
 
 /**
- * The prompt cache files in `dir` but one (each serves the question), and that one with its first
- * layer's keys of shape [1, h, n, d] said to be [h, 1, n, d]: the same bytes under the same
- * checksum, which the batch's cache cannot take. Its name.
+ * A copy of the written prompt cache files but one (each serves the question), that one with its
+ * first layer's keys of shape [1, h, n, d] said to be [h, 1, n, d]: the same bytes under the same
+ * checksum, which the batch's cache cannot take. The directory and the damaged file's path.
  */
-function damageOneFile(dir: string): string {
-  const [name, ...others] = readdirSync(dir).filter((f) => f.endsWith(".safetensors"));
+function damagedCopy(name: string): { dir: string; damaged: string } {
+  const dir = join(root, name);
+  cpSync(written, dir, { recursive: true });
+  const [file, ...others] = readdirSync(dir).filter((f) => f.endsWith(".safetensors"));
   for (const other of others) rmSync(join(dir, other));
-  const path = join(dir, name!);
+  const path = join(dir, file!);
   const bytes = readFileSync(path);
   const length = Number(bytes.readBigUInt64LE(0));
   const header = bytes.subarray(8, 8 + length).toString("utf8");
@@ -54,7 +56,22 @@ function damageOneFile(dir: string): string {
   expect(edited.length).toBe(header.length);
   bytes.write(edited, 8, "utf8");
   writeFileSync(path, bytes);
-  return name!;
+  return { dir, damaged: path };
+}
+
+/** A streamed completion that goes on long after its first chunk, read: its reader, and the abort that ends it. */
+async function longStream(url: string) {
+  const stop = new AbortController();
+  const long = await fetch(`${url}/v1/completions`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ model, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
+    signal: stop.signal,
+  });
+  expect(long.status).toBe(200);
+  const reader = long.body!.getReader();
+  await reader.read();
+  return { reader, stop };
 }
 
 async function metric(url: string, pattern: RegExp): Promise<number> {
@@ -67,15 +84,14 @@ beforeAll(async () => {
   process.env.MLX_HOME ??= join(root, "home");
   model = join(root, "tiny");
   writeTinyModel(model, { contextLength: 8192, seed: 11 });
-  cacheDir = join(root, "prompts");
+  written = join(root, "written");
   // A first server answers the question and, stopping, writes its prefixes to the directory.
-  const first = serve({ promptCacheDir: cacheDir, prefixCacheBytes: 64 * 1024 * 1024 });
+  const first = serve({ promptCacheDir: written, prefixCacheBytes: 64 * 1024 * 1024 });
   try {
     expect((await question(first.url)).status).toBe(200);
   } finally {
     await first.stop();
   }
-  damaged = damageOneFile(cacheDir);
 });
 
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -83,6 +99,9 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 describe("a failed engine step", () => {
   let server: RunningServer;
   const warnings: string[] = [];
+  let cacheDir: string;
+  let damaged: string;
+  beforeAll(() => ({ dir: cacheDir, damaged } = damagedCopy("prompts")));
   afterAll(() => server?.stop());
 
   test("fails the requests it held; one queued behind it is answered, and the server serves on", async () => {
@@ -94,20 +113,12 @@ describe("a failed engine step", () => {
     });
     const { url } = server;
     // A long stream holds the one batch slot while the failing request and another queue behind it.
-    const hold = new AbortController();
-    const long = await fetch(`${url}/v1/completions`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ model, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
-      signal: hold.signal,
-    });
-    expect(long.status).toBe(200);
-    await long.body!.getReader().read();
+    const hold = await longStream(url);
     const failing = question(url);
     await eventually(async () => (await waiting(url)) === 1);
     const queued = completion(url, "Hello there");
     await eventually(async () => (await waiting(url)) === 2);
-    hold.abort();
+    hold.stop.abort();
     // The question's prompt comes back from the damaged file, and the step it joins fails.
     const failed = await failing;
     expect(failed.status).toBe(500);
@@ -123,13 +134,47 @@ describe("a failed engine step", () => {
 
   test("the prefix the failed step started from is dropped, its file too: the question asked again is answered", async () => {
     expect(warnings).toContain(
-      `prompt cache: removing ${join(cacheDir, damaged)}: slice_update: Cannot broadcast array of shape (1,2,1,16) into shape (1,1,1,16).`,
+      `prompt cache: removing ${damaged}: slice_update: Cannot broadcast array of shape (1,2,1,16) into shape (1,1,1,16).`,
     );
-    expect(existsSync(join(cacheDir, damaged))).toBe(false);
+    expect(existsSync(damaged)).toBe(false);
     // Before, the damaged prefix stayed in memory (and on disk): each request sharing it failed.
     const again = await question(server.url);
     expect(again.status).toBe(200);
     expect(again.json.usage.prompt_tokens_details.cached_tokens).toBe(0);
     expect(again.json.usage.completion_tokens).toBe(8);
+  }, 120_000);
+});
+
+describe("a failed prefill", () => {
+  test("fails its own request alone: a stream decoding beside it goes on, and its prefix is dropped", async () => {
+    const { dir, damaged } = damagedCopy("prompts-prefill");
+    const warnings: string[] = [];
+    const server = serve({
+      promptCacheDir: dir,
+      prefixCacheBytes: 64 * 1024 * 1024,
+      logWarning: (w) => warnings.push(w),
+    });
+    try {
+      const { url } = server;
+      const beside = await longStream(url);
+      // Another question under the same system prompt: the damaged file serves its start, and
+      // its prefill (of the rest) fails on the keys seeded from it.
+      const failed = await question(url, "And what is rule 5, in a few words?");
+      expect(failed.status).toBe(500);
+      expect(warnings.filter((w) => w.startsWith(`prompt cache: removing ${damaged}: concatenate:`))).toHaveLength(1);
+      // Before, the stream decoding beside it failed with it: its next chunk was the error.
+      expect(await metric(url, /^mlx_requests_running (\d+)$/m)).toBe(1);
+      const decoder = new TextDecoder();
+      for (let chunks = 0; chunks < 3; chunks++) {
+        const { value, done } = await beside.reader.read();
+        expect(done).toBe(false);
+        expect(decoder.decode(value)).toContain('"finish_reason":null');
+      }
+      beside.stop.abort();
+      expect((await question(url, "And what is rule 5, in a few words?")).status).toBe(200);
+      await eventually(async () => (await metric(url, /^mlx_requests_running (\d+)$/m)) === 0);
+    } finally {
+      await server.stop();
+    }
   }, 120_000);
 });

@@ -55,7 +55,8 @@ export interface SequenceEvent {
   accepted?: number;
   /**
    * Set, in place of a token (`token` is -1), where this sequence alone failed (its logits
-   * processors or its sampler threw): it has left the batch, and the other sequences go on.
+   * processors or its sampler threw, or its prefill): it has left the batch, and the other
+   * sequences go on.
    */
   error?: Error;
 }
@@ -594,6 +595,7 @@ export class BatchGenerator {
     let budget = this.options.prefillChunk;
     // Prompts whose last token is all that is left: they join with it as their next input.
     const oneLeft: Prefill[] = [];
+    const failed: SequenceEvent[] = [];
     while (budget > 0) {
       const p = (this.#prefill ??= this.#startPrefill(oneLeft.length));
       if (!p) break;
@@ -610,7 +612,16 @@ export class BatchGenerator {
         oneLeft.push(p);
         continue;
       }
-      const { computed, first } = this.#prefillPart(p, budget);
+      let part: { computed: number; first?: PendingStep };
+      try {
+        part = this.#prefillPart(p, budget);
+      } catch (error) {
+        // On one process a prefill computes on caches of its own: its failure is its sequence's.
+        if (this.model.remote) throw error;
+        failed.push(this.#prefillFailed(p, error as Error));
+        continue;
+      }
+      const { computed, first } = part;
       budget -= computed;
       if (!first) break;
       this.#prefill = undefined;
@@ -619,7 +630,21 @@ export class BatchGenerator {
       const older = this.#groups.length > 1 ? this.#groups.filter((g) => g.ahead).length : 0;
       this.#joining.push({ prefill: p, first, older });
     }
-    return yield* this.#arriveJoining(oneLeft);
+    return [...failed, ...(yield* this.#arriveJoining(oneLeft))];
+  }
+
+  /**
+   * A prefill that threw (a prefix it started from that its caches cannot take, a prompt too
+   * large to compute): its sequence alone fails, as one whose processors threw does, and the
+   * batch decodes on. The prefix it started from is dropped (see PrefixCache.discard).
+   */
+  #prefillFailed(p: Prefill, error: Error): SequenceEvent {
+    this.#prefill = undefined;
+    freeCaches(p.caches);
+    const s = p.sequence;
+    s.done = true;
+    if (s.seededFrom !== undefined) this.options.prefixCache?.discard([s.seededFrom], error);
+    return { id: s.id, token: -1, logprob: Number.NaN, error };
   }
 
   /**
