@@ -369,6 +369,39 @@ describe("serve --prompt-cache-dir, when things go wrong", () => {
   }, 60_000);
 });
 
+describe("serve --prompt-cache-dir, a header that misstates a tensor's shape", () => {
+  test("keys said to be of other rows or heads (the bytes, so the checksum, unchanged) are a damaged file: removed, never used", async () => {
+    const dir = join(root, "misshapen");
+    const first = await askOnce({ promptCacheDir: dir });
+    const damaged = files(dir);
+    expect(damaged.length).toBeGreaterThan(1);
+    damaged.forEach((f, i) => {
+      const path = join(dir, f);
+      const bytes = readFileSync(path);
+      const header = bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString("utf8");
+      const { shape } = JSON.parse(header)["layers.0.keys.0"] as { shape: [number, number, number, number] };
+      const [rows, heads, positions, dim] = shape;
+      // [heads, 1, n, d], or [1, 1, n, heads · d]: as many bytes, a header as long (heads < 10).
+      const misstated = i === 0 ? [heads, rows, positions, dim] : [rows, 1, positions, heads * dim];
+      const edited = header.replace(`"shape":${JSON.stringify(shape)}`, `"shape":${JSON.stringify(misstated)}`);
+      expect(edited).not.toBe(header);
+      expect(edited.length).toBe(header.length);
+      bytes.write(edited, 8, "utf8");
+      writeFileSync(path, bytes);
+    });
+    const logged: string[] = [];
+    // Before, the batch sliced and broadcast such keys into its own shape: the step failed, or
+    // (beside other requests) a head attended to another head's keys, in silence.
+    const again = await askOnce({ promptCacheDir: dir, logError: (e) => logged.push((e as Error).message) });
+    expect(again.cached).toBe(0);
+    expect(again.text).toBe(first.text);
+    for (const f of damaged)
+      expect(
+        logged.some((m) => m.startsWith(`prompt cache: removing ${join(dir, f)}: damaged (layer 0's keys are [`)),
+      ).toBe(true);
+  }, 60_000);
+});
+
 describe("disk prefix cache writes", () => {
   test("a save returns before any file I/O; the file appears, whole and loadable, once the writes finish; failures are warnings", async () => {
     const lm = loadModel(model);

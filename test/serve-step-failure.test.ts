@@ -34,8 +34,9 @@ const completion = (url: string, prompt: string) =>
 
 /**
  * A copy of the written prompt cache files but one (each serves the question), that one with its
- * first layer's keys of shape [1, h, n, d] said to be [h, 1, n, d]: the same bytes under the same
- * checksum, which the batch's cache cannot take. The directory and the damaged file's path.
+ * first layer's keys of shape [1, h, n, d] said to be [1, h, 2n, d/2]: the same bytes under the
+ * same checksum (and a header as long, with n of 3 digits), which the batch's cache cannot take.
+ * The directory and the damaged file's path.
  */
 function damagedCopy(name: string): { dir: string; damaged: string } {
   const dir = join(root, name);
@@ -47,11 +48,10 @@ function damagedCopy(name: string): { dir: string; damaged: string } {
   const length = Number(bytes.readBigUInt64LE(0));
   const header = bytes.subarray(8, 8 + length).toString("utf8");
   const keys = JSON.parse(header)["layers.0.keys.0"] as { shape: number[] };
-  const [batch, heads, ...rest] = keys.shape;
-  expect(batch).toBe(1);
+  const [batch, heads, positions, dim] = keys.shape as [number, number, number, number];
   const edited = header.replace(
     `"shape":${JSON.stringify(keys.shape)}`,
-    `"shape":${JSON.stringify([heads, batch, ...rest])}`,
+    `"shape":${JSON.stringify([batch, heads, positions * 2, dim / 2])}`,
   );
   expect(edited.length).toBe(header.length);
   bytes.write(edited, 8, "utf8");
@@ -134,7 +134,7 @@ describe("a failed engine step", () => {
 
   test("the prefix the failed step started from is dropped, its file too: the question asked again is answered", async () => {
     expect(warnings).toContain(
-      `prompt cache: removing ${damaged}: slice_update: Cannot broadcast array of shape (1,2,1,16) into shape (1,1,1,16).`,
+      `prompt cache: removing ${damaged}: slice_update: [broadcast_shapes] Shapes (1,2,1,16) and (1,2,1,8) cannot be broadcast.`,
     );
     expect(existsSync(damaged)).toBe(false);
     // Before, the damaged prefix stayed in memory (and on disk): each request sharing it failed.

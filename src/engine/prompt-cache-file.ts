@@ -63,6 +63,11 @@ export interface PromptCacheOwner {
   kv: string;
   /** How the model is split across processes (RemoteLayers.split); undefined for one process. */
   split?: string;
+  /**
+   * The key and value heads each layer's cache holds (one process): a file whose tensors are not
+   * one row of as many is damaged, though its checksum, which covers the bytes, passes.
+   */
+  heads?: number;
 }
 
 /** One process's share of a split model's entry: its rank, and the save it belongs to. */
@@ -331,7 +336,7 @@ export function loadPromptCache(path: string, owner: PromptCacheOwner): PromptCa
       `${path} was made for another split of the model (${name(metadata.split)}, not ${name(owner.split)})`,
     );
   }
-  return readEntry(path, metadata);
+  return readEntry(path, metadata, owner.heads);
 }
 
 /**
@@ -345,8 +350,8 @@ export function loadPromptCacheShare(path: string, split: string, share: PromptC
   return readEntry(path, metadata);
 }
 
-/** The entry in `path`, whose header is `metadata`: checksummed. */
-function readEntry(path: string, metadata: Record<string, string>): PromptCacheEntry {
+/** The entry in `path`, whose header is `metadata`: checksummed; `heads`: see PromptCacheOwner. */
+function readEntry(path: string, metadata: Record<string, string>, heads?: number): PromptCacheEntry {
   let tensors: Map<string, mx.MxArray>;
   try {
     tensors = mx.loadSafetensors(path).tensors;
@@ -388,7 +393,7 @@ function readEntry(path: string, metadata: Record<string, string>): PromptCacheE
     save: metadata.save,
   };
   // Another process's share of a split model's entry names no tokens: its file (rank 0's) does.
-  const mismatch = shapeMismatch(entry, tensors.size, (metadata.rank ?? "0") === "0");
+  const mismatch = shapeMismatch(entry, tensors.size, (metadata.rank ?? "0") === "0", heads);
   if (mismatch) {
     free();
     throw new PromptCacheFileError(`${path}: damaged (${mismatch})`);
@@ -398,12 +403,27 @@ function readEntry(path: string, metadata: Record<string, string>): PromptCacheE
 
 /**
  * Where an entry read from a file disagrees with its own header (a tensor outside the layer
- * count, or a layer holding another number of positions than its tokens): seeding a cache from
- * it would read past its positions or leave layers without any.
+ * count, or a layer holding another number of positions than its tokens) or with the model (a
+ * tensor not of one row of its `heads`): seeding a cache from it would read past its positions,
+ * leave layers without any, or give a head another's keys.
  */
-function shapeMismatch(entry: PromptCacheEntry, tensors: number, namesTokens: boolean): string | undefined {
+function shapeMismatch(
+  entry: PromptCacheEntry,
+  tensors: number,
+  namesTokens: boolean,
+  heads?: number,
+): string | undefined {
   const read = [...entry.keys, ...entry.values].reduce((n, parts) => n + parts.length, 0);
   if (read !== tensors) return `${tensors - read} of its tensors are outside its ${entry.keys.length} layers`;
+  // Seeded into a batch, a tensor of other rows or heads is sliced and broadcast into the
+  // batch's shape: another head's keys, in silence, or a failed step.
+  for (const [kind, stored] of [["keys", entry.keys] as const, ["values", entry.values] as const])
+    for (const [layer, parts] of stored.entries())
+      for (const part of parts) {
+        const [rows, held] = part.shape;
+        if (rows !== 1 || (heads !== undefined && held !== heads))
+          return `layer ${layer}'s ${kind} are [${part.shape.join(", ")}], not one row of ${heads ?? "its"} heads`;
+      }
   const held = entry.tokens.length - entry.dropped;
   for (const [layer, parts] of entry.values.entries()) {
     // A layer another process of a split model holds has no tensors here.
@@ -508,6 +528,7 @@ export function promptCacheOwner(lm: LoadedModel): PromptCacheOwner {
     model: modelDigest(lm.path),
     kv: kvLayout(lm.kvQuantization, lm.maxKvSize),
     split: lm.model.remote?.split,
+    heads: lm.model.remote ? undefined : lm.config.numKeyValueHeads,
   };
 }
 
