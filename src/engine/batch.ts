@@ -321,19 +321,22 @@ export class BatchGenerator {
   }
 
   /**
-   * A step failed: a model split across processes hears of it first; the prefix cache entries its
-   * sequences started from are dropped (see PrefixCache.discard); the error to throw.
+   * A step failed: a model split across processes hears of it first; the error to throw. On one
+   * process, the prefix cache entries its sequences started from are dropped (see
+   * PrefixCache.discard); a split model's step fails with its ring (a rank lost) far more often
+   * than with what an entry holds, and its entries and files are kept.
    */
   #failed(error: unknown): unknown {
-    const thrown = this.model.remote?.stepFailed(error as Error) ?? error;
+    const remote = this.model.remote;
+    if (remote) return remote.stepFailed(error as Error) ?? error;
     const held = [
       ...this.#groups.flatMap((g) => g.active),
       ...this.#joining.map((j) => j.prefill.sequence),
       ...(this.#prefill ? [this.#prefill.sequence] : []),
     ];
     const seeded = held.flatMap((s) => (s.seededFrom === undefined ? [] : [s.seededFrom]));
-    if (seeded.length > 0) this.options.prefixCache?.discard(seeded, thrown as Error);
-    return thrown;
+    if (seeded.length > 0) this.options.prefixCache?.discard(seeded, error as Error);
+    return error;
   }
 
   /** A step, paused (yield) before each wait for the model's layers in other processes (arrive()). */
