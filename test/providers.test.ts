@@ -319,6 +319,11 @@ provider = "anthropic"
 base_url = "http://127.0.0.1:${recording.port}"
 model = "${tiny}"
 
+[models.rathinkrecorded]
+provider = "anthropic"
+base_url = "http://127.0.0.1:${recording.port}"
+model = "${thinker}"
+
 [models.reffort]
 provider = "openai"
 base_url = "${base}/v1"
@@ -886,6 +891,56 @@ test("the end user, the prompt cache key and its retention a request names reach
     prompt_cache_retention: undefined,
     metadata: { user_id: "u-1" },
   });
+});
+
+test("an Anthropic client's signed and redacted thinking, and its cache_control markers, reach an Anthropic provider unchanged", async () => {
+  // As Anthropic answered turn 1 of a tool loop with extended thinking: it verifies the
+  // signatures of the thinking blocks sent back before the tool result (before, each was dropped).
+  const thinking = {
+    type: "thinking" as const,
+    thinking: "Oslo's weather: ask the tool.",
+    signature: "EqQBCkYIBRgCKkD-sig",
+  };
+  const redacted = { type: "redacted_thinking" as const, data: "EmwKAhgBEgy3va3pzix-encrypted" };
+  const call = { type: "tool_use" as const, id: "toolu_01", name: "get_weather", input: { city: "Oslo" } };
+  const result = {
+    type: "tool_result" as const,
+    tool_use_id: "toolu_01",
+    content: "12 C, rain",
+    cache_control: { type: "ephemeral" as const, ttl: "1h" as const },
+  };
+  const tool = {
+    name: "get_weather",
+    description: "The weather in a city",
+    input_schema: { type: "object" as const, properties: { city: { type: "string" } } },
+    cache_control: { type: "ephemeral" as const },
+  };
+  const system = [
+    { type: "text" as const, text: "You report the weather.", cache_control: { type: "ephemeral" as const } },
+  ];
+  const messages: Anthropic.MessageParam[] = [
+    { role: "user", content: [{ type: "text", text: "Weather in Oslo?" }] },
+    { role: "assistant", content: [thinking, redacted, { type: "text", text: "Let me look." }, call] },
+    { role: "user", content: [result] },
+  ];
+  for (const stream of [false, true]) {
+    recordedBodies.length = 0;
+    const ask = {
+      model: "rathinkrecorded",
+      max_tokens: 8,
+      thinking: { type: "enabled" as const, budget_tokens: 4 },
+      cache_control: { type: "ephemeral" as const },
+      system,
+      tools: [tool],
+      messages,
+    };
+    const answer = stream
+      ? await anthropic.messages.stream(ask).finalMessage()
+      : await anthropic.messages.create({ ...ask, stream: false });
+    expect(answer.type).toBe("message");
+    expect(recordedBodies).toHaveLength(1);
+    expect(recordedBodies[0]).toMatchObject({ system, tools: [tool], messages, cache_control: { type: "ephemeral" } });
+  }
 });
 
 test("a JSON Schema's name and description reach an OpenAI-compatible provider, whose model reads them", async () => {

@@ -1,7 +1,7 @@
 // The Anthropic Messages API's request and response shapes (/v1/messages and
 // /v1/messages/count_tokens): the validation of requests, reduced to the same conversation,
 // sampling and tools as the other API families, and the builders of messages and usage.
-import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
+import type { ConversationMessage, ThinkingBlock, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
 import type { FormatInput, PromptInput, RequestHints, SamplingInput, ThinkingRequest } from "./common";
 import { TEXT_PARTS_SEPARATOR } from "./common";
 import { MAX_TOOLS, toolResultName, toolSpec } from "./tools";
@@ -30,7 +30,7 @@ const ROLES = new Set(["user", "assistant"]);
 const PROMPT_FIELDS = ["model", "messages", "system", "tools", "tool_choice"];
 // Fields Anthropic defines that this server does not implement are a 400 naming them (a client
 // asking for server tools must know it got none). `cache_control` passes: a hint our prefix
-// cache, which needs none, satisfies.
+// cache, which needs none, satisfies (and an Anthropic provider is sent).
 const MESSAGES_FIELDS = new Set([
   ...PROMPT_FIELDS,
   "max_tokens",
@@ -101,8 +101,13 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
       topK: f.integer("top_k", { min: 0 }),
     },
     stop: stopSequences(f),
-    hints: { user },
+    hints: { user, cacheControl: cacheControl(f) },
   };
+}
+
+/** A `cache_control` marker (on the request, a block or a tool), as the client wrote it: an Anthropic provider is sent it. */
+function cacheControl(f: Fields): Record<string, unknown> | undefined {
+  return f.object("cache_control")?.body;
 }
 
 /**
@@ -159,7 +164,7 @@ function refuseConflicts(f: Fields, { prompt, tools, thinking, format }: CountTo
 function promptFields(f: Fields): Omit<CountTokensRequest, "thinking" | "format"> {
   const system = systemPrompt(f);
   const raw = f.array("messages", { required: true, nonEmpty: true })!;
-  const messages: ConversationMessage[] = system ? [{ role: "system", content: system }] : [];
+  const messages: ConversationMessage[] = system ? [system] : [];
   let calls: ToolUses | undefined;
   raw.forEach((item, i) => {
     const turn = conversationMessages(item, i, messages);
@@ -241,20 +246,32 @@ function appendTurn(messages: ConversationMessage[], next: ConversationMessage):
   // A line apart, so that the turns' texts (and their reasonings) do not run into each other.
   const joined = (a: string | undefined, b: string | undefined) => [a, b].filter(Boolean).join("\n");
   const reasoning = joined(last.reasoning, next.reasoning);
+  const thinkingBlocks = [...(last.thinkingBlocks ?? []), ...(next.thinkingBlocks ?? [])];
+  // The later breakpoint: the combined turn ends where the later one did.
+  const cacheControl = next.cacheControl ?? last.cacheControl;
   messages[messages.length - 1] = {
     role: last.role,
     content: joined(last.content, next.content),
     ...(calls.length > 0 ? { toolCalls: calls } : {}),
     ...(reasoning ? { reasoning } : {}),
+    ...(thinkingBlocks.length > 0 ? { thinkingBlocks } : {}),
+    ...(cacheControl ? { cacheControl } : {}),
   };
 }
 
-/** `system`: a string, or text blocks (their `cache_control` is a hint our prefix cache needs no help with). */
-function systemPrompt(f: Fields): string | undefined {
+/**
+ * `system`: a string, or text blocks (their `cache_control` is a hint our prefix cache needs no
+ * help with; an Anthropic provider is sent the last one).
+ */
+function systemPrompt(f: Fields): ConversationMessage | undefined {
   const raw = f.raw("system");
-  if (raw === undefined || raw === null || typeof raw === "string") return (raw as string | undefined) || undefined;
+  if (raw === undefined || raw === null || typeof raw === "string")
+    return raw ? { role: "system", content: raw as string } : undefined;
   if (!Array.isArray(raw)) f.fail("system", "must be a string or a list of text blocks");
-  return raw.map((block, i) => textBlock(Fields.item(block, `system.${i}`))).join("\n") || undefined;
+  const blocks = raw.map((block, i) => Fields.item(block, `system.${i}`));
+  const content = blocks.map(textBlock).join("\n");
+  const marked = blocks.findLast((b) => b.has("cache_control"));
+  return content ? { role: "system", content, ...(marked && { cacheControl: cacheControl(marked) }) } : undefined;
 }
 
 function textBlock(b: Fields): string {
@@ -276,15 +293,24 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
   const out: ConversationMessage[] = [];
   const texts: string[] = [];
   let reasoning = "";
+  const thinkingBlocks: ThinkingBlock[] = [];
+  // The breakpoint of the message's text and calls (a tool result carries its own).
+  let marked: Record<string, unknown> | undefined;
   const calls: ToolCall[] = [];
   blocks.forEach((raw, j) => {
     const b = Fields.item(raw, `${at}.content.${j}`);
     const type = b.string("type", { required: true })!;
+    if (type !== "tool_result") marked = cacheControl(b) ?? marked;
     if (type === "text") texts.push(b.string("text", { required: true })!);
     // A thinking template renders the reasoning of the turns after the last user message (a
-    // thinking model's multi-step tool calls); a redacted one has no text to give it.
-    else if (type === "thinking" && role === "assistant") reasoning += b.string("thinking") ?? "";
-    else if (type === "redacted_thinking" && role === "assistant") return;
+    // thinking model's multi-step tool calls); a redacted one has no text to give it. Both are
+    // kept whole, signature included, for an Anthropic provider, which verifies them.
+    else if (type === "thinking" && role === "assistant") {
+      const thinking = b.string("thinking") ?? "";
+      reasoning += thinking;
+      thinkingBlocks.push({ type, thinking, signature: b.string("signature") ?? "" });
+    } else if (type === "redacted_thinking" && role === "assistant")
+      thinkingBlocks.push({ type, data: b.string("data", { required: true })! });
     else if (type === "tool_use" && role === "assistant") {
       calls.push({
         id: b.string("id", { required: true, nonEmpty: true })!,
@@ -299,6 +325,7 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
         content: b.boolean("is_error") ? `Error: ${result}` : result,
         toolCallId: id,
         toolName: toolResultName([...earlier, ...out], id),
+        ...(b.has("cache_control") && { cacheControl: cacheControl(b) }),
       });
     } else if (type === "tool_use" || type === "tool_result") {
       b.fail("type", `'${type}' blocks belong in ${type === "tool_use" ? "assistant" : "user"} messages`);
@@ -311,8 +338,10 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
       content: text,
       ...(calls.length > 0 ? { toolCalls: calls } : {}),
       ...(reasoning ? { reasoning } : {}),
+      ...(thinkingBlocks.length > 0 ? { thinkingBlocks } : {}),
+      ...(marked && { cacheControl: marked }),
     });
-  else if (text || out.length === 0) out.push({ role, content: text });
+  else if (text || out.length === 0) out.push({ role, content: text, ...(marked && { cacheControl: marked }) });
   return out;
 }
 
@@ -343,7 +372,8 @@ function toolRequest(f: Fields): ToolRequest | undefined {
     if (type !== "custom")
       throw unsupported(tool.name("type"), `the tool type '${type}' (only custom tools with an input_schema)`);
     if (!tool.has("input_schema")) tool.fail("input_schema", "is required");
-    return toolSpec(tool, "input_schema", names);
+    const marked = cacheControl(tool);
+    return { ...toolSpec(tool, "input_schema", names), ...(marked && { cacheControl: marked }) };
   });
   const c = f.object("tool_choice");
   // A misspelt disable_parallel_tool_use would otherwise be dropped unseen.

@@ -34,6 +34,8 @@ export interface RequestHints {
   safetyIdentifier?: string;
   promptCacheKey?: string;
   promptCacheRetention?: "in_memory" | "24h";
+  /** Anthropic's request-wide `cache_control` (its automatic prompt caching), for an Anthropic provider. */
+  cacheControl?: Record<string, unknown>;
 }
 
 /**

@@ -3,7 +3,13 @@
 // system prompt, and the answer is validated like every remote answer (see model.ts).
 import type { EventSourceMessage } from "eventsource-parser/stream";
 import { UnsupportedError } from "../errors";
-import { pairToolResults, type ConversationMessage, type ToolCall, type ToolRequest } from "../engine/tools";
+import {
+  pairToolResults,
+  type ConversationMessage,
+  type ToolCall,
+  type ToolRequest,
+  type ToolSpec,
+} from "../engine/tools";
 import type { FormatInput, SamplingInput } from "../api/common";
 import type { ThinkingRequest } from "../engine/reasoning";
 import { ANSWER_CONTROL_PARAMS, type AnswerControls } from "../engine/request";
@@ -46,17 +52,14 @@ export const anthropicAdapter: ProviderAdapter = {
         "ignore_eos",
       );
     refuseAnswerControls(config.name, req.controls);
-    const system = [
-      ...conversation.filter((m) => m.role === "system" || m.role === "developer").map((m) => m.content),
-      ...(req.format ? [formatInstruction(req.format)] : []),
-    ].join("\n\n");
+    const system = systemPrompt(conversation, req.format);
     return {
       path: "/v1/messages",
       body: {
         model: config.model,
         stream: true,
         max_tokens: req.maxTokens ?? config.defaultMaxTokens,
-        ...(system ? { system } : {}),
+        ...(system !== undefined && { system }),
         messages: messages(pairToolResults(conversation)),
         ...sampling(config.name, req.sampling),
         ...(req.stop?.length ? { stop_sequences: req.stop } : {}),
@@ -64,6 +67,8 @@ export const anthropicAdapter: ProviderAdapter = {
         ...thinking(req.thinking),
         // The end user, Anthropic's only such hint (a safety identifier or cache key has no place in its API).
         ...(req.hints?.user !== undefined ? { metadata: { user_id: req.hints.user } } : {}),
+        // An Anthropic client's automatic prompt caching, as it asked for it.
+        ...(req.hints?.cacheControl && { cache_control: req.hints.cacheControl }),
       },
     };
   },
@@ -188,23 +193,50 @@ function refuseAnswerControls(name: string, controls: AnswerControls | undefined
   throw new UnsupportedError(`'${param}' is not supported by model '${name}' (an Anthropic provider)`, param);
 }
 
+const isSystem = (m: ConversationMessage) => m.role === "system" || m.role === "developer";
+
+/**
+ * The system and developer messages and the format's instruction, as one string; or as text
+ * blocks where a client's cache_control marks one (a breakpoint Anthropic reads only on a block).
+ */
+function systemPrompt(
+  conversation: ConversationMessage[],
+  format: FormatInput | undefined,
+): string | Block[] | undefined {
+  const parts = [
+    ...conversation.filter(isSystem),
+    ...(format ? [{ role: "system", content: formatInstruction(format) }] : []),
+  ].filter((m) => m.content);
+  if (parts.length === 0) return undefined;
+  if (!parts.some((m) => m.cacheControl)) return parts.map((m) => m.content).join("\n\n");
+  return parts.map((m) => withCacheControl({ type: "text", text: m.content }, m));
+}
+
+/** The block with the message's cache_control, where it has one. */
+const withCacheControl = (block: Block, m: ConversationMessage | ToolSpec): Block =>
+  m.cacheControl ? { ...block, cache_control: m.cacheControl } : block;
+
 /**
  * Our conversation as Anthropic's alternating turns: system messages go to `system`, a tool
  * message becomes a tool_result block in a user turn, and consecutive turns of one role are
- * merged (parallel calls' results must share one user turn).
+ * merged (parallel calls' results must share one user turn). An assistant turn's thinking
+ * blocks come first, as the client sent them back (Anthropic checks their signatures, and
+ * requires them before a tool_result's turn), and a message's cache_control marks its last block.
  */
 function messages(conversation: ConversationMessage[]): { role: string; content: Block[] }[] {
   const turns: { role: string; content: Block[] }[] = [];
   for (const m of conversation) {
-    if (m.role === "system" || m.role === "developer") continue;
+    if (isSystem(m)) continue;
     const role = m.role === "assistant" ? "assistant" : "user";
     const blocks: Block[] =
       m.role === "tool"
         ? [{ type: "tool_result", tool_use_id: m.toolCallId, content: m.content }]
         : [
+            ...(m.thinkingBlocks ?? []),
             ...(m.content ? [{ type: "text", text: m.content }] : []),
             ...(m.toolCalls ?? []).map((c) => ({ type: "tool_use", id: c.id, name: c.name, input: c.arguments })),
           ];
+    if (m.cacheControl && blocks.length > 0) blocks.push(withCacheControl(blocks.pop()!, m));
     const last = turns.at(-1);
     if (last?.role === role) last.content.push(...blocks);
     else turns.push({ role, content: blocks });
@@ -223,11 +255,12 @@ function tools(t: ToolRequest): Record<string, unknown> {
           : { type: "tool", name: t.choice.name };
   return {
     // Anthropic requires the schema's type, which an OpenAI function without parameters lacks.
-    tools: t.tools.map((tool) => ({
-      name: tool.name,
-      description: tool.description,
-      input_schema: { type: "object", ...tool.parameters },
-    })),
+    tools: t.tools.map((tool) =>
+      withCacheControl(
+        { name: tool.name, description: tool.description, input_schema: { type: "object", ...tool.parameters } },
+        tool,
+      ),
+    ),
     tool_choice: t.choice !== "none" && !t.parallel ? { ...choice, disable_parallel_tool_use: true } : choice,
   };
 }

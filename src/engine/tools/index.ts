@@ -14,7 +14,7 @@ export {
 } from "./formats";
 export { named, pairToolResults, templateInput } from "./prompt";
 export { ToolCallStream } from "./stream";
-export type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "./types";
+export type { ConversationMessage, ThinkingBlock, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "./types";
 
 /** The functions the model is told about on this turn (none when tool_choice is "none"). */
 export function offeredTools(request: ToolRequest | undefined): ToolSpec[] | undefined {

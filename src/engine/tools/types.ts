@@ -11,6 +11,8 @@ export interface ToolSpec {
    * here follows it anyway where its grammar constrains it; an OpenAI-compatible provider is sent it.
    */
   strict?: boolean;
+  /** Anthropic's `cache_control` on the tool's definition: a prompt-cache breakpoint an Anthropic provider is sent. */
+  cacheControl?: Record<string, unknown>;
 }
 
 /** "auto": the model decides; "none": no calls; "required": at least one; `{ name }`: that function. */
@@ -41,4 +43,17 @@ export interface ConversationMessage {
   reasoning?: string;
   /** A participant's name (OpenAI's `name` on a system, user or assistant message): a template may render it. */
   name?: string;
+  /**
+   * An assistant turn's thinking as Anthropic's clients send it back: each block with its
+   * signature, or redacted (encrypted). Anthropic verifies them, so they travel to an Anthropic
+   * provider unchanged (`reasoning` holds their text for a template).
+   */
+  thinkingBlocks?: ThinkingBlock[];
+  /** Anthropic's `cache_control` on one of the message's blocks: a prompt-cache breakpoint an Anthropic provider is sent. */
+  cacheControl?: Record<string, unknown>;
 }
+
+/** A thinking block of Anthropic's: its text and signature, or only the encrypted data of a redacted one. */
+export type ThinkingBlock =
+  | { type: "thinking"; thinking: string; signature: string }
+  | { type: "redacted_thinking"; data: string };
