@@ -115,6 +115,11 @@ let ignoresToolsHits = 0;
 let offSchemaHits = 0;
 /** The bodies the recording server forwarded to the real remote. */
 const recordedBodies: Record<string, unknown>[] = [];
+/** The bodies the server that answers as Anthropic's thinking models do was sent. */
+const signedBodies: Record<string, unknown>[] = [];
+/** Anthropic's signature of the thinking block that server streams, and its redacted block's data. */
+const SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds";
+const REDACTED = "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP";
 /** The gated server's requests wait for this; and the client port each came from. */
 let gate = Promise.withResolvers<void>();
 const gatedPorts: number[] = [];
@@ -264,7 +269,74 @@ beforeAll(async () => {
         { status: 404, headers: { "Content-Type": "text/html" } },
       ),
   });
-  helpers.push(recording, limited, offSchema, gated, silent, keptAlive, ignoresTools, busy, whole, moved, webPage);
+  // No real mlx serve signs its thinking: as Anthropic's thinking models stream a tool call (the
+  // event sequence of its documentation), a signed thinking block and a redacted one before it.
+  const signing = Bun.serve({
+    port: 0,
+    async fetch(req) {
+      signedBodies.push((await req.json()) as Record<string, unknown>);
+      const events = [
+        {
+          type: "message_start",
+          message: {
+            id: "msg_1",
+            type: "message",
+            role: "assistant",
+            content: [],
+            model: "claude-sonnet-4-5",
+            stop_reason: null,
+            stop_sequence: null,
+            usage: { input_tokens: 40, output_tokens: 1 },
+          },
+        },
+        { type: "content_block_start", index: 0, content_block: { type: "thinking", thinking: "", signature: "" } },
+        {
+          type: "content_block_delta",
+          index: 0,
+          delta: { type: "thinking_delta", thinking: "The user wants Oslo's weather;" },
+        },
+        { type: "content_block_delta", index: 0, delta: { type: "thinking_delta", thinking: " the tool has it." } },
+        { type: "content_block_delta", index: 0, delta: { type: "signature_delta", signature: SIGNATURE } },
+        { type: "content_block_stop", index: 0 },
+        { type: "content_block_start", index: 1, content_block: { type: "redacted_thinking", data: REDACTED } },
+        { type: "content_block_stop", index: 1 },
+        {
+          type: "content_block_start",
+          index: 2,
+          content_block: { type: "tool_use", id: "toolu_01", name: "get_weather", input: {} },
+        },
+        {
+          type: "content_block_delta",
+          index: 2,
+          delta: { type: "input_json_delta", partial_json: '{"city": "Oslo"}' },
+        },
+        { type: "content_block_stop", index: 2 },
+        {
+          type: "message_delta",
+          delta: { stop_reason: "tool_use", stop_sequence: null },
+          usage: { output_tokens: 30 },
+        },
+        { type: "message_stop" },
+      ];
+      return new Response(events.map((e) => `event: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`).join(""), {
+        headers: { "Content-Type": "text/event-stream" },
+      });
+    },
+  });
+  helpers.push(
+    signing,
+    recording,
+    limited,
+    offSchema,
+    gated,
+    silent,
+    keptAlive,
+    ignoresTools,
+    busy,
+    whole,
+    moved,
+    webPage,
+  );
   unreachable = freePort();
   unreachableRetried = freePort();
 
@@ -318,6 +390,11 @@ model = "${reasoned}"
 provider = "anthropic"
 base_url = "http://127.0.0.1:${recording.port}"
 model = "${tiny}"
+
+[models.rasigned]
+provider = "anthropic"
+base_url = "http://127.0.0.1:${signing.port}"
+model = "claude-sonnet-4-5"
 
 [models.rathinkrecorded]
 provider = "anthropic"
@@ -941,6 +1018,71 @@ test("an Anthropic client's signed and redacted thinking, and its cache_control 
     expect(recordedBodies).toHaveLength(1);
     expect(recordedBodies[0]).toMatchObject({ system, tools: [tool], messages, cache_control: { type: "ephemeral" } });
   }
+});
+
+test("an Anthropic provider's signed and redacted thinking reach the Anthropic client, which sends them back for the tool loop's next turn", async () => {
+  const tools: Anthropic.Tool[] = [
+    { name: "get_weather", input_schema: { type: "object", properties: { city: { type: "string" } } } },
+  ];
+  const ask: Anthropic.MessageParam[] = [{ role: "user", content: "Weather in Oslo?" }];
+  const request = {
+    model: "rasigned",
+    max_tokens: 2048,
+    thinking: { type: "enabled" as const, budget_tokens: 1024 },
+    tools,
+  };
+  const thinking = "The user wants Oslo's weather; the tool has it.";
+  // Before, the signature came empty and the redacted block not at all.
+  const expected = [
+    { type: "thinking", thinking, signature: SIGNATURE },
+    { type: "redacted_thinking", data: REDACTED },
+    { type: "tool_use", id: "toolu_01", name: "get_weather", input: { city: "Oslo" } },
+  ];
+  const whole = await anthropic.messages.create({ ...request, messages: ask });
+  expect(whole.content as unknown[]).toEqual(expected);
+  expect(whole.stop_reason).toBe("tool_use");
+  const stream = anthropic.messages.stream({ ...request, messages: ask });
+  const events: string[] = [];
+  stream.on("streamEvent", (e) =>
+    events.push(
+      e.type === "content_block_start"
+        ? `start:${e.content_block.type}`
+        : e.type === "content_block_delta"
+          ? e.delta.type
+          : e.type,
+    ),
+  );
+  const streamed = await stream.finalMessage();
+  expect(streamed.content as unknown[]).toEqual(expected);
+  expect(events.filter((e) => e !== "ping")).toEqual([
+    "message_start",
+    "start:thinking",
+    "thinking_delta",
+    "thinking_delta",
+    "signature_delta",
+    "content_block_stop",
+    "start:redacted_thinking",
+    "content_block_stop",
+    "start:tool_use",
+    "input_json_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+  ]);
+  // The next turn sends them back, unchanged, before the tool's result.
+  signedBodies.length = 0;
+  const result: Anthropic.ToolResultBlockParam = { type: "tool_result", tool_use_id: "toolu_01", content: "12 C" };
+  const next = [
+    ...ask,
+    { role: "assistant" as const, content: streamed.content },
+    { role: "user" as const, content: [result] },
+  ];
+  await anthropic.messages.create({ ...request, messages: next });
+  expect(signedBodies[0]!.messages).toEqual([
+    { role: "user", content: [{ type: "text", text: "Weather in Oslo?" }] },
+    { role: "assistant", content: expected },
+    { role: "user", content: [result] },
+  ]);
 });
 
 test("a JSON Schema's name and description reach an OpenAI-compatible provider, whose model reads them", async () => {

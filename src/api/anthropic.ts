@@ -431,7 +431,7 @@ export function anthropicUsage(promptTokens: number, outputTokens: number, cache
 }
 
 export type ContentBlock =
-  | { type: "thinking"; thinking: string; signature: string }
+  | ThinkingBlock
   | { type: "text"; text: string }
   | { type: "tool_use"; id: string; name: string; input: Record<string, unknown> };
 

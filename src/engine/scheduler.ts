@@ -11,6 +11,7 @@ import { StopMatcher } from "./stop";
 import { newSplitter, type ReasoningFormat, type TextSplitter } from "./reasoning";
 import { speculationOptions } from "./speculative";
 import type { AdaptiveTuner, TunerAdjustment } from "./tuner";
+import type { ThinkingBlock } from "./tools";
 import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
 import type { Adapter } from "../models/lora";
@@ -67,7 +68,15 @@ export type GenerationEvent =
    * Text that became final, the tokens that produced it, and their alternatives when asked;
    * a thinking model's reasoning comes apart from its answer (`text`).
    */
-  | { type: "text"; text: string; reasoning?: string; tokens: TokenLogprob[]; top?: TokenLogprob[][] }
+  | {
+      type: "text";
+      text: string;
+      reasoning?: string;
+      /** A remote provider's thinking block, closed (its reasoning came before): see RemoteEvent. */
+      thinkingBlock?: ThinkingBlock;
+      tokens: TokenLogprob[];
+      top?: TokenLogprob[][];
+    }
   /**
    * `stopSequence`: the stop string that ended the answer (Anthropic reports which); `stopToken`:
    * the stop token (of the request's stopTokenIds) that did (vLLM reports it as its stop_reason).

@@ -82,7 +82,9 @@ export const anthropicAdapter: ProviderAdapter = {
 
   async *events(stream: AsyncIterable<EventSourceMessage>): AsyncGenerator<RemoteEvent> {
     const calls: { id: string; name: string; json: string }[] = [];
-    const blockKinds = new Map<number, "text" | "tool">();
+    const blockKinds = new Map<number, "text" | "tool" | "thinking">();
+    // The open thinking block's text and signature, handed on whole at its end.
+    let thinking = { thinking: "", signature: "" };
     let usage: RemoteUsage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 };
     let stopReason: string | undefined;
     let stopSequence: string | undefined;
@@ -96,21 +98,39 @@ export const anthropicAdapter: ProviderAdapter = {
           break;
         }
         case "content_block_start": {
-          const block = event.content_block as { type: string; id?: string; name?: string };
+          const block = event.content_block as { type: string; id?: string; name?: string; data?: string };
           if (block.type === "tool_use") {
             blockKinds.set(event.index as number, "tool");
             calls.push({ id: block.id ?? `toolu_${crypto.randomUUID()}`, name: block.name ?? "", json: "" });
-          } else blockKinds.set(event.index as number, "text");
+          } else if (block.type === "thinking") {
+            blockKinds.set(event.index as number, "thinking");
+            thinking = { thinking: "", signature: "" };
+          } else if (block.type === "redacted_thinking")
+            yield { type: "thinking_block", block: { type: "redacted_thinking", data: block.data ?? "" } };
+          else blockKinds.set(event.index as number, "text");
           break;
         }
         case "content_block_delta": {
-          const delta = event.delta as { type: string; text?: string; thinking?: string; partial_json?: string };
+          const delta = event.delta as {
+            type: string;
+            text?: string;
+            thinking?: string;
+            partial_json?: string;
+            signature?: string;
+          };
           if (delta.type === "text_delta" && delta.text) yield { type: "text", text: delta.text };
-          else if (delta.type === "thinking_delta" && delta.thinking) yield { type: "reasoning", text: delta.thinking };
+          else if (delta.type === "thinking_delta" && delta.thinking) {
+            thinking.thinking += delta.thinking;
+            yield { type: "reasoning", text: delta.thinking };
+          } else if (delta.type === "signature_delta") thinking.signature += delta.signature ?? "";
           else if (delta.type === "input_json_delta" && blockKinds.get(event.index as number) === "tool")
             calls[calls.length - 1]!.json += delta.partial_json ?? "";
           break;
         }
+        case "content_block_stop":
+          if (blockKinds.get(event.index as number) === "thinking")
+            yield { type: "thinking_block", block: { type: "thinking", ...thinking } };
+          break;
         case "message_delta": {
           const delta = event.delta as { stop_reason?: string; stop_sequence?: string | null };
           stopReason = delta.stop_reason ?? stopReason;

@@ -62,6 +62,8 @@ export async function* streamRemoteCompletion(
           ...event.usage,
           completionTokens: event.usage.completionTokens || deltas,
         });
+      // Only a client that sends the conversation back has a use for a thinking block's signature.
+      if (event.type === "thinking_block") continue;
       firstAt ??= performance.now();
       if (event.text) deltas++;
       if (event.type === "reasoning") {

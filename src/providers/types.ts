@@ -5,7 +5,7 @@
 import { isJsonObject, parseExactJson } from "../exact-json";
 import type { EventSourceMessage } from "eventsource-parser/stream";
 import type { FormatInput, PromptInput, RequestHints, SamplingInput } from "../api/common";
-import type { ToolCall, ToolRequest } from "../engine/tools";
+import type { ThinkingBlock, ToolCall, ToolRequest } from "../engine/tools";
 import type { ThinkingRequest } from "../engine/reasoning";
 import type { AnswerControls } from "../engine/request";
 import type { RemoteModelConfig } from "./config";
@@ -40,6 +40,11 @@ export type RemoteEvent =
   | { type: "text"; text: string }
   /** A thinking model's reasoning, apart from its answer. */
   | { type: "reasoning"; text: string }
+  /**
+   * A thinking block the provider closed, its reasoning sent before: Anthropic's, with the
+   * signature it verifies when the block is sent back, or a redacted one (only its data).
+   */
+  | { type: "thinking_block"; block: ThinkingBlock }
   | {
       type: "done";
       finishReason: "stop" | "length";

@@ -125,9 +125,11 @@ export async function startRemoteGeneration(
         const event = next.value;
         // A delta a token, as `mlx chat` counts them: what a stream its client left generated
         // (its usage never comes), until the provider's usage says.
-        if (event.type !== "done" && event.text) completionTokens++;
+        if ((event.type === "text" || event.type === "reasoning") && event.text) completionTokens++;
         if (event.type === "text") yield { type: "text", text: event.text, tokens: [] };
         else if (event.type === "reasoning") yield { type: "text", text: "", reasoning: event.text, tokens: [] };
+        else if (event.type === "thinking_block")
+          yield { type: "text", text: "", thinkingBlock: event.block, tokens: [] };
         else {
           providerOutcome = "ok";
           if (event.calls.length > 0)

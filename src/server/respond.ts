@@ -5,6 +5,7 @@
 // message) or a client that went away (nothing more to say), and the outcome reaches /metrics
 // exactly once.
 import type { GenerationEvent, TokenLogprob } from "../engine/scheduler";
+import type { ThinkingBlock } from "../engine/tools";
 import { toApiError, type ApiError } from "./errors";
 import type { Generation } from "./generation";
 
@@ -15,6 +16,8 @@ export interface Collected {
   text: string;
   /** A thinking model's reasoning, apart from its answer ("" when none). */
   reasoning: string;
+  /** A remote provider's closed thinking blocks, signed or redacted (an Anthropic provider's). */
+  thinkingBlocks: ThinkingBlock[];
   tokens: TokenLogprob[];
   /** Alternatives per token, when they were asked for. */
   top: TokenLogprob[][];
@@ -25,6 +28,7 @@ export interface Collected {
 export async function collectGeneration(gen: Generation): Promise<Collected | undefined> {
   let text = "";
   let reasoning = "";
+  const thinkingBlocks: ThinkingBlock[] = [];
   const tokens: TokenLogprob[] = [];
   const top: TokenLogprob[][] = [];
   let outcome = "error";
@@ -34,6 +38,7 @@ export async function collectGeneration(gen: Generation): Promise<Collected | un
       if (event.type === "text") {
         text += event.text;
         reasoning += event.reasoning ?? "";
+        if (event.thinkingBlock) thinkingBlocks.push(event.thinkingBlock);
         tokens.push(...event.tokens);
         if (event.top) top.push(...event.top);
       } else if (event.type === "error") throw event.error;
@@ -47,7 +52,7 @@ export async function collectGeneration(gen: Generation): Promise<Collected | un
       return undefined;
     }
     outcome = done.finishReason;
-    return { text, reasoning, tokens, top, done };
+    return { text, reasoning, thinkingBlocks, tokens, top, done };
   } finally {
     gen.finish(outcome, done?.usage);
   }

@@ -12,7 +12,7 @@ import {
 } from "../../api/anthropic";
 import { readJson } from "../../api/validate";
 import { countPromptTokens } from "../../engine/request";
-import { ToolCallStream } from "../../engine/tools";
+import { ToolCallStream, type ThinkingBlock } from "../../engine/tools";
 import { errorBody } from "../errors";
 import {
   holdModel,
@@ -96,11 +96,18 @@ async function whole(
 ): Promise<Response> {
   const result = await collectGeneration(gen);
   if (!result) return new Response(null, { status: 499 }); // the client is gone
-  const { text, reasoning, done } = result;
+  const { text, reasoning, thinkingBlocks, done } = result;
   const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
+  // An Anthropic provider's blocks as it signed them (the client sends them back to be verified);
+  // else no signature: a local model's reasoning has nothing to verify.
+  const thinking: ContentBlock[] =
+    thinkingBlocks.length > 0
+      ? thinkingBlocks.map((b) => (b.type === "thinking" && omitThinking ? { ...b, thinking: "" } : b))
+      : reasoning
+        ? [{ type: "thinking", thinking: omitThinking ? "" : reasoning, signature: "" }]
+        : [];
   const blocks: ContentBlock[] = [
-    // No signature: a local model's reasoning has nothing to verify.
-    ...(reasoning ? [{ type: "thinking" as const, thinking: omitThinking ? "" : reasoning, signature: "" }] : []),
+    ...thinking,
     ...(content || calls.length === 0 ? [{ type: "text" as const, text: content }] : []),
     ...calls.map(toolUseBlock),
   ];
@@ -132,9 +139,10 @@ function streamed(
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   let index = 0;
   let open: "thinking" | "text" | undefined;
-  const closeBlock = (send: Send) => {
+  // A thinking block ends with its signature: an Anthropic provider's, else none (a local model's).
+  const closeBlock = (send: Send, signature = "") => {
     if (open === "thinking")
-      send(namedEvent({ type: "content_block_delta", index, delta: { type: "signature_delta", signature: "" } }));
+      send(namedEvent({ type: "content_block_delta", index, delta: { type: "signature_delta", signature } }));
     send(namedEvent({ type: "content_block_stop", index }));
     open = undefined;
     index++;
@@ -158,6 +166,19 @@ function streamed(
     if (!omitThinking)
       send(namedEvent({ type: "content_block_delta", index, delta: { type: "thinking_delta", thinking } }));
   };
+  // An Anthropic provider's thinking block, its reasoning sent as it came: closed with its
+  // signature, or (redacted) a block of its own.
+  const sendThinkingBlock = (block: ThinkingBlock | undefined, send: Send) => {
+    if (block?.type === "thinking") {
+      openBlock("thinking", send);
+      closeBlock(send, block.signature);
+    } else if (block) {
+      if (open) closeBlock(send);
+      send(namedEvent({ type: "content_block_start", index, content_block: block }));
+      send(namedEvent({ type: "content_block_stop", index }));
+      index++;
+    }
+  };
   const body = generationStream(
     gen,
     {
@@ -174,6 +195,7 @@ function streamed(
       },
       text: (e, send) => {
         sendThinking(e.reasoning, send);
+        sendThinkingBlock(e.thinkingBlock, send);
         sendText(toolCalls ? toolCalls.push(e.text) : e.text, send);
       },
       done: (e, send) => {
