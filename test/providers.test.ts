@@ -269,8 +269,9 @@ beforeAll(async () => {
         { status: 404, headers: { "Content-Type": "text/html" } },
       ),
   });
-  // No real mlx serve signs its thinking: as Anthropic's thinking models stream a tool call (the
-  // event sequence of its documentation), a signed thinking block and a redacted one before it.
+  // No real mlx serve signs its thinking, nor writes a prompt cache apart: as Anthropic's thinking
+  // models stream a tool call (the event sequence of its documentation), a signed thinking block
+  // and a redacted one before it, its prompt's first 1,500 tokens written to its cache.
   const signing = Bun.serve({
     port: 0,
     async fetch(req) {
@@ -286,7 +287,12 @@ beforeAll(async () => {
             model: "claude-sonnet-4-5",
             stop_reason: null,
             stop_sequence: null,
-            usage: { input_tokens: 40, output_tokens: 1 },
+            usage: {
+              input_tokens: 40,
+              cache_creation_input_tokens: 1500,
+              cache_read_input_tokens: 0,
+              output_tokens: 1,
+            },
           },
         },
         { type: "content_block_start", index: 0, content_block: { type: "thinking", thinking: "", signature: "" } },
@@ -1083,6 +1089,22 @@ test("an Anthropic provider's signed and redacted thinking reach the Anthropic c
     { role: "assistant", content: expected },
     { role: "user", content: [result] },
   ]);
+});
+
+test("the prompt tokens an Anthropic provider wrote to its cache count in the prompt, and an Anthropic client is told of them apart", async () => {
+  const tools: Anthropic.Tool[] = [{ name: "get_weather", input_schema: { type: "object" } }];
+  const ask = { model: "rasigned", max_tokens: 2048, tools, messages: [{ role: "user" as const, content: "Hi" }] };
+  // Before, the 1,500 tokens written were in neither.
+  const usage = { input_tokens: 40, cache_creation_input_tokens: 1500, cache_read_input_tokens: 0, output_tokens: 30 };
+  expect((await anthropic.messages.create(ask)).usage).toMatchObject(usage);
+  expect((await anthropic.messages.stream(ask).finalMessage()).usage).toMatchObject(usage);
+  const chat = await openai.chat.completions.create({
+    model: "rasigned",
+    max_tokens: 2048,
+    messages: [{ role: "user", content: "Hi" }],
+    tools: [{ type: "function", function: { name: "get_weather", parameters: { type: "object" } } }],
+  });
+  expect(chat.usage).toMatchObject({ prompt_tokens: 1540, completion_tokens: 30 });
 });
 
 test("a JSON Schema's name and description reach an OpenAI-compatible provider, whose model reads them", async () => {

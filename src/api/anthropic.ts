@@ -420,12 +420,20 @@ export interface AnthropicUsage {
   cache_read_input_tokens: number;
 }
 
-/** Anthropic counts cached prompt tokens apart: input_tokens are those prefilled now. */
-export function anthropicUsage(promptTokens: number, outputTokens: number, cachedTokens: number): AnthropicUsage {
+/**
+ * Anthropic counts cached prompt tokens apart: input_tokens are those prefilled now, less those
+ * written to the cache (only a remote Anthropic provider's cache reports writes).
+ */
+export function anthropicUsage(
+  promptTokens: number,
+  outputTokens: number,
+  cachedTokens: number,
+  cacheWriteTokens = 0,
+): AnthropicUsage {
   return {
-    input_tokens: promptTokens - cachedTokens,
+    input_tokens: promptTokens - cachedTokens - cacheWriteTokens,
     output_tokens: outputTokens,
-    cache_creation_input_tokens: 0,
+    cache_creation_input_tokens: cacheWriteTokens,
     cache_read_input_tokens: cachedTokens,
   };
 }

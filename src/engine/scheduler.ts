@@ -98,6 +98,8 @@ export interface GenerationUsage {
   reasoningTokens: number;
   /** Prompt tokens whose keys and values came from the prefix cache. */
   cachedTokens: number;
+  /** Prompt tokens a remote provider wrote to its prompt cache (Anthropic's cache_creation_input_tokens). */
+  cacheWriteTokens?: number;
   /** From submit to the start of prefill. */
   queueMs: number;
   timeToFirstTokenMs: number;

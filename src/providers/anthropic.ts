@@ -164,15 +164,21 @@ interface AnthropicUsage {
   input_tokens?: number;
   output_tokens?: number;
   cache_read_input_tokens?: number | null;
+  cache_creation_input_tokens?: number | null;
 }
 
-/** Anthropic counts cached prompt tokens apart from input_tokens; we report them as part of the prompt. */
+/**
+ * Anthropic counts the prompt tokens read from its cache and those written to it apart from
+ * input_tokens (the three add up to the prompt); we report both as part of the prompt.
+ */
 const readUsage = (u: AnthropicUsage, before: RemoteUsage): RemoteUsage => {
   const cached = u.cache_read_input_tokens ?? before.cachedTokens;
+  const written = u.cache_creation_input_tokens ?? before.cacheWriteTokens ?? 0;
   return {
-    promptTokens: u.input_tokens !== undefined ? u.input_tokens + cached : before.promptTokens,
+    promptTokens: u.input_tokens !== undefined ? u.input_tokens + cached + written : before.promptTokens,
     completionTokens: u.output_tokens ?? before.completionTokens,
     cachedTokens: cached,
+    cacheWriteTokens: written,
   };
 };
 

@@ -34,6 +34,8 @@ export interface RemoteUsage {
   completionTokens: number;
   /** Prompt tokens the provider served from its own cache. */
   cachedTokens: number;
+  /** Prompt tokens the provider wrote to its cache (Anthropic counts them apart, at their own price). */
+  cacheWriteTokens?: number;
 }
 
 export type RemoteEvent =

@@ -118,7 +118,7 @@ async function whole(
       content: blocks,
       stop_reason: stopReason(done.finishReason, calls.length, done.stopSequence, contextFull(u.completionTokens)),
       stop_sequence: calls.length === 0 ? (done.stopSequence ?? null) : null,
-      usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens),
+      usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens, u.cacheWriteTokens),
     },
     { headers: closedEarlyHeaders(gen) },
   );
@@ -223,7 +223,7 @@ function streamed(
           namedEvent({
             type: "message_delta",
             delta,
-            usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens),
+            usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens, u.cacheWriteTokens),
           }),
         );
         send(namedEvent({ type: "message_stop" }));
