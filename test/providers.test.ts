@@ -1107,6 +1107,23 @@ test("the prompt tokens an Anthropic provider wrote to its cache count in the pr
   expect(chat.usage).toMatchObject({ prompt_tokens: 1540, completion_tokens: 30 });
 });
 
+test("count_tokens for a model of an Anthropic provider is the provider's count; for an OpenAI-compatible one, a 400 saying why", async () => {
+  const direct = new Anthropic({ baseURL: `http://127.0.0.1:${remotePort}`, apiKey: "unused", maxRetries: 0 });
+  const tools: Anthropic.Tool[] = [
+    { name: "get_weather", input_schema: { type: "object", properties: { city: { type: "string" } } } },
+  ];
+  const ask = { system: "Be brief.", messages: [{ role: "user" as const, content: "Weather in Oslo?" }], tools };
+  const expected = await direct.messages.countTokens({ model: tiny, ...ask });
+  expect(expected.input_tokens).toBeGreaterThan(10);
+  // Before, a 400 for both: the model "has no weights to load or pull".
+  expect(await anthropic.messages.countTokens({ model: "ra", ...ask })).toEqual(expected);
+  const refused = await anthropic.messages.countTokens({ model: "ro", ...ask }).catch((e: unknown) => e);
+  expect(refused).toBeInstanceOf(Anthropic.BadRequestError);
+  expect((refused as InstanceType<typeof Anthropic.BadRequestError>).message).toMatch(
+    /model 'ro' is served by a remote openai provider \(http:\S+\), whose API counts no tokens apart from a generation/,
+  );
+});
+
 test("a JSON Schema's name and description reach an OpenAI-compatible provider, whose model reads them", async () => {
   const schema = { type: "object", properties: { n: { type: "integer" } }, required: ["n"] };
   const spec = { name: "count", description: "How many there are", schema, strict: true };

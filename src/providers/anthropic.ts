@@ -73,6 +73,12 @@ export const anthropicAdapter: ProviderAdapter = {
     };
   },
 
+  /** The prompt as a generation would send it: count_tokens takes that request's prompt fields. */
+  countTokensRequest(config, req) {
+    const { model, system, messages, tools, tool_choice, thinking } = anthropicAdapter.request(config, req).body;
+    return { path: "/v1/messages/count_tokens", body: { model, system, messages, tools, tool_choice, thinking } };
+  },
+
   headers: (apiKey) => ({
     "content-type": "application/json",
     accept: "text/event-stream",

@@ -9,7 +9,7 @@ import { setNewest } from "../bounded-map";
 import { retryAfterMs } from "../retry-after";
 import { compileAnswerSchema } from "../engine/json-schema";
 import { EventSourceParserStream, type EventSourceMessage } from "eventsource-parser/stream";
-import { ProviderError } from "../errors";
+import { ProviderError, UnsupportedError } from "../errors";
 import { checkJsonSchema } from "../engine/grammar";
 import { anthropicAdapter } from "./anthropic";
 import { Circuit } from "./circuit";
@@ -91,18 +91,64 @@ export class RemoteModel {
     }
   }
 
-  /** One request, retried while nothing has been handed on. */
-  async *#attempts(req: RemoteRequest, options: StreamOptions): AsyncGenerator<RemoteEvent> {
-    const { adapter, pool, circuit, limits, label } = this.provider;
-    const { path, body } = adapter.request(this.config, req);
-    const url = requestUrl(this.config.endpoint, path);
+  /**
+   * The request's prompt tokens as the provider counts them (Anthropic's count_tokens), in one
+   * attempt through the provider's pool and circuit; a provider whose API cannot count is a 400.
+   */
+  async countTokens(req: RemoteRequest, signal?: AbortSignal): Promise<number> {
+    const { adapter, pool, circuit, label } = this.provider;
+    if (!adapter.countTokensRequest)
+      throw new UnsupportedError(
+        `model '${this.config.name}' is served by a remote ${this.config.kind} provider (${this.config.baseUrl}), whose API counts no tokens apart from a generation`,
+        "model",
+      );
+    const { url, init } = this.#post(adapter.countTokensRequest(this.config, req));
+    circuit.admit();
+    const release = await pool.acquire(signal).catch((error: unknown) => {
+      circuit.abandoned();
+      throw error;
+    });
+    const connection = new AbortController();
+    const onClientAbort = () => connection.abort(signal?.reason);
+    signal?.addEventListener("abort", onClientAbort, { once: true });
+    try {
+      const response = await this.#connect(url, init, connection);
+      if (!response.ok) throw await statusFailure(response, adapter);
+      const count = ((await response.json()) as { input_tokens?: unknown }).input_tokens;
+      if (typeof count !== "number") throw new StreamFailure("its count_tokens answer has no input_tokens");
+      circuit.succeeded();
+      return count;
+    } catch (error) {
+      if (signal?.aborted) {
+        circuit.abandoned(); // the client went away: no verdict on the provider
+        throw error;
+      }
+      const failure = classify(error, label);
+      if (failure.unhealthy) circuit.failed(failure.reason);
+      else circuit.succeeded();
+      throw failure.error;
+    } finally {
+      signal?.removeEventListener("abort", onClientAbort);
+      release();
+    }
+  }
+
+  /** The URL and POST of a request to the provider, its API key in its headers. */
+  #post({ path, body }: { path: string; body: Record<string, unknown> }): { url: string; init: RequestInit } {
     const key = this.config.apiKeyEnv ? process.env[this.config.apiKeyEnv] : undefined;
     if (this.config.apiKeyEnv && !key)
       throw new ProviderError(
         `model '${this.config.name}' (${this.config.definedAt}): api_key_env names the environment variable ${this.config.apiKeyEnv}, which is ${key === "" ? "empty" : "not set"}`,
         "unavailable",
       );
-    const init = { method: "POST", headers: adapter.headers(key), body: JSON.stringify(body) };
+    const init = { method: "POST", headers: this.provider.adapter.headers(key), body: JSON.stringify(body) };
+    return { url: requestUrl(this.config.endpoint, path), init };
+  }
+
+  /** One request, retried while nothing has been handed on. */
+  async *#attempts(req: RemoteRequest, options: StreamOptions): AsyncGenerator<RemoteEvent> {
+    const { adapter, pool, circuit, limits, label } = this.provider;
+    const { url, init } = this.#post(adapter.request(this.config, req));
     for (let attempt = 0; ; attempt++) {
       circuit.admit();
       // A half-open circuit's trial that gets no connection (its client gone while it waited, or

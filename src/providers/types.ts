@@ -63,6 +63,8 @@ export interface ProviderAdapter {
   /** The path under base_url and the JSON body of a streamed request; throws UnsupportedError for what it cannot carry. */
   request(config: RemoteModelConfig, req: RemoteRequest): { path: string; body: Record<string, unknown> };
   headers(apiKey: string | undefined): Record<string, string>;
+  /** The path and JSON body that count a request's prompt tokens, where the provider's API can (Anthropic's count_tokens). */
+  countTokensRequest?(config: RemoteModelConfig, req: RemoteRequest): { path: string; body: Record<string, unknown> };
   /** The provider's server-sent events as ours; throws when the stream fails or ends before the answer. */
   events(stream: AsyncIterable<EventSourceMessage>): AsyncGenerator<RemoteEvent>;
   /** The provider's message in an error body (the body itself when it is not the provider's JSON). */

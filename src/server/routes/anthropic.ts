@@ -11,6 +11,7 @@ import {
   type ContentBlock,
 } from "../../api/anthropic";
 import { readJson } from "../../api/validate";
+import { remoteModel } from "../../providers";
 import { countPromptTokens } from "../../engine/request";
 import { ToolCallStream, type ThinkingBlock } from "../../engine/tools";
 import { errorBody } from "../errors";
@@ -38,6 +39,12 @@ export function anthropicRoutes(s: ServerState): Hono {
   r.post("/v1/messages/count_tokens", async (c) => {
     const req = parseCountTokensRequest(await readJson(c.req));
     const model = requestedModel(s.config, req.model);
+    // A remote model's provider counts its own tokens (Anthropic's count_tokens).
+    const remote = remoteModel(model);
+    if (remote) {
+      const count = { prompt: req.prompt, sampling: {}, tools: req.tools, thinking: req.thinking, format: req.format };
+      return c.json({ input_tokens: await remote.countTokens(count, c.req.raw.signal) });
+    }
     const lease = await holdModel(s, model, httpRequestBounds(s.config, c.req));
     try {
       const jsonOutput = req.format !== undefined;
