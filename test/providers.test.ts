@@ -1026,6 +1026,28 @@ test("an Anthropic client's signed and redacted thinking, and its cache_control 
   }
 });
 
+test("an Anthropic client's adaptive thinking and its display 'omitted' reach an Anthropic provider", async () => {
+  const sent = async (thinking: Anthropic.ThinkingConfigParam) => {
+    recordedBodies.length = 0;
+    const ask = { model: "rathinkrecorded", max_tokens: 8, messages: [{ role: "user" as const, content: "Hi" }] };
+    await anthropic.messages.create({ ...ask, thinking });
+    return recordedBodies[0]!.thinking;
+  };
+  // Before, "adaptive" was dropped (the provider's default, no thinking, instead), and so was the display.
+  expect(await sent({ type: "adaptive" })).toEqual({ type: "adaptive" });
+  expect(await sent({ type: "adaptive", display: "omitted" })).toEqual({ type: "adaptive", display: "omitted" });
+  expect(await sent({ type: "enabled", budget_tokens: 4, display: "omitted" })).toEqual({
+    type: "enabled",
+    budget_tokens: 4,
+    display: "omitted",
+  });
+  expect(await sent({ type: "enabled", budget_tokens: 4, display: "summarized" })).toEqual({
+    type: "enabled",
+    budget_tokens: 4,
+    display: "summarized",
+  });
+});
+
 test("an Anthropic provider's signed and redacted thinking reach the Anthropic client, which sends them back for the tool loop's next turn", async () => {
   const tools: Anthropic.Tool[] = [
     { name: "get_weather", input_schema: { type: "object", properties: { city: { type: "string" } } } },

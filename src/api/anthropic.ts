@@ -48,30 +48,32 @@ const MESSAGES_FIELDS = new Set([
 
 /**
  * `thinking`: {type: "enabled", budget_tokens} or {type: "disabled"}; absent or "adaptive" (the
- * model decides), the model's default.
+ * model decides), the model's default. "adaptive" and the display "omitted" are kept for an
+ * Anthropic provider, whose models take them.
  */
 function thinkingParam(f: Fields, maxTokens = Infinity): ThinkingRequest | undefined {
   const t = f.object("thinking");
   if (!t) return undefined;
   const type = t.string("type", { required: true });
-  if (type === "adaptive") return undefined;
+  const display = thinkingDisplay(f);
+  const shown = display ? { display } : {};
+  if (type === "adaptive") return { adaptive: true, param: "thinking", ...shown };
   if (type === "disabled") return { enabled: false, param: "thinking" };
   if (type !== "enabled") t.fail("type", `must be 'enabled', 'adaptive' or 'disabled'; got '${type}'`);
   // Anthropic asks for at least 1,024; small local models think in fewer, so any positive budget goes.
   const budget = t.integer("budget_tokens", { min: 1 }) ?? t.fail("budget_tokens", "is required");
   if (budget >= maxTokens) t.fail("budget_tokens", `must be less than max_tokens (${maxTokens})`);
-  return { enabled: true, budget, param: "thinking" };
+  return { enabled: true, budget, param: "thinking", ...shown };
 }
 
 /**
  * `thinking.display`: "summarized" (the default here: the reasoning whole, as no summary is
  * written) or "omitted", where Anthropic sends thinking blocks without their text.
  */
-function omitThinking(f: Fields): boolean {
+function thinkingDisplay(f: Fields): "summarized" | "omitted" | undefined {
   const display = f.object("thinking")?.string("display");
-  if (display !== undefined && display !== "summarized" && display !== "omitted")
-    f.object("thinking")!.fail("display", `must be 'summarized' or 'omitted'; got '${display}'`);
-  return display === "omitted";
+  if (display === undefined || display === "summarized" || display === "omitted") return display;
+  return f.object("thinking")!.fail("display", `must be 'summarized' or 'omitted'; got '${display}'`);
 }
 
 export function parseMessagesRequest(body: unknown): AnthropicRequest {
@@ -93,7 +95,7 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
   return {
     ...request,
     stream: f.boolean("stream") ?? false,
-    omitThinking: omitThinking(f),
+    omitThinking: thinkingDisplay(f) === "omitted",
     maxTokens,
     sampling: {
       temperature: f.number("temperature", { min: 0, max: 1 }),

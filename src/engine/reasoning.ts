@@ -35,6 +35,13 @@ export interface ThinkingRequest {
    * (gpt-oss's); "none" where the client named that effort (thinking is then off: `enabled`).
    */
   effort?: string;
+  /** Anthropic's thinking "adaptive" (the model decides, as a local model does unasked), for an Anthropic provider. */
+  adaptive?: boolean;
+  /**
+   * Anthropic's thinking display as the client asked: "summarized" or "omitted" (the reasoning's
+   * text withheld, its signature kept), for an Anthropic provider (whose default depends on the model).
+   */
+  display?: "summarized" | "omitted";
 }
 
 /**

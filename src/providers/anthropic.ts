@@ -189,13 +189,15 @@ const readUsage = (u: AnthropicUsage, before: RemoteUsage): RemoteUsage => {
 };
 
 /**
- * Thinking on (with its budget: Anthropic requires one, at least 1,024 tokens) or off; unset,
- * the provider's default.
+ * Thinking on (with its budget: Anthropic requires one, at least 1,024 tokens), adaptive (the
+ * model decides) or off, its text omitted where the client asked; unset, the provider's default.
  */
 function thinking(t: ThinkingRequest | undefined): Record<string, unknown> {
   if (t?.enabled === false) return { thinking: { type: "disabled" } };
+  const display = t?.display ? { display: t.display } : {};
+  if (t?.adaptive) return { thinking: { type: "adaptive", ...display } };
   if (t?.enabled === undefined && t?.budget === undefined) return {};
-  return { thinking: { type: "enabled", budget_tokens: t.budget ?? MIN_THINKING_BUDGET } };
+  return { thinking: { type: "enabled", budget_tokens: t.budget ?? MIN_THINKING_BUDGET, ...display } };
 }
 
 /** Anthropic's sampling: temperature, top_p and top_k; anything else set is a 400 naming it. */
