@@ -976,7 +976,7 @@ test("the end user, the prompt cache key and its retention a request names reach
   });
 });
 
-test("an Anthropic client's signed and redacted thinking, and its cache_control markers, reach an Anthropic provider unchanged", async () => {
+test("an Anthropic client's signed and redacted thinking, its cache_control markers and a failed tool's is_error reach an Anthropic provider unchanged", async () => {
   // As Anthropic answered turn 1 of a tool loop with extended thinking: it verifies the
   // signatures of the thinking blocks sent back before the tool result (before, each was dropped).
   const thinking = {
@@ -989,7 +989,8 @@ test("an Anthropic client's signed and redacted thinking, and its cache_control 
   const result = {
     type: "tool_result" as const,
     tool_use_id: "toolu_01",
-    content: "12 C, rain",
+    content: "Error: the weather service is down",
+    is_error: true,
     cache_control: { type: "ephemeral" as const, ttl: "1h" as const },
   };
   const tool = {

@@ -1,7 +1,15 @@
 // The Anthropic Messages API's request and response shapes (/v1/messages and
 // /v1/messages/count_tokens): the validation of requests, reduced to the same conversation,
 // sampling and tools as the other API families, and the builders of messages and usage.
-import type { ConversationMessage, ThinkingBlock, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
+import {
+  TOOL_ERROR_PREFIX,
+  type ConversationMessage,
+  type ThinkingBlock,
+  type ToolCall,
+  type ToolChoice,
+  type ToolRequest,
+  type ToolSpec,
+} from "../engine/tools";
 import type { FormatInput, PromptInput, RequestHints, SamplingInput, ThinkingRequest } from "./common";
 import { TEXT_PARTS_SEPARATOR } from "./common";
 import { MAX_TOOLS, toolResultName, toolSpec } from "./tools";
@@ -322,9 +330,11 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
     } else if (type === "tool_result" && role === "user") {
       const id = b.string("tool_use_id", { required: true, nonEmpty: true })!;
       const result = toolResultText(b);
+      const isError = b.boolean("is_error") ?? false;
       out.push({
         role: "tool",
-        content: b.boolean("is_error") ? `Error: ${result}` : result,
+        content: isError ? TOOL_ERROR_PREFIX + result : result,
+        ...(isError && { isError }),
         toolCallId: id,
         toolName: toolResultName([...earlier, ...out], id),
         ...(b.has("cache_control") && { cacheControl: cacheControl(b) }),

@@ -5,6 +5,7 @@ import type { EventSourceMessage } from "eventsource-parser/stream";
 import { UnsupportedError } from "../errors";
 import {
   pairToolResults,
+  TOOL_ERROR_PREFIX,
   type ConversationMessage,
   type ToolCall,
   type ToolRequest,
@@ -264,7 +265,7 @@ function messages(conversation: ConversationMessage[]): { role: string; content:
     const role = m.role === "assistant" ? "assistant" : "user";
     const blocks: Block[] =
       m.role === "tool"
-        ? [{ type: "tool_result", tool_use_id: m.toolCallId, content: m.content }]
+        ? [toolResult(m)]
         : [
             ...(m.thinkingBlocks ?? []),
             ...(m.content ? [{ type: "text", text: m.content }] : []),
@@ -276,6 +277,12 @@ function messages(conversation: ConversationMessage[]): { role: string; content:
     else turns.push({ role, content: blocks });
   }
   return turns;
+}
+
+/** A tool message as its tool_result block: a failed call's as is_error, its text as the client sent it. */
+function toolResult(m: ConversationMessage): Block {
+  const result = { type: "tool_result", tool_use_id: m.toolCallId, content: m.content };
+  return m.isError ? { ...result, content: m.content.slice(TOOL_ERROR_PREFIX.length), is_error: true } : result;
 }
 
 function tools(t: ToolRequest): Record<string, unknown> {

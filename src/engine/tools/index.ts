@@ -15,6 +15,7 @@ export {
 export { named, pairToolResults, templateInput } from "./prompt";
 export { ToolCallStream } from "./stream";
 export type { ConversationMessage, ThinkingBlock, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "./types";
+export { TOOL_ERROR_PREFIX } from "./types";
 
 /** The functions the model is told about on this turn (none when tool_choice is "none"). */
 export function offeredTools(request: ToolRequest | undefined): ToolSpec[] | undefined {

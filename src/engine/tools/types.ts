@@ -39,6 +39,11 @@ export interface ConversationMessage {
   toolCallId?: string;
   /** The function a tool message answers (looked up from the call when the client did not say). */
   toolName?: string;
+  /**
+   * A tool message that reports the call's failure (Anthropic's is_error): its content starts
+   * with TOOL_ERROR_PREFIX, which says so to a template (none has such a flag).
+   */
+  isError?: boolean;
   /** The reasoning before an assistant's answer, as the client sends it back (templates of models that think render it). */
   reasoning?: string;
   /** A participant's name (OpenAI's `name` on a system, user or assistant message): a template may render it. */
@@ -52,6 +57,9 @@ export interface ConversationMessage {
   /** Anthropic's `cache_control` on one of the message's blocks: a prompt-cache breakpoint an Anthropic provider is sent. */
   cacheControl?: Record<string, unknown>;
 }
+
+/** What a failed call's result starts with (isError), as templates read it. */
+export const TOOL_ERROR_PREFIX = "Error: ";
 
 /** A thinking block of Anthropic's: its text and signature, or only the encrypted data of a redacted one. */
 export type ThinkingBlock =
