@@ -271,12 +271,33 @@ beforeAll(async () => {
   });
   // No real mlx serve signs its thinking, nor writes a prompt cache apart: as Anthropic's thinking
   // models stream a tool call (the event sequence of its documentation), a signed thinking block
-  // and a redacted one before it, its prompt's first 1,500 tokens written to its cache.
+  // and a redacted one before it, its prompt's first 1,500 tokens written to its cache. Asked for
+  // the model "refusing", as Claude declines: some text, then stop_reason "refusal".
   const signing = Bun.serve({
     port: 0,
     async fetch(req) {
-      signedBodies.push((await req.json()) as Record<string, unknown>);
-      const events = [
+      const body = (await req.json()) as Record<string, unknown>;
+      signedBodies.push(body);
+      const start = {
+        type: "message_start",
+        message: {
+          id: "msg_2",
+          type: "message",
+          role: "assistant",
+          content: [],
+          model: body.model,
+          usage: { input_tokens: 9, output_tokens: 1 },
+        },
+      };
+      const refusal = [
+        start,
+        { type: "content_block_start", index: 0, content_block: { type: "text", text: "" } },
+        { type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "I can't help" } },
+        { type: "content_block_stop", index: 0 },
+        { type: "message_delta", delta: { stop_reason: "refusal", stop_sequence: null }, usage: { output_tokens: 4 } },
+        { type: "message_stop" },
+      ];
+      const answer = [
         {
           type: "message_start",
           message: {
@@ -324,6 +345,7 @@ beforeAll(async () => {
         },
         { type: "message_stop" },
       ];
+      const events = body.model === "refusing" ? refusal : answer;
       return new Response(events.map((e) => `event: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`).join(""), {
         headers: { "Content-Type": "text/event-stream" },
       });
@@ -396,6 +418,11 @@ model = "${reasoned}"
 provider = "anthropic"
 base_url = "http://127.0.0.1:${recording.port}"
 model = "${tiny}"
+
+[models.rarefusing]
+provider = "anthropic"
+base_url = "http://127.0.0.1:${signing.port}"
+model = "refusing"
 
 [models.rasigned]
 provider = "anthropic"
@@ -1112,6 +1139,14 @@ test("an Anthropic provider's signed and redacted thinking reach the Anthropic c
     { role: "assistant", content: expected },
     { role: "user", content: [result] },
   ]);
+});
+
+test("an Anthropic provider's refusal is stop_reason 'refusal' to the Anthropic client, whole and streamed", async () => {
+  const ask = { model: "rarefusing", max_tokens: 64, messages: [{ role: "user" as const, content: "Hi" }] };
+  // Before, "end_turn", as if the model had answered in full.
+  const whole = await anthropic.messages.create(ask);
+  expect(whole).toMatchObject({ stop_reason: "refusal", content: [{ type: "text", text: "I can't help" }] });
+  expect((await anthropic.messages.stream(ask).finalMessage()).stop_reason).toBe("refusal");
 });
 
 test("the prompt tokens an Anthropic provider wrote to its cache count in the prompt, and an Anthropic client is told of them apart", async () => {

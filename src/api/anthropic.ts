@@ -409,15 +409,26 @@ function toolRequest(f: Fields): ToolRequest | undefined {
 
 // ---- responses ----
 
-export type StopReason = "end_turn" | "max_tokens" | "stop_sequence" | "tool_use" | "model_context_window_exceeded";
+export type StopReason =
+  | "end_turn"
+  | "max_tokens"
+  | "stop_sequence"
+  | "tool_use"
+  | "model_context_window_exceeded"
+  | "refusal";
 
-/** `contextFull`: the answer ended short of max_tokens, where the model's context ran out. */
+/**
+ * `contextFull`: the answer ended short of max_tokens, where the model's context ran out;
+ * `refused`: a remote Anthropic provider's model declined to go on (its client must know).
+ */
 export function stopReason(
   finish: string,
   calls: number,
   stopSequence: string | undefined,
   contextFull: boolean,
+  refused = false,
 ): StopReason {
+  if (refused) return "refusal";
   // The budget first, as Anthropic says it: calls it cut short (closed early to stay valid) are
   // not ones to run. The context's end is not max_tokens's, which a client would raise in vain.
   if (finish === "length") return contextFull ? "model_context_window_exceeded" : "max_tokens";

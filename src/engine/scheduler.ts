@@ -88,6 +88,8 @@ export type GenerationEvent =
       tokenIds: number[];
       stopSequence?: string;
       stopToken?: number;
+      /** A remote provider's model declined to answer (Anthropic's stop_reason "refusal"). */
+      refused?: boolean;
     }
   | { type: "error"; error: Error };
 

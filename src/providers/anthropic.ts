@@ -160,6 +160,7 @@ export const anthropicAdapter: ProviderAdapter = {
       finishReason: stopReason === "max_tokens" || stopReason === "model_context_window_exceeded" ? "length" : "stop",
       calls: calls.map((c): ToolCall => ({ id: c.id, name: c.name, arguments: callArguments(c.json) })),
       stopSequence,
+      ...(stopReason === "refusal" && { refused: true }),
       usage,
     };
   },

@@ -55,6 +55,8 @@ export type RemoteEvent =
       stopSequence?: string;
       /** The stop token that ended it, as vLLM (and mlx serve) report one of stop_token_ids in stop_reason. */
       stopToken?: number;
+      /** The model declined to answer (Anthropic's stop_reason "refusal"): the text so far is all there is. */
+      refused?: boolean;
       usage: RemoteUsage;
     };
 

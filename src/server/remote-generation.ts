@@ -141,6 +141,7 @@ export async function startRemoteGeneration(
             finishReason: event.finishReason,
             stopSequence: event.stopSequence,
             stopToken: event.stopToken,
+            ...(event.refused && { refused: true }),
             tokenIds: [],
             usage: {
               ...event.usage,

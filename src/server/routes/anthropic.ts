@@ -123,7 +123,13 @@ async function whole(
     {
       ...meta,
       content: blocks,
-      stop_reason: stopReason(done.finishReason, calls.length, done.stopSequence, contextFull(u.completionTokens)),
+      stop_reason: stopReason(
+        done.finishReason,
+        calls.length,
+        done.stopSequence,
+        contextFull(u.completionTokens),
+        done.refused,
+      ),
       stop_sequence: calls.length === 0 ? (done.stopSequence ?? null) : null,
       usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens, u.cacheWriteTokens),
     },
@@ -223,7 +229,13 @@ function streamed(
         }
         const u = e.usage;
         const delta = {
-          stop_reason: stopReason(e.finishReason, calls.length, e.stopSequence, contextFull(u.completionTokens)),
+          stop_reason: stopReason(
+            e.finishReason,
+            calls.length,
+            e.stopSequence,
+            contextFull(u.completionTokens),
+            e.refused,
+          ),
           stop_sequence: calls.length === 0 ? (e.stopSequence ?? null) : null,
         };
         send(
