@@ -11,6 +11,7 @@ import { readHostfile } from "../src/cmd/launch-plan";
 import { defaultSplit, headLayers, layerRange, layerRoom, parseLayers, splitLayers } from "../src/engine/pipeline";
 import { readLayout } from "../src/models/layout";
 import { loadModel } from "../src/models/load";
+import { computesOnCpu } from "../src/engine/device";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner, mainScript } from "./helpers/cli";
 import {
@@ -335,7 +336,10 @@ describe("mlx launch -- serve", () => {
       expect(ps.models.map((m: { name: string }) => m.name)).toEqual(["plain"]);
       // The model's size as one process holds it, not rank 0's share of it.
       const whole = loadModel(tiny);
-      expect(ps.models[0]).toMatchObject({ size: whole.weightBytes, size_vram: whole.weightBytes });
+      expect(ps.models[0]).toMatchObject({
+        size: whole.weightBytes,
+        size_vram: computesOnCpu() ? 0 : whole.weightBytes,
+      });
       whole.free();
       // Ollama's unload (keep_alive 0, as `ollama stop` and `mlx stop` send it) leaves it loaded for
       // the server's life: it dropped out of /api/ps with its prefix cache, though every rank held it.

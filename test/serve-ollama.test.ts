@@ -15,6 +15,7 @@ import { readManifest } from "../src/store/manifest";
 import { blobPath } from "../src/store/paths";
 import { releaseModel } from "../src/store/in-use";
 import { parseKeepAlive, parseOllamaGenerate } from "../src/api/ollama";
+import { computesOnCpu } from "../src/engine/device";
 
 let server: RunningServer;
 let ollama: Ollama;
@@ -402,6 +403,14 @@ describe("Ollama chat and generate", () => {
       expect(new Date(loaded.expires_at).getUTCFullYear()).toBeGreaterThan(2200);
       expect((await fetch(`${server.url}/stats`)).status).toBe(200);
     }
+    await ollama.generate({ model, prompt: "", keep_alive: 0 });
+  });
+
+  test("ps gives the bytes in GPU memory as Ollama does: none where MLX computes on the CPU (ollama ps: 100% CPU)", async () => {
+    await ollama.generate({ model, prompt: "", keep_alive: -1 });
+    const loaded = (await ollama.ps()).models.find((m) => m.model === model)!;
+    expect(loaded.size).toBeGreaterThan(0);
+    expect(loaded.size_vram).toBe(computesOnCpu() ? 0 : loaded.size);
     await ollama.generate({ model, prompt: "", keep_alive: 0 });
   });
 

@@ -20,3 +20,6 @@ export const resetPeakMemory = (): void => mx.memory.resetPeakMemory();
 
 /** Returns the buffers MLX keeps for reuse to the system (e.g. between two benchmarked models). */
 export const clearMemoryCache = (): void => mx.memory.clearCache();
+
+/** Whether models compute on the CPU (MLX's default device), not a GPU. */
+export const computesOnCpu = (): boolean => mx.defaultDeviceIsCpu();

@@ -43,6 +43,7 @@ import { readDirectoryConfig, withModelErrors } from "../../models/load";
 import { ggufPoolingKey, isSentenceTransformersModel } from "../../models/pooling";
 import { Tokenizer } from "../../tokenizer/tokenizer";
 import { wholeModelBytes } from "../../models/layout";
+import { computesOnCpu } from "../../engine/device";
 
 type Kind = "chat" | "generate";
 
@@ -164,7 +165,9 @@ export function ollamaRoutes(s: ServerState): Hono {
               ? new Date("2318-01-01T00:00:00Z")
               : new Date(Date.now() + (e.active > 0 ? e.keepAliveMs : 0)))
           ).toISOString(),
-          size_vram: wholeModelBytes(e.lm),
+          // The bytes in GPU memory, from which `ollama ps` tells "100% GPU" from "100% CPU": none
+          // where MLX computes on the CPU (the mlx-cpu backend); all of it on a GPU (Apple's unified memory included).
+          size_vram: computesOnCpu() ? 0 : wholeModelBytes(e.lm),
           // What requests to the name it is listed by get: a made model's num_ctx, not the files' context.
           context_length: servedContextLength(e.name, e.lm),
         };
