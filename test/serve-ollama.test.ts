@@ -406,6 +406,56 @@ describe("Ollama chat and generate", () => {
     await ollama.generate({ model, prompt: "", keep_alive: 0 });
   });
 
+  test("suffix fills in the middle around the model's FIM tokens (no template); a model without them is a 400 saying so", async () => {
+    // StarCoder's FIM tokens in place of three of SmolLM2's added tokens (its vocabulary is of StarCoder's line).
+    const coder = join(mkdtempSync(join(tmpdir(), "mlx-fim-")), "coder");
+    writeTinyModel(coder, { contextLength: 256 });
+    const tokenizerPath = join(coder, "tokenizer.json");
+    const tokenizer = JSON.parse(readFileSync(tokenizerPath, "utf8"));
+    const fim = { 3: "<fim_prefix>", 4: "<fim_suffix>", 5: "<fim_middle>" } as Record<number, string>;
+    for (const added of tokenizer.added_tokens)
+      if (fim[added.id]) {
+        delete tokenizer.model.vocab[added.content];
+        added.content = fim[added.id];
+        tokenizer.model.vocab[added.content] = added.id;
+      }
+    writeFileSync(tokenizerPath, JSON.stringify(tokenizer));
+    const prefix = "def add(a, b):\n    ";
+    const suffix = "\n    return c\n";
+    const ids = async (content: string) =>
+      (await post(`${server.url}/tokenize`, { model: coder, content, add_special: false })).json.tokens;
+    const expected = [3, ...(await ids(prefix)), 4, ...(await ids(suffix)), 5];
+    const options = { temperature: 0, num_predict: 3 };
+    // The system prompt and the chat template play no part, raw or not (Ollama's code models' templates leave them out).
+    for (const raw of [false, true]) {
+      const whole = await ollama.generate({
+        model: coder,
+        prompt: prefix,
+        suffix,
+        raw,
+        system: "Be brief.",
+        stream: false,
+        options,
+      });
+      expect(whole.context!.slice(0, whole.prompt_eval_count)).toEqual(expected);
+      expect(whole.eval_count).toBe(3);
+    }
+    const parts: GenerateResponse[] = [];
+    for await (const part of await ollama.generate({ model: coder, prompt: prefix, suffix, stream: true, options }))
+      parts.push(part);
+    expect(parts.at(-1)!.context!.slice(0, parts.at(-1)!.prompt_eval_count)).toEqual(expected);
+    // The code starts at the answer: an empty prompt is no load request when a suffix is given.
+    const atStart = await ollama.generate({ model: coder, prompt: "", suffix, stream: false, options });
+    expect(atStart.done_reason).not.toBe("load");
+    expect(atStart.context!.slice(0, atStart.prompt_eval_count)).toEqual([3, 4, ...(await ids(suffix)), 5]);
+    // /api/show names it as Ollama names a model that takes a suffix.
+    expect((await ollama.show({ model: coder })).capabilities).toContain("insert");
+    expect((await ollama.show({ model })).capabilities).not.toContain("insert");
+    const refused = await post(`${server.url}/api/generate`, { model, prompt: "def f(", suffix: "\n", stream: false });
+    expect(refused.status).toBe(400);
+    expect(refused.json.error).toStartWith("this model cannot fill in the middle (its vocabulary has no FIM tokens");
+  });
+
   test("ps gives the bytes in GPU memory as Ollama does: none where MLX computes on the CPU (ollama ps: 100% CPU)", async () => {
     await ollama.generate({ model, prompt: "", keep_alive: -1 });
     const loaded = (await ollama.ps()).models.find((m) => m.model === model)!;

@@ -46,8 +46,8 @@ export const ollamaDefaults = {
 const ROLES = new Set(["system", "user", "assistant", "tool"]);
 
 // The fields each endpoint reads, besides Ollama's option names (read as options); any other is a
-// 400 naming it. Those refused with their own message (images, suffix, template, tools on
-// /api/generate) are listed so it is the one given.
+// 400 naming it. Those refused with their own message (images, template, tools on /api/generate)
+// are listed so it is the one given.
 const COMMON_FIELDS = [
   "model",
   "format",
@@ -324,13 +324,16 @@ export function parseOllamaGenerate(body: unknown): OllamaRequest {
   const f = Fields.of(body);
   refuseMisplacedOptions(f);
   f.onlyKnown([...GENERATE_FIELDS, ...OPTIONS]);
-  if (f.string("suffix")) throw unsupported("suffix");
   if (f.string("template")) throw unsupported("template", "a request 'template'");
   const images = f.array("images");
   if (images && images.length > 0) throw imagesRefused("images");
   const prompt = f.string("prompt") ?? "";
   const system = f.string("system");
   const raw = f.boolean("raw") ?? false;
+  // Fill-in-the-middle: the prompt is the code before the answer, the suffix the code after it,
+  // both given to the model around its FIM tokens (as Ollama's code models' templates put them),
+  // raw or not, with no system prompt; an empty prompt is code that starts there.
+  const suffix = f.string("suffix") || undefined;
   const context = f.array("context");
   context?.forEach((t, i) => {
     if (!Number.isInteger(t) || (t as number) < 0)
@@ -340,7 +343,12 @@ export function parseOllamaGenerate(body: unknown): OllamaRequest {
   const c = common(f);
   return {
     ...c,
-    prompt: prompt ? { kind: "text", text: prompt, template: !raw, system } : undefined,
+    prompt:
+      suffix !== undefined
+        ? { kind: "text", text: prompt, template: false, suffix }
+        : prompt
+          ? { kind: "text", text: prompt, template: !raw, system }
+          : undefined,
     context: context as number[] | undefined,
   };
 }

@@ -7,6 +7,7 @@ import { BudgetError } from "./budget/steering";
 import type { LoadedModel } from "../models/load";
 import { TemplateParseError, TemplateRaisedError, TemplateTypeError } from "../tokenizer/python-jinja";
 import type { Tokenizer } from "../tokenizer/tokenizer";
+import { fimPrompt, fimTokens } from "../tokenizer/fim";
 import {
   createJsonConstraint,
   createPatternConstraint,
@@ -60,7 +61,8 @@ export type PromptInput =
    * `param`: the request's field that holds the messages, in its errors (default messages; Responses' input).
    */
   | { kind: "chat"; messages: ConversationMessage[]; continueFinal?: boolean; param?: string }
-  | { kind: "text"; text: string; template: boolean; system?: string }
+  /** `suffix`: the text after the one to write (fill-in-the-middle, with the model's FIM tokens; no template). */
+  | { kind: "text"; text: string; template: boolean; system?: string; suffix?: string }
   | { kind: "ids"; ids: number[] };
 
 /** The request's field that holds the prompt, in its errors. */
@@ -540,6 +542,8 @@ function promptTextOf(
 ): { text: string; addSpecialTokens: boolean } {
   switch (prompt.kind) {
     case "text":
+      if (prompt.suffix !== undefined)
+        return { text: fillInTheMiddle(tokenizer, prompt.text, prompt.suffix), addSpecialTokens: true };
       if (prompt.template && tokenizer.chatTemplate)
         return withTemplateErrors(() =>
           promptText(tokenizer, prompt.text, { system: prompt.system, extra: templateVars }),
@@ -561,6 +565,17 @@ function promptTextOf(
         return { text, addSpecialTokens: false };
       }, promptParam(prompt));
   }
+}
+
+/** The prompt that asks the model for the text between `prefix` and `suffix`: a 400 for a model without FIM tokens. */
+function fillInTheMiddle(tokenizer: Tokenizer, prefix: string, suffix: string): string {
+  const tokens = fimTokens((token) => tokenizer.isAddedToken(token));
+  if (!tokens)
+    throw new UnsupportedError(
+      "this model cannot fill in the middle (its vocabulary has no FIM tokens such as <|fim_prefix|>): 'suffix' needs a code model that has them (Qwen2.5-Coder, StarCoder2, DeepSeek-Coder, CodeGemma)",
+      "suffix",
+    );
+  return fimPrompt(tokens, prefix, suffix);
 }
 
 /**

@@ -45,8 +45,12 @@ export const openaiAdapter: ProviderAdapter = {
         `model '${config.name}' is remote: a prompt of token ids cannot be sent to it`,
         "prompt",
       );
+    // A fill-in-the-middle prompt's suffix as OpenAI's completions take it (a provider without FIM refuses it, naming it).
     if (prompt.kind === "text" && !prompt.template)
-      return { path: "/completions", body: { ...common, prompt: prompt.text } };
+      return {
+        path: "/completions",
+        body: { ...common, prompt: prompt.text, ...(prompt.suffix === undefined ? {} : { suffix: prompt.suffix }) },
+      };
     const messages =
       prompt.kind === "chat"
         ? pairToolResults(prompt.messages).map(chatMessage)

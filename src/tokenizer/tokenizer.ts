@@ -266,6 +266,12 @@ export class Tokenizer {
     return token === undefined ? undefined : this.hf.token_to_id(token);
   }
 
+  /** Whether `token` is one the tokenizer reads whole out of any text (an added token, as a FIM or chat marker). */
+  isAddedToken(token: string): boolean {
+    const id = this.tokenToId(token);
+    return id !== undefined && this.addedIds.has(id);
+  }
+
   isSpecial(id: number): boolean {
     return this.specialIds.has(id);
   }

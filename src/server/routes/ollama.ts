@@ -42,6 +42,7 @@ import { ggufParameterCount, readGGUFHeader, type GGUFHeader } from "../../model
 import { readDirectoryConfig, withModelErrors } from "../../models/load";
 import { ggufPoolingKey, isSentenceTransformersModel } from "../../models/pooling";
 import { Tokenizer } from "../../tokenizer/tokenizer";
+import { fimTokens } from "../../tokenizer/fim";
 import { wholeModelBytes } from "../../models/layout";
 import { computesOnCpu } from "../../engine/device";
 
@@ -300,6 +301,8 @@ interface ModelFacts {
   template: string;
   /** Made for embeddings: a sentence-transformers directory, or a GGUF naming its pooling. */
   embedding: boolean;
+  /** Fills in the middle (its vocabulary has FIM tokens): /api/generate takes a `suffix`. */
+  insert: boolean;
   modelInfo: Record<string, unknown>;
   tensors?: { name: string; type: string; shape: number[] }[];
 }
@@ -351,6 +354,8 @@ function showModel(
       : [
           "completion",
           ...(facts.template ? ["chat", "tools"] : []),
+          // Ollama's name for a model that takes /api/generate's suffix.
+          ...(facts.insert ? ["insert"] : []),
           ...(thinkingTemplate(facts.template).thinks ? ["thinking"] : []),
         ],
     modified_at: stored ? (stored.lastUsedAt ?? stored.createdAt) : statSync(path).mtime.toISOString(),
@@ -409,6 +414,9 @@ function ggufFacts({ metadata, tensors }: GGUFHeader): ModelFacts {
     quantization: "",
     template: text("tokenizer.chat_template"),
     embedding: metadata.has(ggufPoolingKey(metadata)),
+    // Its vocabulary is not in the header read here (only the arrays' lengths): not told, though a
+    // request's suffix finds the FIM tokens all the same.
+    insert: false,
     modelInfo,
     tensors: tensors.map((t) => ({ name: t.name, type: t.type, shape: t.dims })),
   };
@@ -419,13 +427,15 @@ function directoryFacts(dir: string): ModelFacts {
   const config = readDirectoryConfig(dir);
   const arch = config.modelType;
   const count = parameterCount(config);
+  const tokenizer = Tokenizer.fromDirectory(dir);
   return {
     format: "mlx",
     family: arch,
     parameterCount: count,
     quantization: config.quantization ? `${config.quantization.bits}-bit` : "",
-    template: Tokenizer.fromDirectory(dir).chatTemplate ?? "",
+    template: tokenizer.chatTemplate ?? "",
     embedding: isSentenceTransformersModel(dir),
+    insert: fimTokens((token) => tokenizer.isAddedToken(token)) !== undefined,
     modelInfo: {
       "general.architecture": arch,
       "general.parameter_count": count,
