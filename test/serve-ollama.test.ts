@@ -531,6 +531,17 @@ describe("Ollama model management", () => {
     }
   });
 
+  test("a blob upload (ollama create's, ollama-python's create_blob) is a 501 saying what to give create instead", async () => {
+    const blob = `${server.url}/api/blobs/sha256:${"0".repeat(64)}`;
+    // The check before it finds no such blob, as Ollama answers for one it lacks.
+    expect((await fetch(blob, { method: "HEAD" })).status).toBe(404);
+    const upload = await fetch(blob, { method: "POST", body: "GGUF" });
+    expect(upload.status).toBe(501);
+    expect(((await upload.json()) as { error: string }).error).toStartWith(
+      "/api/blobs is not implemented by this server, which keeps no uploaded files: create a model 'from'",
+    );
+  });
+
   test("OpenAI's name for a setting, sent beside 'options', is a 400 naming the option Ollama reads", async () => {
     for (const [path, field] of [
       ["/api/chat", "max_output_tokens"],

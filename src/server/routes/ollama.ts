@@ -209,6 +209,18 @@ export function ollamaRoutes(s: ServerState): Hono {
       );
     });
   }
+  // Where Ollama's CLI and ollama-python's create_blob upload a local file (after a HEAD, which
+  // finds none here: a 404) for /api/create to name by digest: this server keeps no uploads, so
+  // the upload is refused saying what to give instead (it was a bare "no route").
+  r.post("/api/blobs/:digest", () => {
+    throw new ApiError(
+      501,
+      "/api/blobs is not implemented by this server, which keeps no uploaded files: create a model 'from' a stored model, an alias or a path on the server's disk (or run mlx create -f Modelfile there)",
+      "invalid_request_error",
+      null,
+      "not_implemented",
+    );
+  });
   return r;
 }
 
