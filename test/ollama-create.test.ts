@@ -92,6 +92,7 @@ describe("POST /api/create", () => {
 
     const shown = await ollama.show({ model: "pirate" });
     expect(shown.system).toBe(SYSTEM);
+    expect(shown.messages).toEqual(turns);
     expect(shown.license).toBe("MIT");
     expect(shown.parameters).toMatch(/^temperature +0\.5$/m);
     expect(shown.parameters).toMatch(/^top_k +7$/m);

@@ -348,6 +348,8 @@ function showModel(
     parameters: values.map(([name, value]) => `${name.padEnd(30)} ${ollamaParameterText(value)}`).join("\n"),
     // The alias's system prompt (models.toml's system), as Ollama shows a Modelfile's SYSTEM.
     ...(system === undefined ? {} : { system }),
+    // Its turns before every prompt (models.toml's messages), as Ollama shows a Modelfile's MESSAGEs.
+    ...(messages.length === 0 ? {} : { messages: messages.map(({ role, content }) => ({ role, content })) }),
     template: facts.template,
     details: ollamaDetails(
       facts.format,
