@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
+import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
 import { readGGUFHeader } from "../src/models/gguf-header";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { readManifest } from "../src/store/manifest";
@@ -454,6 +455,28 @@ describe("Ollama chat and generate", () => {
     const refused = await post(`${server.url}/api/generate`, { model, prompt: "def f(", suffix: "\n", stream: false });
     expect(refused.status).toBe(400);
     expect(refused.json.error).toStartWith("this model cannot fill in the middle (its vocabulary has no FIM tokens");
+  });
+
+  test("a GGUF whose vocabulary has FIM tokens: show lists 'insert' (from its header), and suffix fills in the middle", async () => {
+    const { metadata, tensors } = tinyLlamaGGUF({ hidden: 64, heads: 4, kvHeads: 2, ffn: 128, layers: 1, type: "F32" });
+    const tokens = [...(metadata["tokenizer.ggml.tokens"] as string[])];
+    // Qwen2.5-Coder's FIM tokens in place of three of SmolLM2's control tokens.
+    tokens.splice(3, 3, "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>");
+    const coder = join(mkdtempSync(join(tmpdir(), "mlx-fim-")), "coder.gguf");
+    writeGGUF(coder, { ...metadata, "tokenizer.ggml.tokens": tokens }, tensors);
+    expect((await ollama.show({ model: coder })).capabilities).toContain("insert");
+    const suffix = "\n    return c\n";
+    const ids = async (content: string) =>
+      (await post(`${server.url}/tokenize`, { model: coder, content, add_special: false })).json.tokens;
+    const r = await ollama.generate({ model: coder, prompt: "def f(", suffix, stream: false, options: greedy });
+    expect(r.context!.slice(0, r.prompt_eval_count)).toEqual([
+      3,
+      ...(await ids("def f(")),
+      4,
+      ...(await ids(suffix)),
+      5,
+    ]);
+    await ollama.generate({ model: coder, prompt: "", keep_alive: 0 });
   });
 
   test("ps gives the bytes in GPU memory as Ollama does: none where MLX computes on the CPU (ollama ps: 100% CPU)", async () => {

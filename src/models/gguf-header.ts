@@ -54,6 +54,7 @@ export const nativeTensorTypes = new Set(["F32", "F16", "BF16", "Q4_0", "Q4_1", 
 // GGUF metadata value types the header walk looks out for (see readGGUFHeader).
 const UINT32 = 4;
 const ARRAY = 9;
+const STRING = 8;
 const FLOAT64 = 12;
 
 // Sizes of GGUF metadata value types (8 = string, 9 = array are variable).
@@ -85,6 +86,8 @@ export interface GGUFHeader {
   split?: { index: number; count: number };
   /** The metadata's single values (numbers, strings, booleans), and each array's length. */
   metadata: Map<string, GGUFValue>;
+  /** The arrays of strings asked for by key (readGGUFHeader's `stringArrays`), read whole. */
+  stringArrays: Map<string, string[]>;
 }
 
 export type GGUFValue = number | string | boolean | { arrayLength: number };
@@ -192,6 +195,12 @@ function skipElement(c: Cursor, type: number): void {
   throw new GGUFFormatError(`unknown metadata value type ${type} at offset ${c.position}`);
 }
 
+/** An array of strings, read whole. */
+function readStringArray(c: Cursor): string[] {
+  c.u32(); // the element type, a string's
+  return Array.from({ length: c.u64() }, () => c.string());
+}
+
 /** Steps over an array value, returning its length. */
 function skipArray(c: Cursor): number {
   const elementType = c.u32();
@@ -208,8 +217,12 @@ export const ggufParameterCount = (tensors: GGUFTensorInfo[]) =>
 const isSupportedVersion = (version: number) => version === 2 || version === 3;
 const isPowerOfTwo = (n: number) => n > 0 && (n & (n - 1)) === 0;
 
-/** Reads the header, checking that every tensor lies inside the file; throws a clear error otherwise. */
-export function readGGUFHeader(path: string): GGUFHeader {
+/**
+ * Reads the header, checking that every tensor lies inside the file; throws a clear error otherwise.
+ * Arrays are stepped over (their lengths kept) but for the arrays of strings `stringArrays` names
+ * (a vocabulary: tokenizer.ggml.tokens), which are read whole.
+ */
+export function readGGUFHeader(path: string, { stringArrays = [] }: { stringArrays?: string[] } = {}): GGUFHeader {
   const fd = openSync(path, "r");
   try {
     const c = new Cursor(fd, fstatSync(fd).size);
@@ -230,6 +243,7 @@ export function readGGUFHeader(path: string): GGUFHeader {
         `invalid GGUF header: ${tensorCount} tensors and ${kvCount} metadata entries cannot fit in a file of ${c.size} bytes`,
       );
     const metadata = new Map<string, GGUFValue>();
+    const strings = new Map<string, string[]>();
     for (let i = 0; i < kvCount; i++) {
       const key = c.string();
       // MLX's reader keeps one of the two and llama.cpp refuses the file: which value counts is not the file's to say.
@@ -244,7 +258,11 @@ export function readGGUFHeader(path: string): GGUFHeader {
         throw new GGUFFormatError(
           `metadata key '${key}' holds float64 values, which MLX's GGUF reader cannot read (it crashes the process)`,
         );
-      metadata.set(key, readValue(c, type));
+      if (type === ARRAY && c.peekU32() === STRING && stringArrays.includes(key)) {
+        const list = readStringArray(c);
+        strings.set(key, list);
+        metadata.set(key, { arrayLength: list.length });
+      } else metadata.set(key, readValue(c, type));
     }
     const whole = (key: string, fallback: number) => {
       const value = metadata.get(key);
@@ -306,6 +324,7 @@ export function readGGUFHeader(path: string): GGUFHeader {
       dataStart,
       ...(split.count > 1 ? { split } : {}),
       metadata,
+      stringArrays: strings,
     };
   } finally {
     closeSync(fd);

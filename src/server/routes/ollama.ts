@@ -329,7 +329,9 @@ function showModel(
   alias?: ModelAlias,
 ) {
   const facts = withModelErrors(path, () =>
-    statSync(path).isDirectory() ? directoryFacts(path) : ggufFacts(readGGUFHeader(path)),
+    statSync(path).isDirectory()
+      ? directoryFacts(path)
+      : ggufFacts(readGGUFHeader(path, { stringArrays: [GGUF_VOCABULARY] })),
   );
   // The sampling values, stop strings, length and context its requests get when they set none, as
   // Ollama shows a Modelfile's (each stop string a line of its own, quoted as Go's %#v quotes it).
@@ -410,8 +412,12 @@ function showRemoteModel(remote: RemoteModelConfig, listedAt: Date) {
   };
 }
 
+/** Where a GGUF keeps its vocabulary, read with the header for the FIM tokens it may hold. */
+const GGUF_VOCABULARY = "tokenizer.ggml.tokens";
+
 /** A GGUF's facts: its metadata is Ollama's model_info (arrays, of which only lengths are read, as null). */
-function ggufFacts({ metadata, tensors }: GGUFHeader): ModelFacts {
+function ggufFacts({ metadata, tensors, stringArrays }: GGUFHeader): ModelFacts {
+  const vocabulary = new Set(stringArrays.get(GGUF_VOCABULARY));
   const text = (key: string) => {
     const value = metadata.get(key);
     return typeof value === "string" ? value : "";
@@ -428,9 +434,7 @@ function ggufFacts({ metadata, tensors }: GGUFHeader): ModelFacts {
     quantization: "",
     template: text("tokenizer.chat_template"),
     embedding: metadata.has(ggufPoolingKey(metadata)),
-    // Its vocabulary is not in the header read here (only the arrays' lengths): not told, though a
-    // request's suffix finds the FIM tokens all the same.
-    insert: false,
+    insert: fimTokens((token) => vocabulary.has(token)) !== undefined,
     modelInfo,
     tensors: tensors.map((t) => ({ name: t.name, type: t.type, shape: t.dims })),
   };
