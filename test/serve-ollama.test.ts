@@ -479,6 +479,17 @@ describe("Ollama chat and generate", () => {
     await ollama.generate({ model: coder, prompt: "", keep_alive: 0 });
   });
 
+  test("a request's template (a Go template) is a 400 saying why and what to send instead", async () => {
+    const request = { model, prompt: "Hi", template: "{{ .Prompt }}", stream: false } as const;
+    const refused = await ollama.generate(request).catch((e) => e);
+    expect(refused.status_code).toBe(400);
+    expect(refused.error).toBe(
+      "'template' is a Go template, which this server does not render: a model answers through its own (Jinja) chat template; render the prompt yourself and send it with 'raw' true, or leave 'template' out",
+    );
+    // An empty one is no template, as Ollama takes it.
+    expect((await ollama.generate({ ...request, template: "", options: { num_predict: 1 } })).done).toBe(true);
+  });
+
   test("ps gives the bytes in GPU memory as Ollama does: none where MLX computes on the CPU (ollama ps: 100% CPU)", async () => {
     await ollama.generate({ model, prompt: "", keep_alive: -1 });
     const loaded = (await ollama.ps()).models.find((m) => m.model === model)!;

@@ -271,6 +271,10 @@ function ollamaFormat(value: unknown): FormatInput | undefined {
   throw new ValidationError(`'format' must be "json" or a JSON Schema object`, "format");
 }
 
+/** Why a request's or a create's `template` (Ollama's Go template) is refused. */
+const GO_TEMPLATE_REFUSED =
+  "is a Go template, which this server does not render: a model answers through its own (Jinja) chat template";
+
 /** Images, refused with the reason: every model this server runs reads text only. */
 const imagesRefused = (param: string) =>
   new ValidationError(
@@ -324,7 +328,11 @@ export function parseOllamaGenerate(body: unknown): OllamaRequest {
   const f = Fields.of(body);
   refuseMisplacedOptions(f);
   f.onlyKnown([...GENERATE_FIELDS, ...OPTIONS]);
-  if (f.string("template")) throw unsupported("template", "a request 'template'");
+  if (f.string("template"))
+    f.fail(
+      "template",
+      `${GO_TEMPLATE_REFUSED}; render the prompt yourself and send it with 'raw' true, or leave 'template' out`,
+    );
   const images = f.array("images");
   if (images && images.length > 0) throw imagesRefused("images");
   const prompt = f.string("prompt") ?? "";
@@ -471,11 +479,7 @@ export function parseOllamaCreate(body: unknown): OllamaCreate {
     "modelfile",
   ]);
   // Ollama's fields this server knows but cannot honour: refused, saying why, before anything is written.
-  if (f.has("template"))
-    f.fail(
-      "template",
-      "is a Go template, which this server does not render: a model answers through its own (Jinja) chat template",
-    );
+  if (f.has("template")) f.fail("template", GO_TEMPLATE_REFUSED);
   if (f.has("quantize")) f.fail("quantize", "is not supported by create here: quantize a model with mlx convert");
   if (f.has("files"))
     f.fail(
