@@ -352,6 +352,13 @@ describe("Ollama chat and generate", () => {
       expect(error.status_code).toBe(400);
       expect(error.message).toContain(Object.keys(option)[0]);
     }
+    // Each says how to turn it off (Open WebUI offers them among its advanced parameters).
+    const mirostat = await ollama.chat({ model, messages, options: { mirostat: 1 } }).catch((e) => e);
+    expect(mirostat.error).toBe(
+      "'options.mirostat' is not supported by this server (got 1), which samples with temperature, top_k, top_p and min_p: leave it out or set it to 0 (off)",
+    );
+    const typical = await ollama.generate({ model, prompt: "Hi", options: { typical_p: 0.7 } }).catch((e) => e);
+    expect(typical.error).toEndWith("leave it out or set it to 1 (off)");
   });
 
   test("images are refused, naming the field and why", async () => {

@@ -191,11 +191,19 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
   const numPredict = o.integer("num_predict", { min: -2 });
   const seed = o.integer("seed", { min: -1, max: Number.MAX_SAFE_INTEGER });
   const repeatLastN = o.integer("repeat_last_n", { min: -1 });
-  if ((o.number("mirostat", { min: 0, max: 2 }) ?? 0) !== OFF_ONLY_OPTIONS.mirostat)
-    throw unsupported(o.name("mirostat"));
+  // Each refused saying how to turn it off (Open WebUI's advanced parameters offer them).
+  const offOnly = (name: string, value: number | undefined) => {
+    const off = OFF_ONLY_OPTIONS[name]!;
+    if (value !== undefined && value !== off)
+      throw new ValidationError(
+        `'${o.name(name)}' is not supported by this server (got ${value}), which samples with temperature, top_k, top_p and min_p: leave it out or set it to ${off} (off)`,
+        o.name(name),
+        "unsupported_parameter",
+      );
+  };
+  offOnly("mirostat", o.number("mirostat", { min: 0, max: 2 }));
   // 1 is the value at which typical and tail-free sampling keep every token.
-  for (const name of ["typical_p", "tfs_z"])
-    if ((o.number(name, { min: 0 }) ?? 1) !== OFF_ONLY_OPTIONS[name]) throw unsupported(o.name(name));
+  for (const name of ["typical_p", "tfs_z"]) offOnly(name, o.number(name, { min: 0 }));
   // The context a request fills, as Ollama's num_ctx: a longer prompt is a 400 (as Ollama's
   // `truncate: false`; its silent default cuts the prompt's start, system prompt included), and
   // the answer ends ("length") where the context is full. Above the model's own, the model's holds.
