@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
-import { writeTinyModel } from "./helpers/tiny-model";
+import { tinyFimTokens, writeFimTinyModel, writeTinyModel } from "./helpers/tiny-model";
 import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
 import { readGGUFHeader } from "../src/models/gguf-header";
 import { modelRequest, pullModel } from "../src/store/pull";
@@ -415,24 +415,14 @@ describe("Ollama chat and generate", () => {
   });
 
   test("suffix fills in the middle around the model's FIM tokens (no template); a model without them is a 400 saying so", async () => {
-    // StarCoder's FIM tokens in place of three of SmolLM2's added tokens (its vocabulary is of StarCoder's line).
     const coder = join(mkdtempSync(join(tmpdir(), "mlx-fim-")), "coder");
-    writeTinyModel(coder, { contextLength: 256 });
-    const tokenizerPath = join(coder, "tokenizer.json");
-    const tokenizer = JSON.parse(readFileSync(tokenizerPath, "utf8"));
-    const fim = { 3: "<fim_prefix>", 4: "<fim_suffix>", 5: "<fim_middle>" } as Record<number, string>;
-    for (const added of tokenizer.added_tokens)
-      if (fim[added.id]) {
-        delete tokenizer.model.vocab[added.content];
-        added.content = fim[added.id];
-        tokenizer.model.vocab[added.content] = added.id;
-      }
-    writeFileSync(tokenizerPath, JSON.stringify(tokenizer));
+    writeFimTinyModel(coder, { contextLength: 256 });
+    const { prefix: pre, suffix: suf, middle: mid } = tinyFimTokens;
     const prefix = "def add(a, b):\n    ";
     const suffix = "\n    return c\n";
     const ids = async (content: string) =>
       (await post(`${server.url}/tokenize`, { model: coder, content, add_special: false })).json.tokens;
-    const expected = [3, ...(await ids(prefix)), 4, ...(await ids(suffix)), 5];
+    const expected = [pre, ...(await ids(prefix)), suf, ...(await ids(suffix)), mid];
     const options = { temperature: 0, num_predict: 3 };
     // The system prompt and the chat template play no part, raw or not (Ollama's code models' templates leave them out).
     for (const raw of [false, true]) {
@@ -455,7 +445,7 @@ describe("Ollama chat and generate", () => {
     // The code starts at the answer: an empty prompt is no load request when a suffix is given.
     const atStart = await ollama.generate({ model: coder, prompt: "", suffix, stream: false, options });
     expect(atStart.done_reason).not.toBe("load");
-    expect(atStart.context!.slice(0, atStart.prompt_eval_count)).toEqual([3, 4, ...(await ids(suffix)), 5]);
+    expect(atStart.context!.slice(0, atStart.prompt_eval_count)).toEqual([pre, suf, ...(await ids(suffix)), mid]);
     // /api/show names it as Ollama names a model that takes a suffix.
     expect((await ollama.show({ model: coder })).capabilities).toContain("insert");
     expect((await ollama.show({ model })).capabilities).not.toContain("insert");

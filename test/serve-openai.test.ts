@@ -12,6 +12,10 @@ import { defaultSampling } from "../src/engine/sampling";
 import { loadModel } from "../src/models/load";
 import type { RunningServer } from "../src/server/app";
 import { post, serve, tinyModel } from "./helpers/serve";
+import { tinyFimTokens, writeFimTinyModel } from "./helpers/tiny-model";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 let server: RunningServer;
 let client: OpenAI;
@@ -435,6 +439,27 @@ describe("OpenAI completions and models", () => {
   test("a prompt of token ids", async () => {
     const r = await client.completions.create({ model, prompt: [1, 2, 3, 4], max_tokens: 4, temperature: 0 });
     expect(r.usage!.prompt_tokens).toBe(4);
+  });
+
+  test("suffix (fill-in-the-middle) puts the prompt and suffix around the model's FIM tokens; without them a 400 says so", async () => {
+    const coder = join(mkdtempSync(join(tmpdir(), "mlx-fim-")), "coder");
+    writeFimTinyModel(coder, { contextLength: 256 });
+    const ids = async (content: string): Promise<number[]> =>
+      (await post(`${server.url}/tokenize`, { model: coder, content, add_special: false })).json.tokens;
+    const [prefix, suffix] = ["def add(a, b):\n    ", "\n    return c\n"];
+    const { prefix: pre, suffix: suf, middle: mid } = tinyFimTokens;
+    const asIds = [pre, ...(await ids(prefix)), suf, ...(await ids(suffix)), mid];
+    const options = { model: coder, max_tokens: 4, temperature: 0 };
+    const filled = await client.completions.create({ ...options, prompt: prefix, suffix });
+    const given = await client.completions.create({ ...options, prompt: asIds });
+    expect(filled.usage!.prompt_tokens).toBe(asIds.length);
+    expect(filled.choices[0]!.text).toBe(given.choices[0]!.text);
+    const refused = await post(`${server.url}/v1/completions`, { model, prompt: "def f(", suffix: "\n" });
+    expect(refused.status).toBe(400);
+    expect(refused.json.error.param).toBe("suffix");
+    expect(refused.json.error.message).toStartWith("this model cannot fill in the middle");
+    const fromIds = await post(`${server.url}/v1/completions`, { model: coder, prompt: [1, 2], suffix: "\n" });
+    expect(fromIds.json.error.message).toBe("'suffix' needs the prompt as text, not token ids");
   });
 
   test("a batch of prompts: n choices per prompt, in order, each the answer its prompt gets alone; usage counts each prompt once", async () => {

@@ -540,14 +540,20 @@ export function parseCompletionRequest(body: unknown): OpenAIRequest {
   if (f.has("tools")) throw unsupported("tools", "'tools' on /v1/completions (use /v1/chat/completions)");
   for (const field of ["reasoning_effort", "chat_template_kwargs", "thinking_budget"])
     if (f.has(field)) throw unsupported(field, `'${field}' on /v1/completions (use /v1/chat/completions)`);
-  if (f.has("suffix")) throw unsupported("suffix");
+  // The text after the completion (fill-in-the-middle, for a model with FIM tokens), as OpenAI's legacy completions take it.
+  const suffix = f.string("suffix") || undefined;
   const bestOf = f.integer("best_of", { min: 1 });
   if (bestOf !== undefined && bestOf !== 1) throw unsupported("best_of", "'best_of' other than 1");
   const logprobs = f.integer("logprobs", { min: 0, max: 20 });
   return {
     ...common,
     defaultMaxTokens: COMPLETION_MAX_TOKENS,
-    prompts: completionPrompts(f),
+    prompts: completionPrompts(f).map((prompt) => {
+      if (suffix === undefined) return prompt;
+      if (prompt.kind !== "text")
+        throw new ValidationError("'suffix' needs the prompt as text, not token ids", "suffix");
+      return { ...prompt, suffix };
+    }),
     logprobs: logprobs !== undefined,
     topLogprobs: logprobs ?? 0,
     echo,

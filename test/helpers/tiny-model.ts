@@ -308,6 +308,28 @@ export function writeTinyModel(
   for (const t of weights.values()) t.free();
 }
 
+/** The FIM tokens writeFimTinyModel gives SmolLM2's vocabulary, by id. */
+export const tinyFimTokens = { prefix: 3, suffix: 4, middle: 5 };
+
+/**
+ * A tiny model whose vocabulary has StarCoder's FIM tokens (<fim_prefix>, <fim_suffix>,
+ * <fim_middle>) in place of three of SmolLM2's added tokens (tinyFimTokens' ids), as a code model's has them.
+ */
+export function writeFimTinyModel(dir: string, o: Parameters<typeof writeTinyModel>[1] = {}): void {
+  writeTinyModel(dir, o);
+  const path = join(dir, "tokenizer.json");
+  const tokenizer = JSON.parse(readFileSync(path, "utf8"));
+  const names = new Map(Object.entries(tinyFimTokens).map(([part, id]) => [id, `<fim_${part}>`]));
+  for (const added of tokenizer.added_tokens as { id: number; content: string }[]) {
+    const name = names.get(added.id);
+    if (name === undefined) continue;
+    delete tokenizer.model.vocab[added.content];
+    added.content = name;
+    tokenizer.model.vocab[name] = added.id;
+  }
+  writeFileSync(path, JSON.stringify(tokenizer));
+}
+
 /** A tiny model whose weights are split into `files` safetensors files, named by an index as a hub's are. */
 export function writeShardedTinyModel(dir: string, files: number, o: TinyOptions = {}): void {
   writeTinyModel(dir, o);
