@@ -29,7 +29,7 @@ import { loadAliases } from "../src/store/aliases";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { eventually, post, serve } from "./helpers/serve";
 import { writeScriptedModel } from "./helpers/scripted-model";
-import { writeTinyModel } from "./helpers/tiny-model";
+import { writeFimTinyModel, writeTinyModel } from "./helpers/tiny-model";
 
 const repo = join(import.meta.dir, "..");
 /** The store with the default model (SmolLM2), which the remote serves for the slow stream. */
@@ -68,6 +68,8 @@ const reasonedTemplate =
   "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}";
 /** A model whose greedy answer is "Hi" and its end token. */
 const scripted = join(root, "scripted");
+/** A tiny model with FIM tokens (fill-in-the-middle). */
+const coder = join(root, "coder");
 /** A file the remote cannot load: asked for it, the remote answers a 500. */
 const corrupt = join(root, "corrupt.gguf");
 
@@ -138,6 +140,7 @@ beforeAll(async () => {
   writeTinyModel(effortful, { contextLength: 512, chatTemplate: effortTemplate });
   writeTinyModel(reasoned, { contextLength: 512, chatTemplate: reasonedTemplate });
   writeScriptedModel(scripted, ["Hi"]);
+  writeFimTinyModel(coder, { contextLength: 512 });
   writeFileSync(corrupt, "not a model");
   remotePort = freePort();
   await startRemote();
@@ -438,6 +441,11 @@ model = "${thinker}"
 provider = "openai"
 base_url = "${base}/v1"
 model = "${effortful}"
+
+[models.rcoder]
+provider = "openai"
+base_url = "${base}/v1"
+model = "${coder}"
 
 [models.limited]
 provider = "openai"
@@ -748,6 +756,22 @@ describe("every API family reaches either provider kind", () => {
     const response = await openai.responses.create({ model: "ra", input: "Hi", max_output_tokens: 5 });
     expect(response.status).toBe("incomplete");
     expect(response.output_text.length).toBeGreaterThan(0);
+  });
+
+  test("a fill-in-the-middle request (Ollama's suffix) reaches the OpenAI-compatible remote's /completions with its suffix", async () => {
+    const request = {
+      prompt: "def f(",
+      suffix: "\n    return x\n",
+      stream: false,
+      // No repetition penalty: Ollama's counts the prompt here, OpenAI's the answer alone at the remote.
+      options: { temperature: 0, num_predict: 3, repeat_penalty: 1 },
+    };
+    const direct = await post(`http://127.0.0.1:${remotePort}/api/generate`, { model: coder, ...request });
+    const proxied = await post(`${proxy.url}/api/generate`, { model: "rcoder", ...request });
+    expect(proxied.status).toBe(200);
+    // The remote read the suffix too: the same prompt, so the same greedy answer.
+    expect(proxied.json.prompt_eval_count).toBe(direct.json.prompt_eval_count);
+    expect(proxied.json.response).toBe(direct.json.response);
   });
 
   test("a raw completion goes to the OpenAI-compatible remote's /completions; an Anthropic one refuses it", async () => {
