@@ -522,6 +522,8 @@ test("keep_alive durations as Go's time.ParseDuration reads them", () => {
     [0, 0],
     ["-1m", Infinity],
     [-1, Infinity],
+    // Go's -0s is 0, which unloads (only a negative duration keeps the model).
+    ["-0s", 0],
     // Past Go's longest duration (about 292 years): forever, as a Date cannot hold the expiry.
     [1e20, Infinity],
     ["9999999999h", Infinity],
@@ -838,6 +840,13 @@ describe("Ollama model management", () => {
     writeTinyModel(fresh, { contextLength: 256 });
     await ollama.generate({ model: fresh, prompt: "", keep_alive: -1 });
     await ollama.generate({ model: `${fresh}:latest`, prompt: "", keep_alive: 0 });
+    expect((await ollama.ps()).models).toEqual([]);
+  });
+
+  test("keep_alive '-0s' unloads, as Go reads it (0), rather than keeping the model as a negative duration does", async () => {
+    await ollama.generate({ model, prompt: "", keep_alive: -1 });
+    const unloaded = await ollama.generate({ model, prompt: "", keep_alive: "-0s" });
+    expect(unloaded.done_reason).toBe("unload");
     expect((await ollama.ps()).models).toEqual([]);
   });
 

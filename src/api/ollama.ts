@@ -409,7 +409,6 @@ function keepAliveMs(value: unknown, param: string): number | undefined {
     const units = "h|ms|m|s|us|\u00b5s|\u03bcs|ns";
     const match = new RegExp(`^([-+])?((?:${number}(?:${units}))+)$`).exec(s);
     if (match) {
-      if (match[1] === "-") return Infinity;
       const micro = 1e-3;
       const unit: Record<string, number> = {
         h: 3_600_000,
@@ -423,7 +422,8 @@ function keepAliveMs(value: unknown, param: string): number | undefined {
       };
       let ms = 0;
       for (const [, n, u] of match[2]!.matchAll(new RegExp(`(${number})(${units})`, "g"))) ms += Number(n) * unit[u!]!;
-      return ms;
+      // A negative duration keeps the model loaded; "-0s" is Go's 0, which unloads it.
+      return match[1] === "-" && ms > 0 ? Infinity : ms;
     }
   }
   throw new ValidationError(
