@@ -6,6 +6,11 @@ import OpenAI from "openai";
 import { Ollama } from "ollama";
 import type { RunningServer } from "../src/server/app";
 import { post, serve, tinyModel } from "./helpers/serve";
+import { writeScriptedModel } from "./helpers/scripted-model";
+import { parseOllamaChat } from "../src/api/ollama";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 let server: RunningServer;
 let openai: OpenAI;
@@ -215,6 +220,45 @@ describe("structured output through the server", () => {
     const objects = generated.filter((j) => j.done_reason === "stop");
     expect(objects.length).toBeGreaterThan(0);
     for (const j of objects) expect(typeof JSON.parse(j.response ?? "")).toBe("object");
+  });
+
+  test("Ollama format: an object naming its properties has no others, as llama.cpp's grammar makes it; one naming none is any object", async () => {
+    // A model that goes on to a second key after the first one's value, where the grammar lets it.
+    const scripted = join(mkdtempSync(join(tmpdir(), "mlx-closed-")), "scripted");
+    writeScriptedModel(scripted, ['{"', "name", '": "', "Ann", '", "', "age", '": ', "3", "}"]);
+    const keys = async (format: object) => {
+      const r = await ollama.chat({
+        model: scripted,
+        messages: [{ role: "user", content: "A person" }],
+        format,
+        options: { temperature: 0, num_predict: 30 },
+      });
+      return Object.keys(JSON.parse(r.message.content));
+    };
+    const named = { type: "object", properties: { name: { type: "string" } }, required: ["name"] };
+    expect(await keys(named)).toEqual(["name"]);
+    // Where the schema allows more (additionalProperties, or no properties named), the model writes more.
+    expect((await keys({ ...named, additionalProperties: true })).length).toBe(2);
+    expect((await keys({ type: "object" })).length).toBe(2);
+  });
+
+  test("Ollama format: nested objects are closed too ($defs, items, anyOf), allOf's parts are not (llama.cpp joins them)", () => {
+    const person = { type: "object", properties: { properties: { type: "string" } } };
+    const format = {
+      type: "object",
+      properties: { people: { type: "array", items: { $ref: "#/$defs/Person" } }, either: { anyOf: [person] } },
+      $defs: { Person: person },
+      allOf: [person],
+    };
+    const closed = { ...person, additionalProperties: false };
+    const { schema } = parseOllamaChat({ model: "m", format }).format!.format as { schema: unknown };
+    expect(schema).toEqual({
+      type: "object",
+      properties: { people: { type: "array", items: { $ref: "#/$defs/Person" } }, either: { anyOf: [closed] } },
+      $defs: { Person: closed },
+      allOf: [person],
+      additionalProperties: false,
+    });
   });
 
   // Where the grammar leaves fewer tokens than asked for, the others' logprob was -Infinity,

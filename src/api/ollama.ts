@@ -270,13 +270,47 @@ function think(f: Fields): ThinkingRequest | undefined {
   throw new ValidationError(`'think' must be true, false, "low", "medium" or "high"`, "think");
 }
 
-/** format: "json", or a JSON Schema object. */
+/** format: "json", or a JSON Schema object, enforced as Ollama enforces it (see closedObjects). */
 function ollamaFormat(value: unknown): FormatInput | undefined {
   if (value === undefined || value === null || value === "") return undefined;
   if (value === "json") return { format: "json", param: "format" };
   if (typeof value === "object" && !Array.isArray(value))
-    return { format: { schema: value, strict: false }, param: "format" };
+    return { format: { schema: closedObjects(value), strict: false }, param: "format" };
   throw new ValidationError(`'format' must be "json" or a JSON Schema object`, "format");
+}
+
+const isObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value);
+
+/** The keywords whose value is a subschema, a list of them, or a map of names to them. */
+const SUBSCHEMA = ["additionalProperties", "items", "additionalItems", "contains", "not", "if", "then", "else"];
+const SUBSCHEMA_LISTS = ["anyOf", "oneOf", "allOf", "prefixItems", "items"];
+const SUBSCHEMA_MAPS = ["properties", "patternProperties", "$defs", "definitions", "dependentSchemas"];
+
+/**
+ * A `format` schema as Ollama enforces it (llama.cpp's json-schema-to-grammar): an object schema
+ * that names its properties allows no others unless its additionalProperties says so, and one that
+ * names none is any object. Read as JSON Schema (not strictly, which would make `{"type":
+ * "object"}` an empty object), each object schema with properties and no additionalProperties is
+ * given additionalProperties false; else a model could go on writing keys the schema never named
+ * (a small one until num_predict ran out). allOf's parts are left open: llama.cpp joins their
+ * properties into one object, which parts closed apart could never be.
+ */
+function closedObjects(schema: object, inAllOf = false): object {
+  const close = (value: unknown, allOfPart = false) => (isObject(value) ? closedObjects(value, allOfPart) : value);
+  const closed: Record<string, unknown> = { ...schema };
+  for (const key of SUBSCHEMA) if (key in closed) closed[key] = close(closed[key]);
+  for (const key of SUBSCHEMA_LISTS) {
+    const list = closed[key];
+    if (Array.isArray(list)) closed[key] = list.map((item) => close(item, key === "allOf"));
+  }
+  for (const key of SUBSCHEMA_MAPS) {
+    const map = closed[key];
+    if (isObject(map)) closed[key] = Object.fromEntries(Object.entries(map).map(([name, item]) => [name, close(item)]));
+  }
+  if (!inAllOf && isObject(closed.properties) && !("additionalProperties" in closed))
+    closed.additionalProperties = false;
+  return closed;
 }
 
 /** Why a request's or a create's `template` (Ollama's Go template) is refused. */
