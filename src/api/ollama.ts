@@ -8,6 +8,8 @@ import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 import { parseModelfile } from "../store/modelfile";
 import type { ModelRecipe } from "../store/create";
+import { isJsonObject } from "../exact-json";
+import { SUBSCHEMA_LISTS, SUBSCHEMA_MAPS, SUBSCHEMA_SINGLE } from "../engine/grammar/schema-keywords";
 
 export interface OllamaRequest {
   model: string;
@@ -279,14 +281,6 @@ function ollamaFormat(value: unknown): FormatInput | undefined {
   throw new ValidationError(`'format' must be "json" or a JSON Schema object`, "format");
 }
 
-const isObject = (value: unknown): value is Record<string, unknown> =>
-  typeof value === "object" && value !== null && !Array.isArray(value);
-
-/** The keywords whose value is a subschema, a list of them, or a map of names to them. */
-const SUBSCHEMA = ["additionalProperties", "items", "additionalItems", "contains", "not", "if", "then", "else"];
-const SUBSCHEMA_LISTS = ["anyOf", "oneOf", "allOf", "prefixItems", "items"];
-const SUBSCHEMA_MAPS = ["properties", "patternProperties", "$defs", "definitions", "dependentSchemas"];
-
 /**
  * A `format` schema as Ollama enforces it (llama.cpp's json-schema-to-grammar): an object schema
  * that names its properties allows no others unless its additionalProperties says so, and one that
@@ -297,18 +291,21 @@ const SUBSCHEMA_MAPS = ["properties", "patternProperties", "$defs", "definitions
  * properties into one object, which parts closed apart could never be.
  */
 function closedObjects(schema: object, inAllOf = false): object {
-  const close = (value: unknown, allOfPart = false) => (isObject(value) ? closedObjects(value, allOfPart) : value);
+  const close = (value: unknown, allOfPart = false): unknown =>
+    Array.isArray(value)
+      ? value.map((item) => close(item, allOfPart))
+      : isJsonObject(value)
+        ? closedObjects(value, allOfPart)
+        : value;
   const closed: Record<string, unknown> = { ...schema };
-  for (const key of SUBSCHEMA) if (key in closed) closed[key] = close(closed[key]);
-  for (const key of SUBSCHEMA_LISTS) {
-    const list = closed[key];
-    if (Array.isArray(list)) closed[key] = list.map((item) => close(item, key === "allOf"));
-  }
+  for (const key of [...SUBSCHEMA_SINGLE, ...SUBSCHEMA_LISTS])
+    if (key in closed) closed[key] = close(closed[key], key === "allOf");
   for (const key of SUBSCHEMA_MAPS) {
     const map = closed[key];
-    if (isObject(map)) closed[key] = Object.fromEntries(Object.entries(map).map(([name, item]) => [name, close(item)]));
+    if (isJsonObject(map))
+      closed[key] = Object.fromEntries(Object.entries(map).map(([name, item]) => [name, close(item)]));
   }
-  if (!inAllOf && isObject(closed.properties) && !("additionalProperties" in closed))
+  if (!inAllOf && isJsonObject(closed.properties) && !("additionalProperties" in closed))
     closed.additionalProperties = false;
   return closed;
 }

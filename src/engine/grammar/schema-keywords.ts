@@ -1,5 +1,6 @@
 // JSON Schema keywords as xgrammar reads them, shared by schema-check.ts (which refuses what
-// xgrammar would not enforce) and bounded-numbers.ts (which rewrites the schema xgrammar is given).
+// xgrammar would not enforce), bounded-numbers.ts (which rewrites the schema xgrammar is given)
+// and Ollama's format (whose objects are closed as Ollama closes them).
 
 export const SUBSCHEMA_MAPS = ["properties", "$defs", "definitions", "patternProperties", "dependentSchemas"];
 export const SUBSCHEMA_LISTS = ["anyOf", "oneOf", "allOf", "prefixItems"];
