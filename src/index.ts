@@ -21,10 +21,11 @@ import {
 } from "./engine/generate";
 import type { JsonFormat } from "./engine/grammar";
 import { modelMaxTokens, type GenerationSpec, type PromptInput } from "./engine/request";
-import { defaultSampling, validateSampling, type SamplingParams } from "./engine/sampling";
+import { validateSampling, type SamplingParams } from "./engine/sampling";
 import { Scheduler } from "./engine/scheduler";
 import { loadModel, type LoadedModel } from "./models/load";
-import { aliasSettings, applySettings } from "./engine/model-settings";
+import { aliasSettings, applySettings, settleSampling } from "./engine/model-settings";
+import type { SamplingDefaults } from "./models/generation-config";
 import type { DownloadProgress } from "./store/download";
 import { resolveModelPath } from "./store/resolve";
 import { InvalidParameterError, UnsupportedError } from "./errors";
@@ -63,7 +64,7 @@ export interface LoadOptions {
 export interface GenerateOptions {
   /** Most tokens to generate (default: what the context leaves). */
   maxTokens?: number;
-  /** 0 (the default) is greedy. */
+  /** 0 is greedy; default: the alias's in models.toml (as each sampling value here), else 0. */
   temperature?: number;
   topP?: number;
   topK?: number;
@@ -361,7 +362,7 @@ export class Chat {
       // Cancelled before it started: nothing was asked, so the conversation stays as it was.
       if (options.signal?.aborted) return cancelledBeforeStart();
       const turn = this.conversation.turn(text, {
-        sampling: sampling(options),
+        sampling: sampling(options, this.conversation.lm.sampling),
         maxTokens:
           options.maxTokens ??
           modelMaxTokens(this.conversation.lm) ??
@@ -483,16 +484,10 @@ function settledOrAborted(turn: Promise<void>, signal?: AbortSignal): Promise<vo
   });
 }
 
-function sampling(o: GenerateOptions): SamplingParams {
-  return {
-    ...defaultSampling,
-    ...(o.temperature !== undefined && { temperature: o.temperature }),
-    ...(o.topP !== undefined && { topP: o.topP }),
-    ...(o.topK !== undefined && { topK: o.topK }),
-    ...(o.minP !== undefined && { minP: o.minP }),
-    ...(o.repetitionPenalty !== undefined && { repetitionPenalty: o.repetitionPenalty }),
-    seed: o.seed,
-  };
+/** The options' sampling values, else the model's alias's (models.toml's, `model`), else greedy. */
+function sampling(o: GenerateOptions, model: SamplingDefaults = {}): SamplingParams {
+  const { temperature, topP, topK, minP, repetitionPenalty, seed } = o;
+  return settleSampling({ temperature, topP, topK, minP, repetitionPenalty, seed }, {}, model);
 }
 
 /**
@@ -612,7 +607,7 @@ function spec(lm: LoadedModel, prompt: Prompt, o: GenerateOptions): GenerationSp
       : { kind: "chat", messages: prompt };
   return {
     prompt: input,
-    sampling: sampling(o),
+    sampling: sampling(o, lm.sampling),
     maxTokens: o.maxTokens,
     maxTokensParam: "maxTokens",
     stop: stopList(o),

@@ -174,6 +174,39 @@ describe("mlx create", () => {
     for (const name of ["two", "five"]) expect((await mlx(["rm", "-y", name])).code).toBe(0);
   });
 
+  test("mlx run and mlx chat sample with the made model's parameters where their flags give none, as ollama run does", async () => {
+    const file = modelfile("FROM ./tiny\nPARAMETER temperature 1\nPARAMETER seed 7\nPARAMETER num_predict 8\n");
+    expect((await mlx(["create", "sampled", "-f", file])).code).toBe(0);
+    const run = async (args: string[]) => {
+      const r = await mlx(["run", ...args, "--json", "Hello"]);
+      expect(r).toMatchObject({ code: 0, stderr: "" });
+      return JSON.parse(r.stdout) as { text: string; token_ids: number[] };
+    };
+    const greedy = await run(["-m", tiny, "--max-tokens", "8"]);
+    const sampled = await run(["-m", "sampled"]);
+    // Its temperature and seed: as the flags that say them, not greedy.
+    expect(sampled.token_ids).toEqual(
+      (await run(["-m", tiny, "--max-tokens", "8", "--temp", "1", "--seed", "7"])).token_ids,
+    );
+    expect(sampled.token_ids).not.toEqual(greedy.token_ids);
+    // A flag replaces the model's value.
+    expect((await run(["-m", "sampled", "--temp", "0"])).token_ids).toEqual(greedy.token_ids);
+    // mlx chat too, and /set replaces it there.
+    const chat = async (flags: string[], lines: string) => {
+      const r = await mlx(["chat", "-m", "sampled", ...flags], lines);
+      expect(r.code).toBe(0);
+      return r.stdout;
+    };
+    expect(await chat([], "Hello\n")).toBe(`${sampled.text}\n`);
+    expect(await chat(["--temp", "0"], "Hello\n")).toBe(`${greedy.text}\n`);
+    expect(await chat([], "/set temp 0\nHello\n")).toBe(`${greedy.text}\n`);
+    const shown = await mlx(["chat", "-m", "sampled", "--top-k", "5"], "/show\n");
+    expect(shown.stderr).toMatch(
+      /settings: +temp 1, top_p 1, top_k 5, min_p 0, repeat_penalty 1, max_tokens 8, seed 7,/,
+    );
+    expect((await mlx(["rm", "-y", "sampled"])).code).toBe(0);
+  });
+
   test("a FROM or ADAPTER path starting with ~/ is from the home folder", async () => {
     const r = await cliRunner(home, { HOME: root })(["create", "homely", "-f", modelfile("FROM ~/models/tiny\n")]);
     expect(r).toMatchObject({ code: 0, stderr: "" });

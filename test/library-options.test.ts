@@ -527,3 +527,32 @@ describe("a stream let go of unfinished", () => {
     expect(await settledWhileCollecting(given, 20_000)).toBe("given back");
   }, 120_000);
 });
+
+test("an alias's sampling values (a Modelfile's temperature, seed) apply where the call sets none, as in mlx run -m", async () => {
+  const home = mkdtempSync(join(tmpdir(), "mlx-library-sampling-"));
+  const tiny = join(home, "tiny");
+  writeTinyModel(tiny, { contextLength: 256 });
+  const before = process.env.MLX_HOME;
+  process.env.MLX_HOME = home;
+  try {
+    const plain = await load(tiny);
+    const ask = { raw: true, maxTokens: 8 };
+    const greedy = (await plain.generate("one two", ask)).tokenIds;
+    const drawn = (await plain.generate("one two", { ...ask, temperature: 1, seed: 7 })).tokenIds;
+    const chatDrawn = (await plain.chat().send("Hi", { maxTokens: 8, temperature: 1, seed: 7 })).tokenIds;
+    plain.close();
+    expect(drawn).not.toEqual(greedy);
+    writeFileSync(join(home, "models.toml"), `[models.sampled]\nsource = "${tiny}"\ntemperature = 1\nseed = 7\n`);
+    const sampled = await load("sampled");
+    try {
+      expect((await sampled.generate("one two", ask)).tokenIds).toEqual(drawn);
+      expect((await sampled.chat().send("Hi", { maxTokens: 8 })).tokenIds).toEqual(chatDrawn);
+      // The call's own value replaces the alias's.
+      expect((await sampled.generate("one two", { ...ask, temperature: 0 })).tokenIds).toEqual(greedy);
+    } finally {
+      sampled.close();
+    }
+  } finally {
+    process.env.MLX_HOME = before;
+  }
+}, 120_000);

@@ -5,7 +5,14 @@ import { applySettings, type ModelSettings } from "../engine/model-settings";
 import { openPipeline, type PipelineSpec } from "../engine/pipeline";
 import { resolveModelPath } from "../store/resolve";
 import { withRepairHint } from "../store/store";
-import { aliasAdapter, aliasKvQuantization, aliasLimits, aliasMaxKvSize, aliasPrompt } from "../store/aliases";
+import {
+  aliasAdapter,
+  aliasKvQuantization,
+  aliasLimits,
+  aliasMaxKvSize,
+  aliasPrompt,
+  aliasSampling,
+} from "../store/aliases";
 import { log } from "./log";
 
 /**
@@ -30,6 +37,7 @@ export async function openModel(
     speculation,
     prompt = aliasPrompt(spec),
     limits = aliasLimits(spec),
+    sampling = aliasSampling(spec),
     pipeline,
   }: OpenOptions = {},
 ): Promise<LoadedModel> {
@@ -47,7 +55,7 @@ export async function openModel(
     // lost peer of a pipeline (whose ranks other than 0 serve from inside this call).
     throw withRepairHint(error, path);
   }
-  await applySettings(lm, { kvQuantization, maxKvSize, adapter, speculation, prompt, limits }, (name) =>
+  await applySettings(lm, { kvQuantization, maxKvSize, adapter, speculation, prompt, limits, sampling }, (name) =>
     openModel(name),
   );
   if (lm.adapter) log.debug(`adapter ${adapter}: ${lm.adapter.layers.size} layers (${lm.adapter.kind})`);

@@ -2,7 +2,8 @@
 // engine's sampling parameters.
 import type { ArgsDef } from "citty";
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { defaultSampling, validateSampling, type SamplingParams } from "../engine/sampling";
+import { validateSampling, type SamplingParams } from "../engine/sampling";
+import { settleSampling } from "../engine/model-settings";
 import { validateSchema, type JsonFormat } from "../engine/grammar";
 import type { KvQuantization } from "../models/cache";
 import {
@@ -75,21 +76,28 @@ export function refuseLocalModelFlags(args: Record<string, unknown>, model: stri
     throw new Error(`${given} is for a model loaded here; '${model}' is served by a remote provider (models.toml)`);
 }
 
+// No citty defaults: a flag not given leaves the value to the model's alias (its temperature in
+// models.toml, as ollama run applies a Modelfile's), else defaultSampling's (greedy, as mlx-lm's).
 export const samplingArgs = {
-  temp: { type: "string", description: "Sampling temperature; 0 is greedy", default: "0" },
+  temp: {
+    type: "string",
+    description: "Sampling temperature; 0 is greedy (default: the model's in models.toml, else 0)",
+  },
   "top-p": {
     type: "string",
-    description: "Nucleus sampling: keep the smallest set of tokens whose probability reaches p",
-    default: "1",
+    description:
+      "Nucleus sampling: keep the smallest set of tokens whose probability reaches p (default: the model's, else 1)",
   },
-  "top-k": { type: "string", description: "Keep only the k most likely tokens (0: off)", default: "0" },
+  "top-k": { type: "string", description: "Keep only the k most likely tokens (0: off; default: the model's, else 0)" },
   "min-p": {
     type: "string",
-    description: "Drop tokens less likely than min-p times the most likely one (0: off)",
-    default: "0",
+    description: "Drop tokens less likely than min-p times the most likely one (0: off; default: the model's, else 0)",
   },
-  "repeat-penalty": { type: "string", description: "Penalty for tokens seen in the last 20 (1: off)", default: "1" },
-  seed: { type: "string", description: "Random seed, for reproducible sampling" },
+  "repeat-penalty": {
+    type: "string",
+    description: "Penalty for tokens seen in the last 20 (1: off; default: the model's, else 1)",
+  },
+  seed: { type: "string", description: "Random seed, for reproducible sampling (default: the model's, else random)" },
 } as const satisfies ArgsDef;
 
 /** How a flag is typed: `-n` for a one-letter name (launch's), `--max-tokens` otherwise. */
@@ -123,18 +131,23 @@ const samplingFlags: Record<string, string> = {
   seed: "seed",
 };
 
-export function samplingFrom(args: Record<string, unknown>): SamplingParams {
-  const s: SamplingParams = {
-    ...defaultSampling,
-    temperature: number("temp", args.temp as string),
-    topP: number("top-p", args["top-p"] as string),
-    topK: number("top-k", args["top-k"] as string, { whole: true }),
-    minP: number("min-p", args["min-p"] as string),
-    repetitionPenalty: number("repeat-penalty", args["repeat-penalty"] as string),
-    seed: args.seed === undefined ? undefined : number("seed", args.seed as string, { whole: true }),
+/**
+ * The sampling values the flags give, checked; those not given are left out, for settleSampling to
+ * take from the model's alias, else from defaultSampling.
+ */
+export function samplingFrom(args: Record<string, unknown>): Partial<SamplingParams> {
+  const given = (name: string, o: { whole?: boolean } = {}) =>
+    args[name] === undefined ? undefined : number(name, args[name] as string, o);
+  const s: Partial<SamplingParams> = {
+    temperature: given("temp"),
+    topP: given("top-p"),
+    topK: given("top-k", { whole: true }),
+    minP: given("min-p"),
+    repetitionPenalty: given("repeat-penalty"),
+    seed: given("seed", { whole: true }),
   };
   try {
-    validateSampling(s);
+    validateSampling(settleSampling(s, {}, {}));
   } catch (error) {
     const flag = error instanceof InvalidParameterError && samplingFlags[error.param ?? ""];
     if (!flag) throw error;

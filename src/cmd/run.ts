@@ -1,6 +1,7 @@
 // `mlx run "prompt"`: one answer, streamed to stdout, composable in shell pipelines.
 import { defineCommand } from "citty";
 import { soloScheduler, streamCompletion, type CompletionResult } from "../engine/generate";
+import { settleSampling } from "../engine/model-settings";
 import type { LoadedModel } from "../models/load";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
@@ -123,12 +124,17 @@ export default defineCommand({
       const stream = scheduler
         ? streamCompletion(scheduler, {
             ...spec,
-            sampling,
+            // The flags' values, else the alias's (models.toml, a Modelfile's PARAMETERs), else greedy.
+            sampling: settleSampling(sampling, {}, lm!.sampling ?? {}),
             thinking,
             signal: controller.signal,
             maxTokensParam: "--max-tokens", // a budget too small is named as the command line names it
           })
-        : streamRemoteCompletion(remote!, { ...spec, sampling: remoteSampling(sampling), thinking }, controller.signal);
+        : streamRemoteCompletion(
+            remote!,
+            { ...spec, sampling: remoteSampling(settleSampling(sampling, {}, {})), thinking },
+            controller.signal,
+          );
       const writer = pieceWriter({ hide: Boolean(args["hide-thinking"]), terminal: Boolean(process.stdout.isTTY) });
       let step = await stream.next();
       while (!step.done) {

@@ -2,6 +2,7 @@
 // single GGUF file. Both end as the same thing: HF-named weights, a config, a tokenizer.
 import type { ModelLimits, ModelPrompt } from "../store/aliases";
 import type { KvQuantization } from "./cache";
+import type { SamplingDefaults } from "./generation-config";
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import * as mx from "../mlx";
@@ -53,6 +54,12 @@ export interface LoadedModel {
    * num_ctx), where it was opened by that name, as `prompt`; a server gives each request its name's.
    */
   limits?: ModelLimits;
+  /**
+   * Its alias's sampling values (models.toml's temperature, top_p, seed, ...), where it was opened
+   * by that name, as `prompt`: a generation's own values replace them (the CLI's flags, the
+   * library's options); a server gives each request its name's.
+   */
+  sampling?: SamplingDefaults;
   free(): void;
 }
 

@@ -14,7 +14,8 @@ import {
   type PreparedGeneration,
   type PromptInput,
 } from "../engine/request";
-import { defaultSampling, type SamplingParams } from "../engine/sampling";
+import type { SamplingParams } from "../engine/sampling";
+import { settleSampling } from "../engine/model-settings";
 import type { GenerationEvent, GenerationUsage, TokenLogprob } from "../engine/scheduler";
 import type { ChatLogprob } from "../api/openai";
 import type { ToolCallParser, ToolRequest } from "../engine/tools";
@@ -398,29 +399,6 @@ export function aliasNamed(name: string): string {
   const { models } = loadAliases();
   return knownName(name, (candidate) => models.has(candidate)) ?? name;
 }
-
-/**
- * The request's values, else the model's (its alias in models.toml, else its
- * generation_config.json, as vLLM's server applies it), else the API's defaults, else ours.
- */
-function settleSampling(
-  { randomSeed, ...input }: SamplingInput,
-  apiDefaults: Partial<SamplingParams>,
-  modelDefaults: SamplingDefaults,
-): SamplingParams {
-  const params: SamplingParams = {
-    ...defaultSampling,
-    ...withoutUndefined(apiDefaults),
-    ...modelDefaults,
-    ...withoutUndefined(input),
-  };
-  if (randomSeed) delete params.seed;
-  if (params.repetitionContext === 0) params.repetitionPenalty = 1;
-  return params;
-}
-
-const withoutUndefined = <T extends object>(o: T): Partial<T> =>
-  Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 
 /** Each token's logprob and its alternatives', as OpenAI's chat completions and Responses give them. */
 export function chatLogprobs(

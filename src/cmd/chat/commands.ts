@@ -14,6 +14,7 @@ import {
   type ChatSettings,
 } from "./settings";
 import { validateSampling, type SamplingParams } from "../../engine/sampling";
+import { settleSampling } from "../../engine/model-settings";
 import { fileErrorReason, writeErrorReason } from "../../format";
 import { Conversation } from "../../engine/conversation";
 import { loadAliases } from "../../store/aliases";
@@ -67,7 +68,8 @@ const commands: Record<string, Handler> = {
     const saved = {
       model: s.modelName,
       system: s.settings.system,
-      settings: { ...s.settings.sampling, max_tokens: s.settings.maxTokens },
+      // The values the answers ran with, the alias's included: loaded, they are the user's.
+      settings: { ...s.sampling, max_tokens: s.settings.maxTokens },
       messages: s.conversation.messages,
     };
     try {
@@ -152,7 +154,7 @@ function savedSettings(
   saved: Record<string, unknown>,
   current: ChatSettings,
 ): Pick<ChatSettings, "sampling" | "maxTokens" | "maxTokensChosen"> {
-  const sampling: SamplingParams = { ...current.sampling, seed: undefined };
+  const sampling: Partial<SamplingParams> = { ...current.sampling, seed: undefined };
   for (const key of ["temperature", "topP", "topK", "minP", "repetitionPenalty", "seed"] as const) {
     const value = saved[key];
     if (value === undefined) continue;
@@ -164,7 +166,7 @@ function savedSettings(
   if (!Number.isInteger(maxTokens) || (maxTokens as number) <= 0)
     throw new Error(`${file}: settings.max_tokens must be a whole number > 0 (got ${JSON.stringify(maxTokens)})`);
   try {
-    validateSampling(sampling);
+    validateSampling(settleSampling(sampling, {}, {}));
   } catch (error) {
     throw new Error(`${file}: ${(error as Error).message}`);
   }

@@ -4,9 +4,10 @@
 import { Conversation } from "../../engine/conversation";
 import type { LoadedModel } from "../../models/load";
 import { RemoteConversation, RemoteModel, remoteModel } from "../../providers";
-import type { ChatSettings } from "./settings";
+import { samplingFor, type ChatSettings } from "./settings";
 import { checkThinking, pieceWriter } from "../thinking";
 import { maxTokensFrom } from "../options";
+import type { SamplingParams } from "../../engine/sampling";
 
 export class ChatSession {
   conversation: Conversation | RemoteConversation;
@@ -56,6 +57,12 @@ export class ChatSession {
     this.say(`now chatting with ${name}`);
   }
 
+  /** What the answers sample with: the user's values, else the alias's of the model in use (samplingFor). */
+  get sampling(): SamplingParams {
+    const c = this.conversation;
+    return samplingFor(this.settings, c instanceof Conversation ? c.lm : c.remote);
+  }
+
   /** Frees the model (a local one) and the conversation's cache. */
   close(): void {
     this.conversation.dispose();
@@ -66,7 +73,7 @@ export class ChatSession {
   async answer(text: string, write: (chunk: string) => void, signal: AbortSignal): Promise<void> {
     const format = this.settings.format;
     const turn = this.conversation.turn(text, {
-      sampling: this.settings.sampling,
+      sampling: this.sampling,
       maxTokens: this.settings.maxTokens,
       signal,
       format: format && { format: format.format, param: "format" },

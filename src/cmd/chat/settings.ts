@@ -2,14 +2,19 @@
 import type { ModelPrompt } from "../../store/aliases";
 import { readLayout } from "../../models/layout";
 import type { LoadedModel } from "../../models/load";
-import type { RemoteModel } from "../../providers";
+import { RemoteModel } from "../../providers";
 import { validateSampling, type SamplingParams } from "../../engine/sampling";
+import { settleSampling } from "../../engine/model-settings";
 import { parseWhole, readFormat, type OutputFormat } from "../options";
 import type { ThinkingRequest } from "../../engine/reasoning";
 import { InvalidParameterError } from "../../errors";
 
 export interface ChatSettings {
-  sampling: SamplingParams;
+  /**
+   * The sampling values the user chose (the flags, /set, /load); the model's alias gives the rest,
+   * also after /model (samplingFor), as ollama run applies a Modelfile's PARAMETERs under /set's.
+   */
+  sampling: Partial<SamplingParams>;
   maxTokens: number;
   /**
    * maxTokens is the user's own (--max-tokens, /set max_tokens, /load): kept across /model.
@@ -96,7 +101,7 @@ export function applySetting(s: ChatSettings, name: string, value: string): stri
       throw unknownSetting(name);
   }
   try {
-    validateSampling(sampling);
+    validateSampling(settleSampling(sampling, {}, {}));
   } catch (error) {
     if (!(error instanceof InvalidParameterError)) throw error;
     // Named as /set takes it: "temperature must be >= 0 (got -1)" → "/set temp must be >= 0 (got -1)".
@@ -104,6 +109,11 @@ export function applySetting(s: ChatSettings, name: string, value: string): stri
   }
   s.sampling = sampling;
   return `${name} = ${n}`;
+}
+
+/** The sampling an answer from `model` runs with: the user's values, else its alias's, else greedy. */
+export function samplingFor(s: ChatSettings, model: LoadedModel | RemoteModel): SamplingParams {
+  return settleSampling(s.sampling, {}, model instanceof RemoteModel ? {} : (model.sampling ?? {}));
 }
 
 /** Parameters of the model, counting quantized weights by the values they stand for. */
@@ -154,7 +164,7 @@ export function describeModel(lm: LoadedModel, s: ChatSettings): string {
     `context length: ${c.maxPositionEmbeddings}`,
     `kv cache:       ${kvCacheOf(lm)}`,
     `speculation:    ${speculationOf(lm)}`,
-    ...describeSettings(s, lm.prompt),
+    ...describeSettings(s, samplingFor(s, lm), lm.prompt),
     `chat template:\n${template.length > 600 ? `${template.slice(0, 600)}…` : template}`,
   ].join("\n");
 }
@@ -162,13 +172,13 @@ export function describeModel(lm: LoadedModel, s: ChatSettings): string {
 export function describeRemoteModel(remote: RemoteModel, s: ChatSettings): string {
   return [
     `model:          ${remote.config.model} (remote, ${remote.config.kind} provider at ${remote.config.baseUrl})`,
-    ...describeSettings(s),
+    ...describeSettings(s, samplingFor(s, remote)),
   ].join("\n");
 }
 
 /** `model`: the turns the model's alias puts first (models.toml's system and messages), where /set system has not replaced them. */
-const describeSettings = (s: ChatSettings, model: ModelPrompt = {}) => [
-  `settings:       temp ${s.sampling.temperature}, top_p ${s.sampling.topP}, top_k ${s.sampling.topK}, min_p ${s.sampling.minP}, repeat_penalty ${s.sampling.repetitionPenalty}, max_tokens ${s.maxTokens}, seed ${s.sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`,
+const describeSettings = (s: ChatSettings, sampling: SamplingParams, model: ModelPrompt = {}) => [
+  `settings:       temp ${sampling.temperature}, top_p ${sampling.topP}, top_k ${sampling.topK}, min_p ${sampling.minP}, repeat_penalty ${sampling.repetitionPenalty}, max_tokens ${s.maxTokens}, seed ${sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`,
   `system prompt:  ${s.system ?? (model.system === undefined ? "(none)" : `${model.system} (the alias's, in models.toml)`)}`,
   ...(model.messages?.length
     ? [`first turns:    ${model.messages.length} messages (the alias's, in models.toml)`]
