@@ -439,6 +439,53 @@ describe("models.toml settings", () => {
     }
   });
 
+  test("aliases of one model with the same load settings share it, and /api/ps and /v1/models list it under each name asked, as /api/tags does", async () => {
+    // Before, /api/ps listed only the first name (with its num_ctx), /api/tags listed that one as a
+    // plain loaded model (no parent, another digest) and the other as an alias.
+    const aliases = join(process.env.MLX_HOME!, "models.toml");
+    mkdirSync(process.env.MLX_HOME!, { recursive: true });
+    writeFileSync(
+      aliases,
+      `[models.mario]\nsource = "${local}"\nnum_ctx = 64\n\n[models.luigi]\nsource = "${local}"\nnum_ctx = 128\n`,
+    );
+    const one = serve({});
+    try {
+      const client = new Ollama({ host: one.url });
+      for (const model of ["mario", "luigi"])
+        await client.generate({ model, prompt: "Hi", options: { num_predict: 1 } });
+      expect(one.state.models.loaded).toHaveLength(1); // one copy of the weights
+      // (The ollama client's types leave out context_length.)
+      const running = (
+        (await (await fetch(`${one.url}/api/ps`)).json()) as {
+          models: { name: string; context_length: number; digest: string; details: unknown }[];
+        }
+      ).models;
+      expect(running.map((m) => [m.name, m.context_length])).toEqual([
+        ["mario", 64],
+        ["luigi", 128],
+      ]);
+      const tags = (await client.list()).models;
+      for (const m of running) {
+        const listed = tags.find((t) => t.name === m.name)!;
+        expect([m.digest, m.details]).toEqual([listed.digest, listed.details]);
+        expect(listed.details.parent_model).toBe(local);
+      }
+      const v1 = (
+        (await (await fetch(`${one.url}/v1/models`)).json()) as { data: { id: string; max_model_len?: number }[] }
+      ).data;
+      expect(v1.filter((m) => m.id === "mario" || m.id === "luigi").map((m) => [m.id, m.max_model_len])).toEqual([
+        ["mario", 64],
+        ["luigi", 128],
+      ]);
+      // Stopped by either name (ollama stop luigi), the shared model unloads.
+      await client.generate({ model: "luigi", prompt: "", keep_alive: 0 });
+      expect((await client.ps()).models).toEqual([]);
+    } finally {
+      await one.stop();
+      rmSync(aliases);
+    }
+  });
+
   test("an alias whose source is changed while its model is loaded answers with the new source's model, as Ollama reloads a model replaced", async () => {
     const other = join(local, "..", "tiny-other");
     writeTinyModel(other, { seed: 5 });

@@ -47,6 +47,11 @@ export function knownName(name: string, known: (candidate: string) => boolean): 
 export interface LoadedEntry {
   /** The name it was first requested by. */
   name: string;
+  /**
+   * Every name requests held it by (aliases of the same weights and settings share it), first
+   * first, each as #listedName gives it: /api/ps lists it under each, as /api/tags lists them.
+   */
+  names: string[];
   path: string;
   /** Its path and load settings: names of one model with other settings (models.toml) get models of their own. */
   key: string;
@@ -213,7 +218,7 @@ export class ModelRegistry {
     const path = this.#pathOf.get(name);
     const entry = path
       ? this.#byKey.get(this.#key(path, this.#settings(name)))
-      : this.loaded.find((e) => e.name === name);
+      : this.loaded.find((e) => e.names.includes(name));
     const untagged = withoutLatestTag(name);
     return entry ?? (untagged === undefined ? undefined : this.find(untagged));
   }
@@ -353,6 +358,7 @@ export class ModelRegistry {
       if (signal?.aborted) this.#wakeWaitingForRoom();
     }
     const held = entry;
+    this.#listUnder(held, this.#listedName(name, held.path, held.key));
     let adapter: Adapter | undefined;
     try {
       // "m:latest" is "m" where no model has that name: with m's adapter.
@@ -370,6 +376,16 @@ export class ModelRegistry {
       throw new ClientGoneError();
     }
     return lease;
+  }
+
+  /**
+   * Lists `entry` under `name` too, and under no other loaded model: a name models.toml pointed
+   * elsewhere meanwhile is the model it names now (a loaded model keeps its first name).
+   */
+  #listUnder(entry: LoadedEntry, name: string): void {
+    for (const other of this.loaded)
+      if (other !== entry && other.names.length > 1) other.names = other.names.filter((n) => n !== name);
+    if (!entry.names.includes(name)) entry.names.push(name);
   }
 
   /** A hold on a loaded model (see Lease). */
@@ -535,6 +551,7 @@ export class ModelRegistry {
         }
         const entry: LoadedEntry = {
           name,
+          names: [name],
           path,
           key,
           lm,

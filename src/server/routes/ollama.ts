@@ -62,117 +62,43 @@ export function ollamaRoutes(s: ServerState): Hono {
   r.post("/api/chat", async (c) => generate(s, c, "chat", parseOllamaChat(await readJson(c.req))));
   r.post("/api/generate", async (c) => generate(s, c, "generate", parseOllamaGenerate(await readJson(c.req))));
 
-  r.get("/api/tags", async (c) => {
-    const models = [];
-    const stored = await s.models.offered();
-    const byPath = storedByPath(stored);
-    const pathOf = new Map([...byPath].map(([path, m]) => [m, path]));
-    for (const m of stored) {
-      const loaded = s.models.loaded.find((e) => byPath.get(e.path) === m);
-      const path = pathOf.get(m);
-      models.push({
-        name: m.name,
-        model: m.name,
-        modified_at: m.lastUsedAt ?? m.createdAt,
-        size: m.totalBytes,
-        digest: storedDigest(m),
-        details: loaded
-          ? details(loaded, m)
-          : ollamaDetails(m.format, m.architecture, path ? parameterSize(path) : "", m.quantization),
-      });
-    }
-    // A loaded model is listed apart only when its files are not a stored model's ("m:latest" is "m").
-    for (const e of s.models.loaded)
-      if (!byPath.has(e.path))
-        models.push({
-          name: e.name,
-          model: e.name,
-          modified_at: e.loadedAt.toISOString(),
-          size: wholeModelBytes(e.lm),
-          digest: digest(e.path),
-          details: details(e),
-        });
-    // A name serve --adapter added is a model too, which Ollama clients (Open WebUI) pick from
-    // this list: its base as the parent model, the adapter's files as its size.
-    for (const [name, adapter] of s.models.servedAdapters)
-      if (!models.some((m) => m.name === name)) {
-        const base = s.models.adapterBase(name) ?? "";
-        models.push({
-          name,
-          model: name,
-          modified_at: serverStartDate(s).toISOString(),
-          size: directoryBytes(adapter.dir),
-          digest: digest(`${adapter.base ?? ""}\n${resolve(adapter.dir)}`),
-          // The base's format, family, size and quantization where it is listed (as Ollama lists a model made FROM it).
-          details: {
-            ...(models.find((m) => m.name === base)?.details ?? ollamaDetails("", undefined, "", undefined)),
-            parent_model: base,
-          },
-        });
-      }
-    // An alias whose weights are here (a model made by create, a path): as Ollama lists a model
-    // made FROM another, the files' details with its source as the parent model (as /v1/models and mlx list list them).
-    for (const { alias, path, base } of listedAliases(stored)) {
-      const name = alias.name;
-      if (!models.some((m) => m.name === name) && s.models.offersAlias(name))
-        models.push({
-          name,
-          model: name,
-          modified_at: serverStartDate(s).toISOString(),
-          size: base?.totalBytes ?? 0,
-          digest: digest(`${path}\n${alias.definedAt}`),
-          details: {
-            ...(base
-              ? ollamaDetails(base.format, base.architecture, parameterSize(path), base.quantization)
-              : ollamaDetails(path.endsWith(".gguf") ? "gguf" : "mlx", undefined, parameterSize(path), undefined)),
-            parent_model: alias.source,
-          },
-        });
-    }
-    // As Ollama lists its cloud models: where the answers come from, nothing stored here.
-    for (const remote of remoteModelConfigs())
-      if (!models.some((m) => m.name === remote.name))
-        models.push({
-          name: remote.name,
-          model: remote.name,
-          remote_model: remote.model,
-          remote_host: remote.baseUrl,
-          modified_at: serverStartDate(s).toISOString(),
-          size: 0,
-          digest: digest(`${remote.baseUrl}\n${remote.model}`),
-          details: ollamaDetails("", undefined, "", undefined),
-        });
-    return c.json({ models });
-  });
+  r.get("/api/tags", async (c) => c.json({ models: await listedModels(s) }));
 
   r.get("/api/ps", async (c) => {
     // A stored model reads as /api/tags lists it, whatever name it was loaded by: the same digest
     // and quantization's name.
     const byPath = storedByPath(await s.models.stored());
+    // Each name it was asked by (aliases of the same weights share a loaded model) with the digest
+    // and details /api/tags gives that name, and the context requests by that name get.
+    // A models.toml broken meanwhile: what is loaded is still listed (so that mlx stop, ollama stop
+    // can unload it), as the files read it.
+    const listed = new Map((await listedModels(s).catch(() => [])).map((m) => [m.name, m]));
     return c.json({
-      models: s.models.loaded.map((e) => {
-        const stored = byPath.get(e.path);
-        return {
-          name: e.name,
-          model: e.name,
-          size: wholeModelBytes(e.lm),
-          digest: stored ? storedDigest(stored) : digest(e.path),
-          details: details(e, stored),
-          // Ollama writes a far-future time for a model kept forever; for one in use (its clock
-          // not started), when it would unload were it idle from now, as Ollama's /api/ps does.
-          expires_at: (
-            e.expiresAt ??
-            (e.keepAliveMs === Infinity
-              ? new Date("2318-01-01T00:00:00Z")
-              : new Date(Date.now() + (e.active > 0 ? e.keepAliveMs : 0)))
-          ).toISOString(),
-          // The bytes in GPU memory, from which `ollama ps` tells "100% GPU" from "100% CPU": none
-          // where MLX computes on the CPU (the mlx-cpu backend); all of it on a GPU (Apple's unified memory included).
-          size_vram: computesOnCpu() ? 0 : wholeModelBytes(e.lm),
-          // What requests to the name it is listed by get: a made model's num_ctx, not the files' context.
-          context_length: servedContextLength(e.name, e.lm),
-        };
-      }),
+      models: s.models.loaded.flatMap((e) =>
+        e.names.map((name) => {
+          const stored = byPath.get(e.path);
+          return {
+            name,
+            model: name,
+            size: wholeModelBytes(e.lm),
+            digest: listed.get(name)?.digest ?? (stored ? storedDigest(stored) : digest(e.path)),
+            details: listed.get(name)?.details ?? details(e, stored),
+            // Ollama writes a far-future time for a model kept forever; for one in use (its clock
+            // not started), when it would unload were it idle from now, as Ollama's /api/ps does.
+            expires_at: (
+              e.expiresAt ??
+              (e.keepAliveMs === Infinity
+                ? new Date("2318-01-01T00:00:00Z")
+                : new Date(Date.now() + (e.active > 0 ? e.keepAliveMs : 0)))
+            ).toISOString(),
+            // The bytes in GPU memory, from which `ollama ps` tells "100% GPU" from "100% CPU": none
+            // where MLX computes on the CPU (the mlx-cpu backend); all of it on a GPU (Apple's unified memory included).
+            size_vram: computesOnCpu() ? 0 : wholeModelBytes(e.lm),
+            // What requests to that name get: a made model's num_ctx, not the files' context.
+            context_length: servedContextLength(name, e.lm),
+          };
+        }),
+      ),
     });
   });
 
@@ -525,7 +451,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
   // model still loaded, answered "unload" or a 500.
   if (!req.prompt && !req.context?.length && req.keepAlive === 0) {
     const untagged = withoutLatestTag(req.model);
-    const named = s.models.loaded.filter((e) => e.name === req.model || e.name === untagged);
+    const named = s.models.loaded.filter((e) => e.names.some((n) => n === req.model || n === untagged));
     for (const entry of named) s.models.setKeepAlive(entry, 0);
     if (named.length > 0) return unloaded();
   }
@@ -642,4 +568,95 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     s.logError,
   );
   return new Response(body, { headers: { "Content-Type": "application/x-ndjson", "Cache-Control": "no-cache" } });
+}
+
+/**
+ * The models /api/tags lists: stored, loaded, serve --adapter's names, the aliases whose weights are
+ * here and the remote ones; /api/ps gives each loaded name the digest and details listed here.
+ */
+async function listedModels(s: ServerState) {
+  const models = [];
+  const stored = await s.models.offered();
+  const byPath = storedByPath(stored);
+  const pathOf = new Map([...byPath].map(([path, m]) => [m, path]));
+  for (const m of stored) {
+    const loaded = s.models.loaded.find((e) => byPath.get(e.path) === m);
+    const path = pathOf.get(m);
+    models.push({
+      name: m.name,
+      model: m.name,
+      modified_at: m.lastUsedAt ?? m.createdAt,
+      size: m.totalBytes,
+      digest: storedDigest(m),
+      details: loaded
+        ? details(loaded, m)
+        : ollamaDetails(m.format, m.architecture, path ? parameterSize(path) : "", m.quantization),
+    });
+  }
+  // An alias whose weights are here is listed as such (below), whether a request has loaded it or not.
+  const aliases = listedAliases(stored).filter(({ alias }) => s.models.offersAlias(alias.name));
+  const aliasNames = new Set(aliases.map(({ alias }) => alias.name));
+  // A loaded model is listed apart only when its files are not a stored model's ("m:latest" is "m").
+  for (const e of s.models.loaded)
+    if (!byPath.has(e.path))
+      for (const name of e.names.filter((n) => !aliasNames.has(n)))
+        models.push({
+          name,
+          model: name,
+          modified_at: e.loadedAt.toISOString(),
+          size: wholeModelBytes(e.lm),
+          digest: digest(e.path),
+          details: details(e),
+        });
+  // A name serve --adapter added is a model too, which Ollama clients (Open WebUI) pick from
+  // this list: its base as the parent model, the adapter's files as its size.
+  for (const [name, adapter] of s.models.servedAdapters)
+    if (!models.some((m) => m.name === name)) {
+      const base = s.models.adapterBase(name) ?? "";
+      models.push({
+        name,
+        model: name,
+        modified_at: serverStartDate(s).toISOString(),
+        size: directoryBytes(adapter.dir),
+        digest: digest(`${adapter.base ?? ""}\n${resolve(adapter.dir)}`),
+        // The base's format, family, size and quantization where it is listed (as Ollama lists a model made FROM it).
+        details: {
+          ...(models.find((m) => m.name === base)?.details ?? ollamaDetails("", undefined, "", undefined)),
+          parent_model: base,
+        },
+      });
+    }
+  // An alias whose weights are here (a model made by create, a path): as Ollama lists a model
+  // made FROM another, the files' details with its source as the parent model (as /v1/models and mlx list list them).
+  for (const { alias, path, base } of aliases) {
+    const name = alias.name;
+    if (!models.some((m) => m.name === name))
+      models.push({
+        name,
+        model: name,
+        modified_at: serverStartDate(s).toISOString(),
+        size: base?.totalBytes ?? 0,
+        digest: digest(`${path}\n${alias.definedAt}`),
+        details: {
+          ...(base
+            ? ollamaDetails(base.format, base.architecture, parameterSize(path), base.quantization)
+            : ollamaDetails(path.endsWith(".gguf") ? "gguf" : "mlx", undefined, parameterSize(path), undefined)),
+          parent_model: alias.source,
+        },
+      });
+  }
+  // As Ollama lists its cloud models: where the answers come from, nothing stored here.
+  for (const remote of remoteModelConfigs())
+    if (!models.some((m) => m.name === remote.name))
+      models.push({
+        name: remote.name,
+        model: remote.name,
+        remote_model: remote.model,
+        remote_host: remote.baseUrl,
+        modified_at: serverStartDate(s).toISOString(),
+        size: 0,
+        digest: digest(`${remote.baseUrl}\n${remote.model}`),
+        details: ollamaDetails("", undefined, "", undefined),
+      });
+  return models;
 }

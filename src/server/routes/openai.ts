@@ -52,11 +52,13 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
   const started = Math.floor(serverStartDate(s).getTime() / 1000);
   const seen = new Set<string>();
   const data = [];
-  for (const e of s.models.loaded) {
-    seen.add(e.name);
-    const loadedAt = Math.floor(e.loadedAt.getTime() / 1000);
-    data.push(modelObject(e.name, created(e.name, loadedAt), servedContextLength(e.name, e.lm)));
-  }
+  // Under each name it was asked by (aliases of the same weights share a loaded model), as /api/ps lists it.
+  for (const e of s.models.loaded)
+    for (const name of e.names) {
+      seen.add(name);
+      const loadedAt = Math.floor(e.loadedAt.getTime() / 1000);
+      data.push(modelObject(name, created(name, loadedAt), servedContextLength(name, e.lm)));
+    }
   if (s.config.defaultModel && !seen.has(s.config.defaultModel)) {
     seen.add(s.config.defaultModel);
     data.push(modelObject(s.config.defaultModel, created(s.config.defaultModel, started)));
