@@ -743,7 +743,9 @@ test("mlx serve's /api/show of an adapter's name shows its ADAPTER and base, as 
     expect((await ollama.list()).models.find((m) => m.name === "tuned-x")!.details.parent_model).toBe("tiny");
     const base = await ollama.show({ model: "tiny" });
     expect(base.modelfile).not.toContain("ADAPTER");
-    expect(base.details.parent_model).toBe("");
+    // An alias of the files, made from them as /api/tags lists it: no adapter's base.
+    expect(base.details.parent_model).toBe(model);
+    expect(base.details).toEqual((await ollama.list()).models.find((m) => m.name === "tiny")!.details);
   } finally {
     await server.stop();
     process.env.MLX_HOME = storeBefore;

@@ -97,6 +97,8 @@ describe("POST /api/create", () => {
     expect(shown.parameters).toMatch(/^temperature +0\.5$/m);
     expect(shown.parameters).toMatch(/^top_k +7$/m);
     expect(shown.parameters).toMatch(/^repeat_penalty +1\.1$/m);
+    // Made from tiny, as /api/tags lists it (and Ollama shows a model made FROM another).
+    expect(shown.details).toEqual(listed!.details);
 
     const expected = await promptTokens(tiny, [{ role: "system", content: SYSTEM }, ...turns, user]);
     expect(await promptTokens("pirate", [user])).toBe(expected);

@@ -118,8 +118,10 @@ export function ollamaRoutes(s: ServerState): Hono {
     const adapter = s.models.adapterDir(model);
     const alias = loadAliases().models.get(aliasNamed(model));
     const shown = showModel(path, stored, defaults, verbose, adapter, alias);
-    // A base plus an adapter, as Ollama shows a model made with ADAPTER, and /api/tags its parent.
+    // A base plus an adapter, as Ollama shows a model made with ADAPTER; an alias (a model made FROM
+    // another, a path), its source, as Ollama shows a model made FROM another: as /api/tags lists each.
     if (adapter !== undefined) shown.details.parent_model = s.models.adapterBase(model) ?? "";
+    else if (alias !== undefined && stored?.name !== alias.name) shown.details.parent_model = alias.source;
     return c.json(shown);
   });
 
@@ -207,7 +209,37 @@ function parameterCount(c: ModelConfig): number {
 }
 
 /** Parameter counts read from models' files, by path and modification time: clients list models often. */
-const parameterCounts = new Map<string, { mtimeMs: number; count: number }>();
+/** What a model's files say of it that listings show, by path, read again when they change. */
+const listedFacts = new Map<string, { mtimeMs: number; count: number; family: string; quantization: string }>();
+
+/** A model's parameter count, family and quantization as /api/show gives them, from its files (loaded or not). */
+function filesFacts(path: string) {
+  const stat = statSync(path);
+  let known = listedFacts.get(path);
+  if (known?.mtimeMs !== stat.mtimeMs) {
+    if (stat.isDirectory()) {
+      const config = readDirectoryConfig(path);
+      const q = config.quantization;
+      known = {
+        mtimeMs: stat.mtimeMs,
+        count: parameterCount(config),
+        family: config.modelType,
+        quantization: q ? `${q.bits}-bit` : "",
+      };
+    } else {
+      const { metadata, tensors } = readGGUFHeader(path);
+      const family = metadata.get("general.architecture");
+      known = {
+        mtimeMs: stat.mtimeMs,
+        count: ggufParameterCount(tensors),
+        family: typeof family === "string" ? family : "",
+        quantization: "",
+      };
+    }
+    listedFacts.set(path, known);
+  }
+  return known;
+}
 
 /**
  * A model's parameter size as /api/show gives it, from its files (a GGUF's tensors, a directory's
@@ -215,18 +247,20 @@ const parameterCounts = new Map<string, { mtimeMs: number; count: number }>();
  */
 function parameterSize(path: string): string {
   try {
-    const stat = statSync(path);
-    let known = parameterCounts.get(path);
-    if (known?.mtimeMs !== stat.mtimeMs) {
-      const count = stat.isDirectory()
-        ? parameterCount(readDirectoryConfig(path))
-        : ggufParameterCount(readGGUFHeader(path).tensors);
-      known = { mtimeMs: stat.mtimeMs, count };
-      parameterCounts.set(path, known);
-    }
-    return formatCount(known.count);
+    return formatCount(filesFacts(path).count);
   } catch {
     return "";
+  }
+}
+
+/** The details of the model files at `path` (no stored model's), as /api/show gives them; what cannot be read is left empty. */
+function filesDetails(path: string) {
+  const format = path.endsWith(".gguf") ? "gguf" : "mlx";
+  try {
+    const { count, family, quantization } = filesFacts(path);
+    return ollamaDetails(format, family || undefined, formatCount(count), quantization);
+  } catch {
+    return ollamaDetails(format, undefined, "", undefined);
   }
 }
 
@@ -640,7 +674,7 @@ async function listedModels(s: ServerState) {
         details: {
           ...(base
             ? ollamaDetails(base.format, base.architecture, parameterSize(path), base.quantization)
-            : ollamaDetails(path.endsWith(".gguf") ? "gguf" : "mlx", undefined, parameterSize(path), undefined)),
+            : filesDetails(path)),
           parent_model: alias.source,
         },
       });
