@@ -200,6 +200,13 @@ describe("mlx create", () => {
     expect(await chat([], "Hello\n")).toBe(`${sampled.text}\n`);
     expect(await chat(["--temp", "0"], "Hello\n")).toBe(`${greedy.text}\n`);
     expect(await chat([], "/set temp 0\nHello\n")).toBe(`${greedy.text}\n`);
+    // A seed of -1 (as Ollama reads it): a random one over the model's 7.
+    expect((await run(["-m", "sampled", "--seed", "-1"])).token_ids).not.toEqual(sampled.token_ids);
+    const random = await mlx(
+      ["chat", "-m", "sampled", "--seed", "-1"],
+      "/show\n/set seed 3\n/show\n/set seed -1\n/show\n",
+    );
+    expect([...random.stderr.matchAll(/, seed (\w+),/g)].map((m) => m[1])).toEqual(["random", "3", "random"]);
     const shown = await mlx(["chat", "-m", "sampled", "--top-k", "5"], "/show\n");
     expect(shown.stderr).toMatch(
       /settings: +temp 1, top_p 1, top_k 5, min_p 0, repeat_penalty 1, max_tokens 8, seed 7,/,

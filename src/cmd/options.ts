@@ -2,7 +2,8 @@
 // engine's sampling parameters.
 import type { ArgsDef } from "citty";
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { validateSampling, type SamplingParams } from "../engine/sampling";
+import { validateSampling } from "../engine/sampling";
+import type { SamplingInput } from "../api/common";
 import { settleSampling } from "../engine/model-settings";
 import { validateSchema, type JsonFormat } from "../engine/grammar";
 import type { KvQuantization } from "../models/cache";
@@ -97,7 +98,10 @@ export const samplingArgs = {
     type: "string",
     description: "Penalty for tokens seen in the last 20 (1: off; default: the model's, else 1)",
   },
-  seed: { type: "string", description: "Random seed, for reproducible sampling (default: the model's, else random)" },
+  seed: {
+    type: "string",
+    description: "Random seed, for reproducible sampling; -1: a random one (default: the model's, else random)",
+  },
 } as const satisfies ArgsDef;
 
 /** How a flag is typed: `-n` for a one-letter name (launch's), `--max-tokens` otherwise. */
@@ -135,16 +139,18 @@ const samplingFlags: Record<string, string> = {
  * The sampling values the flags give, checked; those not given are left out, for settleSampling to
  * take from the model's alias, else from defaultSampling.
  */
-export function samplingFrom(args: Record<string, unknown>): Partial<SamplingParams> {
+export function samplingFrom(args: Record<string, unknown>): SamplingInput {
   const given = (name: string, o: { whole?: boolean } = {}) =>
     args[name] === undefined ? undefined : number(name, args[name] as string, o);
-  const s: Partial<SamplingParams> = {
+  const seed = given("seed", { whole: true });
+  const s: SamplingInput = {
     temperature: given("temp"),
     topP: given("top-p"),
     topK: given("top-k", { whole: true }),
     minP: given("min-p"),
     repetitionPenalty: given("repeat-penalty"),
-    seed: given("seed", { whole: true }),
+    // -1: a random seed over the model's own (models.toml's seed), as Ollama reads a seed of -1.
+    ...(seed === -1 ? { randomSeed: true } : { seed }),
   };
   try {
     validateSampling(settleSampling(s, {}, {}));

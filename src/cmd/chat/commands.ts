@@ -13,7 +13,8 @@ import {
   settingNames,
   type ChatSettings,
 } from "./settings";
-import { validateSampling, type SamplingParams } from "../../engine/sampling";
+import { validateSampling } from "../../engine/sampling";
+import type { SamplingInput } from "../../api/common";
 import { settleSampling } from "../../engine/model-settings";
 import { fileErrorReason, writeErrorReason } from "../../format";
 import { Conversation } from "../../engine/conversation";
@@ -154,7 +155,7 @@ function savedSettings(
   saved: Record<string, unknown>,
   current: ChatSettings,
 ): Pick<ChatSettings, "sampling" | "maxTokens" | "maxTokensChosen"> {
-  const sampling: Partial<SamplingParams> = { ...current.sampling, seed: undefined };
+  const sampling: SamplingInput = { ...current.sampling, seed: undefined };
   for (const key of ["temperature", "topP", "topK", "minP", "repetitionPenalty", "seed"] as const) {
     const value = saved[key];
     if (value === undefined) continue;
@@ -162,6 +163,8 @@ function savedSettings(
       throw new Error(`${file}: settings.${key} must be a number (got ${JSON.stringify(value)})`);
     sampling[key] = value;
   }
+  // Saved without one, the answers drew a random seed: so again, over the model's own.
+  sampling.randomSeed = sampling.seed === undefined || undefined;
   const maxTokens = saved.max_tokens ?? current.maxTokens;
   if (!Number.isInteger(maxTokens) || (maxTokens as number) <= 0)
     throw new Error(`${file}: settings.max_tokens must be a whole number > 0 (got ${JSON.stringify(maxTokens)})`);

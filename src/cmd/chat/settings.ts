@@ -4,6 +4,7 @@ import { readLayout } from "../../models/layout";
 import type { LoadedModel } from "../../models/load";
 import { RemoteModel } from "../../providers";
 import { validateSampling, type SamplingParams } from "../../engine/sampling";
+import type { SamplingInput } from "../../api/common";
 import { settleSampling } from "../../engine/model-settings";
 import { parseWhole, readFormat, type OutputFormat } from "../options";
 import type { ThinkingRequest } from "../../engine/reasoning";
@@ -14,7 +15,7 @@ export interface ChatSettings {
    * The sampling values the user chose (the flags, /set, /load); the model's alias gives the rest,
    * also after /model (samplingFor), as ollama run applies a Modelfile's PARAMETERs under /set's.
    */
-  sampling: Partial<SamplingParams>;
+  sampling: SamplingInput;
   maxTokens: number;
   /**
    * maxTokens is the user's own (--max-tokens, /set max_tokens, /load): kept across /model.
@@ -90,7 +91,9 @@ export function applySetting(s: ChatSettings, name: string, value: string): stri
       sampling.repetitionPenalty = n;
       break;
     case "seed":
-      sampling.seed = n;
+      // -1: a random one over the model's own, as --seed -1.
+      sampling.seed = n === -1 ? undefined : n;
+      sampling.randomSeed = n === -1 || undefined;
       break;
     case "max_tokens":
       if (!Number.isInteger(n) || n <= 0) throw new Error("max_tokens must be a whole number > 0");
