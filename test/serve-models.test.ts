@@ -465,7 +465,14 @@ describe("models.toml settings", () => {
         ["luigi", 128],
       ]);
       const tags = (await client.list()).models;
-      for (const m of running) {
+      // As an Ollama client names it ("m:latest" is "m"), it reads as /api/tags lists "m".
+      await client.generate({ model: "luigi:latest", prompt: "Hi", options: { num_predict: 1 } });
+      const tagged = ((await client.ps()).models as { name: string; digest: string; details: unknown }[]).at(-1)!;
+      expect(tagged.name).toBe("luigi:latest");
+      expect((await client.list()).models.filter((m) => m.name.startsWith("luigi")).map((m) => m.name)).toEqual([
+        "luigi",
+      ]);
+      for (const m of [...running, { ...tagged, name: "luigi" }]) {
         const listed = tags.find((t) => t.name === m.name)!;
         expect([m.digest, m.details]).toEqual([listed.digest, listed.details]);
         expect(listed.details.parent_model).toBe(local);

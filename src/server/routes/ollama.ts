@@ -77,12 +77,14 @@ export function ollamaRoutes(s: ServerState): Hono {
       models: s.models.loaded.flatMap((e) =>
         e.names.map((name) => {
           const stored = byPath.get(e.path);
+          // "m:latest" reads as /api/tags lists "m".
+          const tag = listed.get(name) ?? listed.get(withoutLatestTag(name) ?? name);
           return {
             name,
             model: name,
             size: wholeModelBytes(e.lm),
-            digest: listed.get(name)?.digest ?? (stored ? storedDigest(stored) : digest(e.path)),
-            details: listed.get(name)?.details ?? details(e, stored),
+            digest: tag?.digest ?? (stored ? storedDigest(stored) : digest(e.path)),
+            details: tag?.details ?? details(e, stored),
             // Ollama writes a far-future time for a model kept forever; for one in use (its clock
             // not started), when it would unload were it idle from now, as Ollama's /api/ps does.
             expires_at: (
@@ -627,13 +629,14 @@ async function listedModels(s: ServerState) {
         : ollamaDetails(m.format, m.architecture, path ? parameterSize(path) : "", m.quantization),
     });
   }
-  // An alias whose weights are here is listed as such (below), whether a request has loaded it or not.
+  // An alias whose weights are here is listed as such (below), whether a request has loaded it or not
+  // (by its name, or as "m:latest").
   const aliases = listedAliases(stored).filter(({ alias }) => s.models.offersAlias(alias.name));
   const aliasNames = new Set(aliases.map(({ alias }) => alias.name));
   // A loaded model is listed apart only when its files are not a stored model's ("m:latest" is "m").
   for (const e of s.models.loaded)
     if (!byPath.has(e.path))
-      for (const name of e.names.filter((n) => !aliasNames.has(n)))
+      for (const name of e.names.filter((n) => !aliasNames.has(withoutLatestTag(n) ?? n)))
         models.push({
           name,
           model: name,
