@@ -142,7 +142,8 @@ describe("OpenAI chat", () => {
     let calls = 0;
     let reasoning = "";
     for await (const chunk of await openai.chat.completions.create({ ...body, stream: true })) {
-      calls += chunk.choices[0]?.delta.tool_calls?.length ?? 0;
+      // A call's first delta carries its id; its arguments follow in more.
+      calls += chunk.choices[0]?.delta.tool_calls?.filter((c) => c.id).length ?? 0;
       reasoning += (chunk.choices[0]?.delta as { reasoning_content?: string } | undefined)?.reasoning_content ?? "";
     }
     expect({ calls, reasoning }).toEqual({ calls: 1, reasoning: "" });

@@ -21,6 +21,7 @@ import {
   toolTemplate,
   ToolCallStream,
   type ConversationMessage,
+  type ToolCallDelta,
   type ToolCallFormat,
   type ToolSpec,
 } from "../src/engine/tools";
@@ -283,6 +284,118 @@ describe("streaming an answer that may hold calls", () => {
     const prose = stream(llama3, ["<|py", "thon is fun", " indeed"]);
     expect(prose.shown).toEqual(["", "<|python is fun", " indeed"]);
     expect(prose.end).toEqual({ content: "", calls: [] });
+  });
+});
+
+describe("streaming calls as they are written", () => {
+  /** `text` pushed `step` characters at a time: the prose shown, the call deltas, and the end. */
+  const streamCalls = (format: ToolCallFormat, text: string, step = 3) => {
+    const s = new ToolCallStream(format);
+    let prose = "";
+    const deltas: ToolCallDelta[] = [];
+    for (let i = 0; i < text.length; i += step) {
+      prose += s.push(text.slice(i, i + step));
+      deltas.push(...s.callDeltas());
+    }
+    const end = s.end();
+    deltas.push(...s.callDeltas());
+    const starts = deltas.filter((d) => d.type === "start");
+    const args = (index: number) =>
+      deltas.flatMap((d) => (d.type === "arguments" && d.index === index ? [d.delta] : []));
+    const ends = deltas.filter((d) => d.type === "end");
+    return { prose, end, deltas, starts, args, ends };
+  };
+  // As a model may write arguments: spaced, escapes JSON.stringify writes otherwise, an integer
+  // past 2^53, a number with a trailing zero.
+  const writeText = String.raw`{"path": "a.txt", "text": "one\ntwo \"3\" \u00e9 \ud83d\ude00 \/ \\", "big": 12345678901234567890, "ok": true, "n": 1.50}`;
+  // (Not String.raw: Bun writes its non-ASCII characters as \u escapes.)
+  const writeJson =
+    '{"path":"a.txt","text":"one\\ntwo \\"3\\" é 😀 / \\\\","big":12345678901234567890,"ok":true,"n":1.5}';
+  const qwen3coder = toolCallFormats.qwen3coder.withTools!([
+    { name: "write", parameters: { type: "object", properties: { path: { type: "string" }, n: { type: "integer" } } } },
+  ]);
+  const answers: [ToolCallFormat, string, string][] = [
+    [
+      hermes,
+      `Sure.\n<tool_call>\n{"name": "write", "arguments": ${writeText.replaceAll(", ", ",\n ")}}\n</tool_call>`,
+      "Sure.",
+    ],
+    [llama3, `<|python_tag|>{"name": "write", "parameters": ${writeText}}`, ""],
+    [mistral, `[TOOL_CALLS] [{"name": "write", "arguments": ${writeText}}]`, ""],
+    [mistralArgs, `Sure.[TOOL_CALLS]write[ARGS]${writeText}`, "Sure."],
+    [toolCallFormats.harmony, `<|channel|>commentary to=functions.write <|constrain|>json<|message|>${writeText}`, ""],
+    [
+      toolCallFormats.deepseekV3,
+      `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>write\n\`\`\`json\n${writeText}\n\`\`\`<｜tool▁call▁end｜><｜tool▁calls▁end｜>`,
+      "",
+    ],
+    [
+      toolCallFormats.deepseekV31,
+      `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>write<｜tool▁sep｜>${writeText}<｜tool▁call▁end｜><｜tool▁calls▁end｜>`,
+      "",
+    ],
+    [toolCallFormats.phi4mini, `functools[{"name": "write", "arguments": ${writeText}}]`, ""],
+  ];
+
+  test("each family's call: announced once its head is whole, then its arguments in pieces that add up to the call read whole", () => {
+    for (const [format, text, prose] of answers) {
+      for (const step of [1, 4, 1000]) {
+        const { prose: shown, end, starts, args, ends } = streamCalls(format, text, step);
+        expect({ format: format.name, shown: shown + end.content }).toEqual({ format: format.name, shown: prose });
+        expect(end.calls).toHaveLength(1);
+        expect(starts).toEqual([{ type: "start", index: 0, id: end.calls[0]!.id, name: "write" }]);
+        expect(args(0).join("")).toBe(writeJson);
+        expect(JSON.stringify(end.calls[0]!.arguments)).toBe(writeJson);
+        if (step < 1000) expect(args(0).length).toBeGreaterThan(3);
+        expect(ends).toEqual([{ type: "end", index: 0, call: end.calls[0], arguments: writeJson }]);
+      }
+    }
+  });
+
+  test("qwen3coder: each parameter goes out once it is whole, typed by its schema", () => {
+    const text =
+      "<tool_call>\n<function=write>\n<parameter=path>\na.txt\n</parameter>\n<parameter=n>\n5\n</parameter>\n</function>\n</tool_call>";
+    const { end, starts, args } = streamCalls(qwen3coder, text, 2);
+    expect(starts.map((d) => d.type === "start" && d.name)).toEqual(["write"]);
+    expect(args(0)).toEqual(["{", '"path":"a.txt"', ',"n":5', "}"]);
+    expect(end.calls[0]!.arguments).toEqual({ path: "a.txt", n: 5 });
+  });
+
+  test("two calls stream one after the other; a call whose name follows its arguments comes whole at the end", () => {
+    const two = streamCalls(
+      hermes,
+      '<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>\n<tool_call>\n{"arguments": {"y": 2}, "name": "b"}\n</tool_call>',
+    );
+    expect(two.end.calls.map((c) => c.name)).toEqual(["a", "b"]);
+    expect(two.deltas.map((d) => `${d.type}${d.index}`)).toEqual([
+      "start0",
+      ...two.args(0).map(() => "arguments0"),
+      "end0",
+      "start1",
+      "arguments1",
+      "end1",
+    ]);
+    expect(two.args(1)).toEqual(['{"y":2}']);
+  });
+
+  test("a call cut off (the token budget, a stop string) ends as it was announced, with no call; so does one whose arguments stop reading", () => {
+    const cut = streamCalls(hermes, '<tool_call>\n{"name": "write", "arguments": {"path": "a.t');
+    expect(cut.end).toEqual({ content: "", calls: [] });
+    expect(cut.args(0).join("")).toBe('{"path":"a.t');
+    expect(cut.ends).toEqual([{ type: "end", index: 0, arguments: '{"path":"a.t' }]);
+    const broken = streamCalls(hermes, '<tool_call>\n{"name": "write", "arguments": {"path": tru}}\n</tool_call>');
+    expect(broken.end.calls).toEqual([]);
+    expect(broken.ends).toEqual([{ type: "end", index: 0, arguments: '{"path":' }]);
+  });
+
+  test("a key written twice: the pieces are the JSON as written, which reads as the call's arguments", () => {
+    const { end, args, ends } = streamCalls(
+      hermes,
+      '<tool_call>\n{"name": "w", "arguments": {"a": 1, "a": 2}}\n</tool_call>',
+    );
+    expect(end.calls[0]!.arguments).toEqual({ a: 2 });
+    expect(JSON.parse(args(0).join(""))).toEqual({ a: 2 });
+    expect(ends).toEqual([{ type: "end", index: 0, call: end.calls[0], arguments: args(0).join("") }]);
   });
 });
 

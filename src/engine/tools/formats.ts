@@ -30,7 +30,21 @@ export interface ParsedAnswer {
 }
 
 /** What reading calls out of an answer takes (a remote model's calls need no more). */
-export type ToolCallParser = Pick<ToolCallFormat, "markers" | "anywhere" | "parse">;
+export type ToolCallParser = Pick<ToolCallFormat, "markers" | "anywhere" | "parse" | "callHead">;
+
+/** Where a call begins in an answer being streamed: its id and function, and where its arguments start. */
+export interface CallHead {
+  id: string;
+  name: string;
+  /** Where the arguments' JSON object starts (its "{"), or, for XML parameters, the function's body. */
+  argumentsAt: number;
+  /**
+   * For arguments that are not JSON text (Qwen's XML parameters): the arguments written from
+   * `argumentsAt` in `text` so far, as the JSON text of the parameters that are whole (a prefix
+   * of the whole call's), and where the call ends once it has.
+   */
+  argumentsSoFar?(text: string): { json: string; end?: number };
+}
 
 export interface ToolCallFormat {
   name:
@@ -49,6 +63,12 @@ export interface ToolCallFormat {
   anywhere: boolean;
   /** Splits an answer into prose and calls; a call that does not parse stays prose. */
   parse(text: string): ParsedAnswer;
+  /**
+   * For streaming a call as it is written: the first call whose head (its function's name, up
+   * to its arguments) is whole in `text` from `from` on. `parse` has the last word: a call
+   * found here may still not read.
+   */
+  callHead?(text: string, from: number): CallHead | undefined;
   /** The text around a call's arguments object, as the family writes it. */
   callLayout(name: string): { begin: string; end: string };
   /** Between parallel calls. */
@@ -123,6 +143,26 @@ function headedCall(
     end < 0 ? undefined : readCall({ name: h[1]!.trim(), arguments: parseJson(text.slice(argsAt, end)) }, newId);
   return call && { call, end };
 }
+
+/**
+ * A `callHead` finding heads that `pattern` matches: the function's name in its group 1 (as a
+ * JSON string, or bare), up to the "{" that opens the arguments (a lookahead).
+ */
+function callHeads(pattern: RegExp, newId: () => string): (text: string, from: number) => CallHead | undefined {
+  const global = new RegExp(pattern.source, "g");
+  return (text, from) => {
+    global.lastIndex = from;
+    const head = global.exec(text);
+    if (!head) return undefined;
+    const name = head[1]!.startsWith('"') ? parseJson(head[1]!) : head[1]!.trim();
+    return typeof name === "string" && name
+      ? { id: newId(), name, argumentsAt: head.index + head[0].length }
+      : undefined;
+  };
+}
+
+/** A call's JSON object up to its arguments: `{"name": "f", "arguments": ` (or "parameters"), the name first. */
+const jsonCallHead = /\{\s*"name"\s*:\s*("(?:[^"\\\n]|\\.)*")\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)/;
 
 /** The prose before and after an answer's calls, as its content: a line apart, where both are. */
 const proseAround = (before: string, after: string) => [before.trim(), after.trim()].filter(Boolean).join("\n");
@@ -219,6 +259,7 @@ const hermes: ToolCallFormat = {
       ? { content: withoutCutCall(content.trim(), "<tool_call>", "</tool_call>"), calls }
       : { content: withoutOpenCall(text, "<tool_call>", "</tool_call>"), calls };
   },
+  callHead: callHeads(jsonCallHead, openaiCallId),
   callLayout: (name) => {
     const call = jsonCall(name, "arguments");
     return { begin: `<tool_call>\n${call.begin}`, end: `${call.end}\n</tool_call>` };
@@ -309,6 +350,7 @@ const llama3: ToolCallFormat = {
   markers: ["<|python_tag|>", "{"],
   anywhere: false,
   parse: leadingCalls("<|python_tag|>", llama3Trigger, ["{"], leadingObjects, openaiCallId),
+  callHead: callHeads(jsonCallHead, openaiCallId),
   callLayout: (name) => jsonCall(name, "parameters"),
   separator: "; ",
   trigger: llama3Trigger,
@@ -321,6 +363,7 @@ const mistral: ToolCallFormat = {
   markers: [mistralMarker, "["],
   anywhere: false,
   parse: leadingCalls(mistralMarker, mistralMarker, ["[", "{"], leadingValue, mistralCallId),
+  callHead: callHeads(jsonCallHead, mistralCallId),
   callLayout: (name) => jsonCall(name, "arguments"),
   separator: ", ",
   list: { begin: `${mistralMarker} [`, end: "]" },
@@ -354,6 +397,7 @@ const mistralArgs: ToolCallFormat = {
     if (text.startsWith(mistralMarker, at)) after = "";
     return { content: proseAround(text.slice(0, first), after), calls };
   },
+  callHead: callHeads(new RegExp(`\\[TOOL_CALLS\\]${mistralArgsHead.source.slice(1)}\\s*(?=\\{)`), mistralCallId),
   // Laid out for the grammar as a list: [TOOL_CALLS] opens it and goes between its calls.
   callLayout: (name) => ({ begin: `${name}[ARGS]`, end: "" }),
   separator: mistralMarker,
@@ -503,6 +547,33 @@ function qwen3coderFormat(tools: ToolSpec[]): ToolCallFormat {
         ? { content: withoutCut(withoutCutCall(content.trim(), "<tool_call>", "</tool_call>")), calls }
         : { content: withoutCut(text), calls };
     },
+    // Each parameter goes out once it is whole (its </parameter>, or the next parameter, came).
+    callHead(text, from) {
+      const fn = /<function=([^>\n<]+)>/g;
+      fn.lastIndex = from;
+      const head = fn.exec(text);
+      const name = head?.[1]!.trim();
+      if (!head || !name) return undefined;
+      const argumentsAt = head.index + head[0].length;
+      return {
+        id: openaiCallId(),
+        name,
+        argumentsAt,
+        argumentsSoFar(text) {
+          const close = text.indexOf("</function>", argumentsAt);
+          let body = text.slice(argumentsAt, close >= 0 ? close : undefined);
+          if (close < 0) {
+            // Up to the last parameter that is whole: its </parameter> came, or it is cut before its name's ">".
+            const last = body.lastIndexOf("<parameter=");
+            const closed = last >= 0 ? body.indexOf("</parameter>", last) : -1;
+            if (last >= 0) body = closed >= 0 ? body.slice(0, closed + "</parameter>".length) : body.slice(0, last);
+          }
+          const args = xmlParameters(body, schemas.get(name)) ?? {};
+          const json = JSON.stringify(args);
+          return close >= 0 ? { json, end: close + "</function>".length } : { json: json.slice(0, -1) };
+        },
+      };
+    },
     // As the template writes calls: each parameter ends in a newline, up to </function>.
     callLayout: (name) => ({ begin: `<tool_call>\n<function=${name}>\n`, end: "</function>\n</tool_call>" }),
     separator: "\n",
@@ -539,6 +610,10 @@ const harmony: ToolCallFormat = {
     content += text.slice(done);
     return { content: calls.length > 0 ? content.trim() : content, calls };
   },
+  callHead: callHeads(
+    new RegExp(`${harmonyTrigger.replaceAll("|", "\\|")}${harmonyHead.source.slice(1)}\\s*(?=\\{)`),
+    openaiCallId,
+  ),
   // The <|call|> that ends a call is an end token: once the arguments close, the grammar lets
   // the model end there. Each call is a message of its own, the answer's last: one call an answer.
   callLayout: (name) => ({ begin: `${harmonyTrigger}functions.${name} <|constrain|>json<|message|>`, end: "" }),
@@ -613,6 +688,7 @@ function deepseekFormat(
       else if (deepseek.callsEnd.startsWith(after) || deepseek.callBegin.startsWith(after)) after = "";
       return { content: proseAround(text.slice(0, first), after), calls };
     },
+    callHead: callHeads(new RegExp(`${deepseek.callBegin}${head.source.slice(1)}(?=\\{)`), openaiCallId),
     ...layout,
     trigger: deepseek.callsBegin,
     // Their templates join a call's arguments to their text with "+".
@@ -669,6 +745,7 @@ const phi4mini: ToolCallFormat = {
     if (answer.calls.length === 0) return answer;
     return { content: proseAround(text.slice(0, at), text.slice(end)), calls: answer.calls };
   },
+  callHead: callHeads(jsonCallHead, openaiCallId),
   callLayout: (name) => jsonCall(name, "arguments"),
   separator: ", ",
   list: { begin: phi4Marker, end: "]" },

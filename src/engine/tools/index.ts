@@ -13,7 +13,7 @@ export {
   type ToolTemplate,
 } from "./formats";
 export { named, pairToolResults, templateInput } from "./prompt";
-export { ToolCallStream } from "./stream";
+export { ToolCallStream, type ToolCallDelta } from "./stream";
 export type { ConversationMessage, ThinkingBlock, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "./types";
 export { TOOL_ERROR_PREFIX } from "./types";
 

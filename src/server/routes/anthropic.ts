@@ -13,7 +13,7 @@ import {
 import { readJson } from "../../api/validate";
 import { remoteModel } from "../../providers";
 import { countPromptTokens } from "../../engine/request";
-import { ToolCallStream, type ThinkingBlock } from "../../engine/tools";
+import { ToolCallStream, type ThinkingBlock, type ToolCallDelta } from "../../engine/tools";
 import { errorBody } from "../errors";
 import {
   holdModel,
@@ -139,8 +139,9 @@ async function whole(
 
 /**
  * Anthropic's sequence: message_start, ping, then each content block (start, deltas, stop) —
- * reasoning as a thinking block, text as it comes, each tool call once it is complete, its input
- * as one input_json_delta — then message_delta (stop reason, final usage) and message_stop.
+ * reasoning as a thinking block, text as it comes, each tool call as it is written (its input {}
+ * at the start, then input_json_delta pieces) — then message_delta (stop reason, final usage)
+ * and message_stop.
  */
 function streamed(
   s: ServerState,
@@ -151,7 +152,9 @@ function streamed(
 ): Response {
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   let index = 0;
-  let open: "thinking" | "text" | undefined;
+  let open: "thinking" | "text" | "tool_use" | undefined;
+  let callBlock: number | undefined; // the call whose block was started last
+  let wroteBlock = false; // a text or tool_use block
   // A thinking block ends with its signature: an Anthropic provider's, else none (a local model's).
   const closeBlock = (send: Send, signature = "") => {
     if (open === "thinking")
@@ -171,7 +174,28 @@ function streamed(
   const sendText = (text: string, send: Send) => {
     if (!text) return;
     openBlock("text", send);
+    wroteBlock = true;
     send(namedEvent({ type: "content_block_delta", index, delta: { type: "text_delta", text } }));
+  };
+  // A call's block: started once its function is known, its input in pieces, stopped when the
+  // next block starts or at the end (as written so far, where it did not read: the token budget
+  // or a stop string cut it off). Blocks follow one another: a call's arguments are all written
+  // before the next call starts.
+  const sendCalls = (deltas: ToolCallDelta[], send: Send) => {
+    for (const d of deltas) {
+      if (d.type === "start") {
+        if (open) closeBlock(send);
+        open = "tool_use";
+        wroteBlock = true;
+        callBlock = d.index;
+        const content_block = { type: "tool_use", id: d.id, name: d.name, input: {} };
+        send(namedEvent({ type: "content_block_start", index, content_block }));
+      } else if (d.index !== callBlock || open !== "tool_use") continue;
+      else if (d.type === "arguments") {
+        const delta = { type: "input_json_delta", partial_json: d.delta };
+        send(namedEvent({ type: "content_block_delta", index, delta }));
+      } else closeBlock(send);
+    }
   };
   const sendThinking = (thinking: string | undefined, send: Send) => {
     if (!thinking) return;
@@ -210,23 +234,19 @@ function streamed(
         sendThinking(e.reasoning, send);
         sendThinkingBlock(e.thinkingBlock, send);
         sendText(toolCalls ? toolCalls.push(e.text) : e.text, send);
+        if (toolCalls) sendCalls(toolCalls.callDeltas(), send);
       },
       done: (e, send) => {
         const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
-        sendText(content, send);
-        if (open === "text" || calls.length === 0) openBlock("text", send);
+        // The text left comes after the calls already streamed; before calls that come only
+        // now, as in the message read whole.
+        const streamedCalls = callBlock !== undefined;
+        if (!streamedCalls) sendText(content, send);
+        if (toolCalls) sendCalls(toolCalls.callDeltas(), send);
+        if (streamedCalls) sendText(content, send);
+        // An answer of neither text nor calls has an empty text block.
+        if (!wroteBlock) openBlock("text", send);
         if (open) closeBlock(send);
-        for (const call of calls) {
-          send(namedEvent({ type: "content_block_start", index, content_block: { ...toolUseBlock(call), input: {} } }));
-          send(
-            namedEvent({
-              type: "content_block_delta",
-              index,
-              delta: { type: "input_json_delta", partial_json: JSON.stringify(call.arguments) },
-            }),
-          );
-          closeBlock(send);
-        }
         const u = e.usage;
         const delta = {
           stop_reason: stopReason(

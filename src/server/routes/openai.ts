@@ -34,7 +34,7 @@ import {
 import { readJson, unsupported } from "../../api/validate";
 import { type ServerState, serverStartDate } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
-import { ToolCallStream, type ToolCall } from "../../engine/tools";
+import { ToolCallStream, type ToolCall, type ToolCallDelta } from "../../engine/tools";
 import { remoteModel, remoteModelNames } from "../../providers";
 import { anthropicModel, anthropicModelList } from "../../api/anthropic";
 import { withoutLatestTag } from "../model-registry";
@@ -338,10 +338,9 @@ const finish = (done: { finishReason: string; stopSequence?: string; stopToken?:
   };
 };
 
-/** Calls as OpenAI writes them: arguments as JSON text; `index` places them in a stream. */
-const openaiToolCalls = (calls: ToolCall[], withIndex: boolean) =>
-  calls.map((c, index) => ({
-    ...(withIndex ? { index } : {}),
+/** Calls as OpenAI writes them: arguments as JSON text. */
+const openaiToolCalls = (calls: ToolCall[]) =>
+  calls.map((c) => ({
     id: c.id,
     type: "function" as const,
     function: { name: c.name, arguments: JSON.stringify(c.arguments) },
@@ -383,7 +382,7 @@ async function whole(
       content: calls.length > 0 ? content || null : content,
       ...(reasoning ? { reasoning_content: reasoning } : {}),
       refusal: null,
-      ...(calls.length > 0 ? { tool_calls: openaiToolCalls(calls, false) } : {}),
+      ...(calls.length > 0 ? { tool_calls: openaiToolCalls(calls) } : {}),
     };
     const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, alternatives) } : null;
     return { index, message, logprobs, ...finish(done, calls.length), ...closedEarly(gen) };
@@ -505,6 +504,18 @@ function choiceStream(
   });
   let offset = echoedLength(echo);
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
+  // Each call as it is written: its id, type and function first (arguments ""), then pieces of
+  // its arguments, as OpenAI streams them.
+  const sendCalls = (deltas: ToolCallDelta[], send: Send) => {
+    for (const d of deltas) {
+      if (d.type === "end") continue;
+      const call =
+        d.type === "start"
+          ? { index: d.index, id: d.id, type: "function", function: { name: d.name, arguments: "" } }
+          : { index: d.index, function: { arguments: d.delta } };
+      send(sse(chunk({ delta: { tool_calls: [call] } })));
+    }
+  };
   return generationStream(
     gen,
     {
@@ -516,11 +527,12 @@ function choiceStream(
         completionTokens += event.tokens.length;
         if (event.reasoning) send(sse(chunk({ delta: { reasoning_content: event.reasoning } })));
         const text = toolCalls ? toolCalls.push(event.text) : event.text;
-        if (!text && !(req.logprobs && event.tokens.length > 0)) return;
+        const shown = text || (req.logprobs && event.tokens.length > 0);
         if (kind === "chat") {
           const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, event.tokens, event.top) } : null;
-          send(sse(chunk({ delta: { content: text }, logprobs })));
-        } else {
+          if (shown) send(sse(chunk({ delta: { content: text }, logprobs })));
+          if (toolCalls) sendCalls(toolCalls.callDeltas(), send);
+        } else if (shown) {
           const logprobs = req.logprobs ? completionLogprobs(tokenizer, event.tokens, event.top, offset) : null;
           // Offsets count every token's text, shown yet or not (a stop string's first characters
           // or part of a character wait): as the whole answer's offsets do.
@@ -531,8 +543,8 @@ function choiceStream(
       done: (event, send) => {
         ({ promptTokens, completionTokens } = event.usage);
         const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
+        if (toolCalls) sendCalls(toolCalls.callDeltas(), send);
         if (content) send(sse(chunk({ delta: { content } })));
-        if (calls.length > 0) send(sse(chunk({ delta: { tool_calls: openaiToolCalls(calls, true) } })));
         const ended = finish(event, calls.length);
         send(
           sse(

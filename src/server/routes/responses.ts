@@ -21,7 +21,7 @@ import {
 import { toolResultName } from "../../api/tools";
 import { Fields, readJson } from "../../api/validate";
 import type { GenerationUsage } from "../../engine/scheduler";
-import { ToolCallStream, type ConversationMessage, type ToolCall } from "../../engine/tools";
+import { ToolCallStream, type ConversationMessage, type ToolCall, type ToolCallDelta } from "../../engine/tools";
 import { ApiError, errorBody } from "../errors";
 import { ResponseStore, type StoredResponse } from "../response-store";
 import { chatLogprobs, httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
@@ -278,10 +278,12 @@ async function whole(gen: Generation, base: Base, keep: Keep, req: ResponsesRequ
 function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: ResponsesRequest): Response {
   const { namespaced } = req;
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
-  const messageId = responseId("msg");
+  let messageId = responseId("msg");
   const reasoningId = responseId("rs");
   let sequence = 0;
+  /** The answer's text, and the text of the message item open now (prose after calls is a message of its own). */
   let text = "";
+  let messageText = "";
   let reasoning = "";
   let messageOpen = false;
   let reasoningOpen = false;
@@ -315,13 +317,19 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
   };
   // Each token's logprob goes out with the next answer text (a call's or the reasoning's tokens
   // with what follows them, or at the end), so the deltas' add up to the whole answer's.
-  const logprobs: ChatLogprob[] = [];
+  let logprobs: ChatLogprob[] = [];
   let pending: ChatLogprob[] = [];
   const openMessage = (send: Send) => {
     if (messageOpen) return;
     closeReasoning(send);
     messageOpen = true;
-    part = { ...part, output_index: output.length };
+    if (output.some((item) => item.id === messageId)) {
+      // Prose after calls: a message of its own.
+      messageId = responseId("msg");
+      messageText = "";
+      logprobs = [];
+    }
+    part = { item_id: messageId, output_index: output.length, content_index: 0 };
     emit(send, {
       type: "response.output_item.added",
       output_index: part.output_index,
@@ -329,13 +337,58 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
     });
     emit(send, { type: "response.content_part.added", ...part, part: outputText("") });
   };
+  const closeMessage = (send: Send, status: ItemStatus) => {
+    if (!messageOpen) return;
+    messageOpen = false;
+    logprobs.push(...pending);
+    pending = [];
+    emit(send, { type: "response.output_text.done", ...part, text: messageText, logprobs });
+    emit(send, { type: "response.content_part.done", ...part, part: outputText(messageText, logprobs) });
+    output.push(messageItem(messageId, messageText, status, logprobs));
+    emit(send, { type: "response.output_item.done", output_index: part.output_index, item: output.at(-1) });
+  };
   const sendText = (delta: string, send: Send) => {
     if (!delta) return;
     openMessage(send);
     text += delta;
+    messageText += delta;
     logprobs.push(...pending);
     emit(send, { type: "response.output_text.delta", ...part, delta, logprobs: pending });
     pending = [];
+  };
+  // Each call as it is written: its item added (arguments ""), its arguments in pieces, then done
+  // (a call that did not read, cut off by the budget or a stop string, is done incomplete).
+  const callItems = new Map<number, { output_index: number; item_id: string }>();
+  const sendCalls = (deltas: ToolCallDelta[], send: Send, finishReason?: string) => {
+    for (const d of deltas) {
+      if (d.type === "start") {
+        closeReasoning(send);
+        closeMessage(send, "completed");
+        const item = functionCallItem({ id: d.id, name: d.name, arguments: {} }, "in_progress", namespaced, "");
+        callItems.set(d.index, { output_index: output.length, item_id: item.id });
+        emit(send, { type: "response.output_item.added", output_index: output.length, item });
+        output.push(item);
+      } else if (d.type === "arguments") {
+        emit(send, { type: "response.function_call_arguments.delta", ...callItems.get(d.index)!, delta: d.delta });
+      } else {
+        const { output_index, item_id } = callItems.get(d.index)!;
+        const announced = output[output_index] as ReturnType<typeof functionCallItem>;
+        const item = d.call
+          ? functionCallItem(d.call, itemStatus(finishReason ?? "stop"), namespaced, d.arguments)
+          : { ...announced, arguments: d.arguments, status: "incomplete" as const };
+        if (d.call) {
+          emit(send, {
+            type: "response.function_call_arguments.done",
+            item_id,
+            output_index,
+            name: item.name,
+            arguments: item.arguments,
+          });
+        }
+        output[output_index] = item;
+        emit(send, { type: "response.output_item.done", output_index, item });
+      }
+    }
   };
   const body = generationStream(
     gen,
@@ -349,46 +402,22 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
         if (req.logprobs) pending.push(...chatLogprobs(gen.tokenizer!, e.tokens, e.top));
         sendReasoning(e.reasoning, send);
         sendText(toolCalls ? toolCalls.push(e.text) : e.text, send);
+        if (toolCalls) sendCalls(toolCalls.callDeltas(), send);
       },
       done: (e, send) => {
         const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
-        sendText(content, send);
+        // The prose left comes after the calls already streamed; before calls that come only
+        // now, as in the response read whole.
+        const streamedCalls = callItems.size > 0;
+        if (!streamedCalls) sendText(content, send);
+        if (toolCalls) sendCalls(toolCalls.callDeltas(), send, e.finishReason);
+        if (streamedCalls) sendText(content, send);
         // Reasoning still open at the end had no answer after it: the budget may have cut it.
         closeReasoning(send, calls.length > 0 ? "completed" : itemStatus(e.finishReason));
         // An empty answer is still a message, as read whole (see outputItems): its events come
         // too, so that a client building the output from them gets the final response's items.
         if (output.length === 0 && calls.length === 0) openMessage(send);
-        if (messageOpen) {
-          logprobs.push(...pending);
-          emit(send, { type: "response.output_text.done", ...part, text, logprobs });
-          emit(send, { type: "response.content_part.done", ...part, part: outputText(text, logprobs) });
-          output.push(messageItem(messageId, text, itemStatus(e.finishReason), logprobs));
-          emit(send, { type: "response.output_item.done", output_index: part.output_index, item: output.at(-1) });
-        }
-        for (const call of calls) {
-          const output_index = output.length;
-          const item = functionCallItem(call, itemStatus(e.finishReason), namespaced);
-          emit(send, {
-            type: "response.output_item.added",
-            output_index,
-            item: functionCallItem(call, "in_progress", namespaced, ""),
-          });
-          emit(send, {
-            type: "response.function_call_arguments.delta",
-            item_id: item.id,
-            output_index,
-            delta: item.arguments,
-          });
-          emit(send, {
-            type: "response.function_call_arguments.done",
-            item_id: item.id,
-            output_index,
-            name: item.name,
-            arguments: item.arguments,
-          });
-          emit(send, { type: "response.output_item.done", output_index, item });
-          output.push(item);
-        }
+        closeMessage(send, itemStatus(e.finishReason));
         // The items the events announced.
         const response = finished(base, output, e.finishReason, e.usage);
         keep(text, calls, reasoning, response);
@@ -404,9 +433,12 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
         // What was written before the failure, as OpenAI's failed response holds it: an item still
         // open is cut there.
         const written = [
-          ...output,
+          // A call still being written is cut there too.
+          ...output.map((item) =>
+            "status" in item && item.status === "in_progress" ? { ...item, status: "incomplete" } : item,
+          ),
           ...(reasoningOpen ? [reasoningItem(reasoningId, reasoning, "incomplete")] : []),
-          ...(messageOpen ? [messageItem(messageId, text, "incomplete", logprobs)] : []),
+          ...(messageOpen ? [messageItem(messageId, messageText, "incomplete", logprobs)] : []),
         ];
         return Buffer.concat([
           namedEvent({
