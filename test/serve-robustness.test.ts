@@ -1045,11 +1045,11 @@ describe("operations", () => {
       const allowed = sdkPreflight.headers.get("access-control-allow-headers")?.toLowerCase().split(/,\s*/);
       for (const header of [...sdkHeaders, "anthropic-dangerous-direct-browser-access"])
         expect(allowed).toContain(header);
-      // A page can read our own headers (a 429's Retry-After, X-Mlx-Closed-Early).
+      // A page can read our own headers (a 429's Retry-After, X-Mlx-Closed-Early, X-Request-Id).
       const answer = await fetch(`${open.url}/v1/models`, {
         headers: { Origin: "http://app.example", Authorization: "Bearer k" },
       });
-      expect(answer.headers.get("access-control-expose-headers")).toBe("Retry-After,X-Mlx-Closed-Early");
+      expect(answer.headers.get("access-control-expose-headers")).toBe("Retry-After,X-Mlx-Closed-Early,X-Request-Id");
       const other = await fetch(`${open.url}/v1/models`, {
         headers: { Origin: "http://evil.example", Authorization: "Bearer k" },
       });
