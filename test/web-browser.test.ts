@@ -875,6 +875,26 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 120_000);
 
+  test("the dashboard counts down to a model's unload by the server's clock, not the browser's", async () => {
+    // Loaded by a request, the other model unloads once idle for the keep-alive (5 minutes).
+    const loaded = await fetch(`${server.url}/v1/completions`, {
+      method: "POST",
+      body: JSON.stringify({ model: other, prompt: "Hi", max_tokens: 1 }),
+    });
+    expect(loaded.status).toBe(200);
+    // Opened on a machine whose clock is an hour ahead of the server's.
+    const { page, errors } = await openPage(browser, `${server.url}/dashboard`, {
+      now: new Date(Date.now() + 3600_000),
+    });
+    const unloadsIn = page.locator("#models tbody tr", { hasText: other }).locator("td").nth(4);
+    await unloadsIn.filter({ hasText: /^\d+ s$/ }).waitFor();
+    const seconds = Number(/^(\d+) s$/.exec((await unloadsIn.textContent())!)![1]);
+    // What /stats says is left of the 300 s (was "0 s": the server's expires_at against the browser's clock).
+    expect(seconds).toBeGreaterThan(60);
+    expect(seconds).toBeLessThanOrEqual(300);
+    expect(errors).toEqual([]);
+  }, 30_000);
+
   test("behind a proxy that serves the server under /mlx/, the chat answers and the dashboard follows", async () => {
     // A reverse proxy as nginx's `location /mlx/ { proxy_pass http://server/; }`: the prefix
     // is cut off on the way in; responses, streams among them, pass through unchanged.

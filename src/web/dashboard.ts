@@ -216,16 +216,20 @@ function show(frame: Frame): void {
       formatBytes(m.weight_bytes),
       String(m.context_length),
       String(m.active_requests),
-      unloadsIn(m),
+      unloadsIn(m, frame.time),
     ]),
     "none loaded",
   );
 }
 
-function unloadsIn(m: ModelStats): string {
+/**
+ * When an idle model unloads, counted from `now` (the frame's time, in seconds): by the server's
+ * clock, as its expires_at is, since the browser's may be off (a dashboard opened on another machine).
+ */
+function unloadsIn(m: ModelStats, now: number): string {
   if (m.keep_alive_seconds < 0) return "kept loaded";
   if (!m.expires_at) return m.active_requests > 0 ? "in use" : "–";
-  return `${Math.max(0, Math.round((Date.parse(m.expires_at) - Date.now()) / 1000))} s`;
+  return `${Math.max(0, Math.round(Date.parse(m.expires_at) / 1000 - now))} s`;
 }
 
 function fillTable(selector: string, rows: string[][], empty: string): void {

@@ -14,11 +14,14 @@ export function launchBrowser(args: string[] = []): Promise<Browser> {
   return chromium.launch({ executablePath: chromiumPath!, args: ["--no-sandbox", ...args], timeout: 30_000 });
 }
 
-/** A page that records its console errors (CSP violations among them) and uncaught exceptions. */
+/**
+ * A page that records its console errors (CSP violations among them) and uncaught exceptions.
+ * With `now`, the page's clock stays at that time (a browser on a machine whose clock is off).
+ */
 export async function openPage(
   browser: Browser,
   url: string,
-  o: { colorScheme?: "light" | "dark"; width?: number; height?: number } = {},
+  o: { colorScheme?: "light" | "dark"; width?: number; height?: number; now?: Date } = {},
 ): Promise<{ page: Page; errors: string[] }> {
   const context = await browser.newContext({
     colorScheme: o.colorScheme ?? "light",
@@ -31,6 +34,7 @@ export async function openPage(
     if (m.type() === "error") errors.push(m.text());
   });
   page.on("pageerror", (e) => errors.push(e.message));
+  if (o.now) await page.clock.setFixedTime(o.now);
   await page.goto(url);
   return { page, errors };
 }
