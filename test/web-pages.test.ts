@@ -65,6 +65,22 @@ describe("the pages", () => {
     expect(await followed.text()).toContain("<html");
   });
 
+  test("HEAD answers with GET's headers, its Content-Length among them (it was 0), and no body", async () => {
+    const headers = { ...html, "Accept-Encoding": "identity" };
+    for (const path of ["/", "/dashboard", "/web/chat.js", "/web/dashboard.css", "/v1/models", "/web/nope.js"]) {
+      const get = await fetch(`${server.url}${path}`, { headers });
+      const length = (await get.arrayBuffer()).byteLength;
+      const head = await fetch(`${server.url}${path}`, { method: "HEAD", headers });
+      expect([path, head.status, head.headers.get("content-type"), head.headers.get("content-length")]).toEqual([
+        path,
+        get.status,
+        get.headers.get("content-type"),
+        String(length),
+      ]);
+      expect((await head.arrayBuffer()).byteLength).toBe(0);
+    }
+  });
+
   test("an unknown asset is a JSON 404", async () => {
     const r = await fetch(`${server.url}/web/nope.js`);
     expect(r.status).toBe(404);

@@ -490,6 +490,15 @@ function withAbsoluteUrl(request: Request, server: URL): Request {
   return request.url.startsWith("/") ? new Request(new URL(request.url, server).href, request) : request;
 }
 
+/**
+ * A HEAD request as its GET: Bun then sends the headers of the whole answer, its Content-Length
+ * among them, without the body (and cancels a stream's). Hono answers HEAD itself with an empty
+ * body, which Bun sent as "Content-Length: 0", for a page or a model list as for nothing.
+ */
+function headAsGet(request: Request): Request {
+  return request.method === "HEAD" ? new Request(request, { method: "GET" }) : request;
+}
+
 /** Why the server cannot listen there, in words that name the address (Bun's errno alone names neither). */
 const LISTEN_FAILURES: Record<string, (port: number) => string> = {
   EADDRINUSE: (port) => `port ${port} is in use (--port 0 picks a free one)`,
@@ -527,7 +536,7 @@ export function startServer(o: ServerOptions = {}): RunningServer {
       idleTimeout: idleSeconds,
       fetch: async (request, bun) => {
         bun.timeout(request, 0);
-        return onceSent(await app.fetch(withAbsoluteUrl(request, bun.url), bun), () =>
+        return onceSent(await app.fetch(headAsGet(withAbsoluteUrl(request, bun.url)), bun), () =>
           bun.timeout(request, idleSeconds),
         );
       },
