@@ -6,9 +6,10 @@ import { join } from "node:path";
 import OpenAI from "openai";
 import type { Browser, Page } from "playwright-core";
 import { formatBytes } from "../src/format";
+import { loadModelAsync } from "../src/models/load";
 import type { RunningServer } from "../src/server/app";
 import { chromiumPath, launchBrowser, longTinyModel, openPage } from "./helpers/browser";
-import { eventually, serve, startServe } from "./helpers/serve";
+import { eventually, post, serve, startServe } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const stats = async (server: RunningServer): Promise<any> => (await fetch(`${server.url}/stats`)).json();
@@ -997,6 +998,34 @@ describe.skipIf(!chromiumPath)("in Chromium, a model that reasons", () => {
   }, 120_000);
 });
 
+describe.skipIf(!chromiumPath)("in Chromium, a model being loaded", () => {
+  test("the dashboard counts the requests waiting for their model, as /stats does (they are in no queue yet)", async () => {
+    // The load waits until the test lets it go: the requests wait for their model meanwhile.
+    let letLoad = () => {};
+    const server = serve({
+      loadModel: async (path) => (await new Promise<void>((go) => (letLoad = go)), loadModelAsync(path)),
+    });
+    const browser = await launchBrowser();
+    try {
+      const { page, errors } = await openPage(browser, `${server.url}/dashboard`);
+      await page.locator("#waiting-for-model", { hasText: /^0$/ }).waitFor();
+      const answers = Array.from({ length: 2 }, () =>
+        post(`${server.url}/v1/completions`, { model: longTinyModel(), prompt: "Hi", max_tokens: 1 }),
+      );
+      await eventually(async () => (await stats(server)).queue.waiting_for_model === 2, 10_000);
+      // Was nothing at all: running, waiting and the requests in flight are all 0 while a model loads.
+      await page.locator("#waiting-for-model", { hasText: /^2$/ }).waitFor();
+      expect(await page.locator("#running").textContent()).toBe("0");
+      letLoad();
+      expect((await Promise.all(answers)).map((a) => a.status)).toEqual([200, 200]);
+      await page.locator("#waiting-for-model", { hasText: /^0$/ }).waitFor();
+      expect(errors).toEqual([]);
+    } finally {
+      await closeBoth(browser, server);
+    }
+  }, 60_000);
+});
+
 describe.skipIf(!chromiumPath)("in Chromium, a server that stops", () => {
   test("the dashboard says it is disconnected and stops showing the last figures as current", async () => {
     const server = serve({ defaultModel: longTinyModel() });
@@ -1011,7 +1040,7 @@ describe.skipIf(!chromiumPath)("in Chromium, a server that stops", () => {
       await page.locator("#status", { hasText: /^disconnected/ }).waitFor();
       // One point of no values: the line breaks there, not joining the figures either side of the outage.
       expect(await points()).toBe(before + 1);
-      expect(await page.locator("#tiles strong").allTextContents()).toEqual(Array(6).fill("–"));
+      expect(await page.locator("#tiles strong").allTextContents()).toEqual(Array(7).fill("–"));
       expect(await page.locator("#in-flight tbody").textContent()).toBe("unknown while disconnected");
       // Nor the models it had loaded (a restarted server has loaded none of them).
       expect(await page.locator("#models tbody").textContent()).toBe("unknown while disconnected");

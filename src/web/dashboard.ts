@@ -22,7 +22,8 @@ interface Frame {
   time: number;
   stats: {
     uptime_seconds: number;
-    queue: { running: number; waiting: number };
+    /** waiting_for_model: requests waiting for their model to load, or for room to load it (in no queue yet). */
+    queue: { running: number; waiting: number; waiting_for_model: number };
     models: ModelStats[];
     memory: { active: number; peak: number };
   };
@@ -124,7 +125,7 @@ const $ = (selector: string) => document.querySelector<HTMLElement>(selector)!;
 const chartsRoot = $("#charts");
 const charts = {
   tokens: new Chart(chartsRoot, "Output tokens", ["tokens/s"], "per second"),
-  requests: new Chart(chartsRoot, "Requests", ["running", "waiting"], "count"),
+  requests: new Chart(chartsRoot, "Requests", ["running", "waiting", "waiting for a model"], "count"),
   ttft: new Chart(chartsRoot, "Time to first token, last 10 s", ["p50", "p90", "p99"], "ms"),
   itl: new Chart(chartsRoot, "Inter-token latency, last 10 s", ["p50", "p90", "p99"], "ms"),
   memory: new Chart(chartsRoot, "MLX memory", ["active", "peak"], "MB"),
@@ -176,7 +177,7 @@ function show(frame: Frame): void {
   previous = frame;
   const t = frame.time;
   charts.tokens.push(t, [rate]);
-  charts.requests.push(t, [stats.queue.running, stats.queue.waiting]);
+  charts.requests.push(t, [stats.queue.running, stats.queue.waiting, stats.queue.waiting_for_model]);
   charts.ttft.push(t, [ms(frame.ttft_seconds, "p50"), ms(frame.ttft_seconds, "p90"), ms(frame.ttft_seconds, "p99")]);
   charts.itl.push(t, [ms(frame.itl_seconds, "p50"), ms(frame.itl_seconds, "p90"), ms(frame.itl_seconds, "p99")]);
   charts.memory.push(t, [mb(stats.memory.active), mb(stats.memory.peak)]);
@@ -199,6 +200,7 @@ function show(frame: Frame): void {
   $("#tokens-per-second").textContent = rate === null ? "–" : rate.toFixed(1);
   $("#running").textContent = String(stats.queue.running);
   $("#waiting").textContent = String(stats.queue.waiting);
+  $("#waiting-for-model").textContent = String(stats.queue.waiting_for_model);
   $("#loaded").textContent = String(stats.models.length);
   $("#memory-active").textContent = formatBytes(stats.memory.active);
   $("#memory-peak").textContent = formatBytes(stats.memory.peak);
