@@ -1229,6 +1229,32 @@ describe.skipIf(!chromiumPath)("in Chromium, with --api-key", () => {
     await server?.stop();
   });
 
+  test("the key dialog closed without a key (Esc) stays closed: the page says the key is needed, and asks again at the next request", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("#key-dialog[open]");
+    await page.keyboard.press("Escape");
+    // Was asked again at once: a dialog that could not be closed, over the whole page.
+    await page.waitForSelector("body[data-ready]");
+    expect(await page.locator("#key-dialog[open]").count()).toBe(0);
+    expect(await page.getByRole("alert").textContent()).toBe("Cannot list the models: this server needs an API key");
+    // A question asks for the key again; closed without one (Esc, which also stops an answer), nothing spins.
+    await setMaxTokens(page, "4");
+    await send(page, "Hi");
+    await page.waitForSelector("#key-dialog[open]");
+    await page.keyboard.press("Escape");
+    await page.locator(".message.assistant .figures").waitFor();
+    expect(await page.locator(".message.assistant .figures").textContent()).toBe("stopped");
+    expect(await page.locator("body.running").count()).toBe(0);
+    // The models listed anew after the answer ask again: given the key, the page works.
+    await page.waitForSelector("#key-dialog[open]");
+    await page.fill("#key-dialog input", key);
+    await page.press("#key-dialog input", "Enter");
+    await page.locator("#notice").waitFor({ state: "hidden" });
+    await page.click(".message.assistant .regenerate");
+    await page.locator(".message.assistant .figures", { hasText: /^4 tokens/ }).waitFor();
+    expect(errors.filter((e) => !e.includes("401"))).toEqual([]);
+  }, 60_000);
+
   test("the page asks for the key once, works after, and never puts it in a URL", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     const urls: string[] = [];

@@ -4,7 +4,7 @@
 import { EventSourceParserStream } from "eventsource-parser/stream";
 
 const KEY = "mlx.apiKey";
-let asking: Promise<void> | undefined;
+let asking: Promise<boolean> | undefined;
 
 /** The dialog that asks for the key (made on first use: most servers have no key). */
 function keyDialog(): HTMLDialogElement {
@@ -33,9 +33,9 @@ function keyDialog(): HTMLDialogElement {
   return dialog;
 }
 
-/** Asks for the API key; concurrent callers share one question. */
-function askForKey(wrong: boolean): Promise<void> {
-  asking ??= new Promise<void>((resolve) => {
+/** Asks for the API key (whether one was given: Esc closes the dialog without); concurrent callers share one question. */
+function askForKey(wrong: boolean): Promise<boolean> {
+  asking ??= new Promise<boolean>((resolve) => {
     const dialog = keyDialog();
     const input = dialog.querySelector("input")!;
     dialog.querySelector<HTMLElement>(".key-wrong")!.hidden = !wrong;
@@ -43,9 +43,10 @@ function askForKey(wrong: boolean): Promise<void> {
     dialog.addEventListener(
       "close",
       () => {
-        if (input.value.trim()) localStorage.setItem(KEY, input.value.trim());
+        const key = input.value.trim();
+        if (key) localStorage.setItem(KEY, key);
         asking = undefined;
-        resolve();
+        resolve(key !== "");
       },
       { once: true },
     );
@@ -57,6 +58,8 @@ function askForKey(wrong: boolean): Promise<void> {
 /**
  * fetch() with the API key; a 401 asks for the key and tries again. `path` is relative to the
  * page (no leading slash), so the pages also work behind a proxy that serves them under a sub-path.
+ * Asked for the key, one who has none closes the dialog: the request fails, saying why, rather than
+ * ask again at once (a dialog that could not be closed, over the conversations kept in this browser).
  */
 export async function api(path: string, init: RequestInit = {}): Promise<Response> {
   for (;;) {
@@ -67,7 +70,7 @@ export async function api(path: string, init: RequestInit = {}): Promise<Respons
       throw networkFailure(error, "cannot reach the server (is mlx serve running?)");
     });
     if (response.status !== 401) return response;
-    await askForKey(key !== null);
+    if (!(await askForKey(key !== null))) throw new Error("this server needs an API key");
   }
 }
 
