@@ -81,10 +81,12 @@ describe("the pages", () => {
     }
   });
 
-  test("an unknown asset is a JSON 404", async () => {
-    const r = await fetch(`${server.url}/web/nope.js`);
-    expect(r.status).toBe(404);
-    expect(((await r.json()) as any).error).toBeDefined();
+  test("an unknown asset is a JSON 404, one named like a property of every object too (was a 500)", async () => {
+    for (const name of ["nope.js", "__proto__", "constructor", "toString", "hasOwnProperty"]) {
+      const r = await fetch(`${server.url}/web/${name}`);
+      expect([name, r.status]).toEqual([name, 404]);
+      expect(((await r.json()) as any).error).toBeDefined();
+    }
   });
 
   test("GET / from a client that does not ask for HTML still answers as Ollama does", async () => {

@@ -65,7 +65,9 @@ export function webRoutes(s: ServerState): Hono {
   // by a relative address that holds behind a proxy's sub-path too.
   r.get("/dashboard/", (c) => c.redirect("../dashboard", 301));
   r.get("/web/:file", (c) => {
-    const asset = webAssets[c.req.param("file")];
+    const file = c.req.param("file");
+    // Own names only: "/web/constructor" found Object's and failed on it (a 500, not a 404).
+    const asset = Object.hasOwn(webAssets, file) ? webAssets[file] : undefined;
     if (!asset) return c.notFound();
     return c.body(asset.body, 200, { "Content-Type": asset.type, "Cache-Control": "no-cache" });
   });
