@@ -504,6 +504,42 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual(["Failed to load resource: the server responded with a status of 400 (Bad Request)"]);
   }, 60_000);
 
+  test("a long conversation past the context is cut to fit in a few requests, not in one a turn", async () => {
+    const load = { model: other, prompt: "Hi", max_tokens: 1 };
+    expect((await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify(load) })).status).toBe(
+      200,
+    );
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    // 80 messages of some 25 tokens each: four times the 512 tokens of the model's context.
+    const messages = Array.from({ length: 80 }, (_, i) =>
+      i % 2 === 0
+        ? { role: "user", content: `Question ${i}: ${"gamma ".repeat(20)}` }
+        : { role: "assistant", content: `Answer ${i}: ${"delta ".repeat(20)}` },
+    );
+    await importConversation(page, { title: "Long talk", messages });
+    await page.locator("#conversations li.current .open", { hasText: "Long talk" }).waitFor();
+    await page.selectOption("#model", other);
+    await setMaxTokens(page, "3");
+    const sent: number[] = [];
+    page.on("request", (r) => {
+      if (r.url().endsWith("/v1/chat/completions")) sent.push(r.postDataJSON().messages.length);
+    });
+    await send(page, "And the last question?");
+    const figures = page
+      .locator(".message.assistant")
+      .nth(40)
+      .locator(".figures", { hasText: /tokens/ });
+    await figures.waitFor();
+    const leftOut = Number(/the (\d+) oldest messages were left out/.exec((await figures.textContent())!)![1]);
+    // Was a request per turn left out: 30 and more, each a 400, before the answer began.
+    expect(sent.length).toBeLessThanOrEqual(3);
+    expect(sent.at(-1)).toBe(81 - leftOut);
+    // Cut to what fits, not to the last question alone.
+    expect(81 - leftOut).toBeGreaterThan(5);
+    expect(errors.every((e) => e.includes("status of 400"))).toBe(true);
+  }, 60_000);
+
   test("an answer the model's context cuts short says so; one cut by Max tokens does not", async () => {
     const load = { model: other, prompt: "Hi", max_tokens: 1 };
     expect((await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify(load) })).status).toBe(

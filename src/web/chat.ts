@@ -516,7 +516,8 @@ async function requestFitting(
   body: Record<string, unknown>,
   signal: AbortSignal,
 ): Promise<{ response: Response; leftOut: number }> {
-  const messages = body.messages as { role: string }[];
+  const messages = body.messages as { role: string; content: string }[];
+  const length = (list: { content: string }[]) => list.reduce((sum, m) => sum + m.content.length, 0);
   for (let leftOut = 0; ; ) {
     const response = await api("v1/chat/completions", {
       method: "POST",
@@ -525,19 +526,37 @@ async function requestFitting(
       signal,
     });
     if (response.status !== 400) return { response, leftOut };
-    const code = await response
+    const error = await response
       .clone()
       .json()
-      .then((e) => e?.error?.code)
+      .then((e) => e?.error)
       .catch(() => undefined);
     const first = messages.findIndex((m) => m.role !== "system");
-    if (code !== "context_length_exceeded" || first < 0 || first >= messages.length - 1) return { response, leftOut };
-    // The oldest turn: its question and what answered it, up to the next question.
-    let end = first + 1;
-    while (end < messages.length - 1 && messages[end]!.role !== "user") end++;
+    if (error?.code !== "context_length_exceeded" || first < 0 || first >= messages.length - 1)
+      return { response, leftOut };
+    // The oldest turns, each its question and what answered it up to the next question: at least
+    // one, and as many as hold the share of the text the prompt is over by. A turn at a time, a
+    // long conversation took a request per turn (hundreds) before its answer began.
+    const over = overShare(String(error.message)) * length(messages);
+    let end = first;
+    do {
+      end++;
+      while (end < messages.length - 1 && messages[end]!.role !== "user") end++;
+    } while (end < messages.length - 1 && length(messages.slice(first, end)) < over);
     messages.splice(first, end - first);
     leftOut += end - first;
   }
+}
+
+/**
+ * The share of a prompt over the model's context, from the server's error ("This model's maximum
+ * context length is C tokens. However, the prompt is P tokens"): 0 when it does not say.
+ */
+function overShare(message: string): number {
+  const figures = /maximum context length is (\d+) tokens.*?the prompt is (\d+) tokens/.exec(message);
+  if (!figures) return 0;
+  const [context, prompt] = [Number(figures[1]), Number(figures[2])];
+  return prompt >= context ? (prompt - context + 1) / prompt : 0;
 }
 
 /** The conversation's messages with the last one replaced by `last` (a copy to save). */
