@@ -1,6 +1,6 @@
 // The chat and the dashboard in headless Chromium, against a real server with a tiny model.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
@@ -1032,6 +1032,37 @@ describe.skipIf(!chromiumPath)("in Chromium, a model that reasons", () => {
     await page.locator(".message.assistant").nth(1).locator(".figures").waitFor();
     expect(errors).toEqual([]);
   }, 120_000);
+});
+
+describe.skipIf(!chromiumPath)("in Chromium, a model whose alias sets its answer length (num_predict)", () => {
+  const savedHome = process.env.MLX_HOME;
+  let browser: Browser;
+  let server: RunningServer;
+  beforeAll(async () => {
+    const model = longTinyModel(); // a context of 4096 tokens
+    process.env.MLX_HOME = join(mkdtempSync(join(tmpdir(), "mlx-web-")), "home");
+    mkdirSync(process.env.MLX_HOME);
+    writeFileSync(join(process.env.MLX_HOME, "models.toml"), `[models.brief]\nsource = "${model}"\nnum_predict = 5\n`);
+    ({ browser, server } = await browserAndServer(serve({ defaultModel: "brief" })));
+  }, 90_000);
+  afterAll(async () => {
+    await closeBoth(browser, server);
+    if (savedHome === undefined) delete process.env.MLX_HOME;
+    else process.env.MLX_HOME = savedHome;
+  });
+
+  test("an answer cut at that length says so, not that the conversation has filled the context", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    expect(await page.locator("#model").inputValue()).toBe("brief");
+    await send(page, "Hi");
+    const figures = page.locator(".message.assistant .figures");
+    await figures.waitFor();
+    expect(await figures.textContent()).toMatch(
+      /^5 tokens · .* · cut off at the model's answer length \(its num_predict\): set Max tokens for longer answers$/,
+    );
+    expect(errors).toEqual([]);
+  }, 60_000);
 });
 
 describe.skipIf(!chromiumPath)("in Chromium, a model being loaded", () => {

@@ -71,12 +71,18 @@ function blankConversation(): Conversation {
 
 // ---- models ----
 
+/** The context of each loaded model, as the server lists it (max_model_len). */
+const modelContexts = new Map<string, number>();
+
 async function loadModels(): Promise<void> {
   const [models, loaded] = await Promise.all([
     api("v1/models").then((r) => r.json()),
     api("api/ps").then((r) => r.json()),
   ]);
   const loadedNames = new Set<string>((loaded.models ?? []).map((m: { name: string }) => m.name));
+  modelContexts.clear();
+  for (const m of models.data as { id: string; max_model_len?: number }[])
+    if (m.max_model_len) modelContexts.set(m.id, m.max_model_len);
   const wanted = current.model || localStorage.getItem("mlx.model") || "";
   ui.model.replaceChildren(
     ...models.data.map((m: { id: string }) => {
@@ -410,6 +416,8 @@ const UNFINISHED = "unfinished (the page was closed or reloaded while it was wri
 const WRITING_ELSEWHERE = "being written in another tab…";
 /** The note on an answer the model's context cut short. */
 const CONTEXT_FULL = "cut off: the conversation has filled the model's context";
+/** The note on an answer cut short by its model's own answer length (num_predict of its Modelfile or alias). */
+const MODEL_ANSWER_LENGTH = "cut off at the model's answer length (its num_predict): set Max tokens for longer answers";
 /** How often a streaming answer is saved, so that a reload keeps most of it. */
 const SAVE_EVERY_MS = 1000;
 
@@ -435,6 +443,7 @@ async function answer(): Promise<void> {
   let firstTokenAt: number | undefined;
   let redraw = 0;
   let savedAt = performance.now();
+  let promptTokens = 0;
   try {
     // Saved before the answer comes: the question survives a reload, and opening another chat.
     await persist(conversation, { ...reply, note: UNFINISHED });
@@ -479,6 +488,7 @@ async function answer(): Promise<void> {
         }
       }
       if (chunk.usage) {
+        promptTokens = chunk.usage.prompt_tokens ?? 0;
         const seconds = firstTokenAt === undefined ? 0 : (performance.now() - firstTokenAt) / 1000;
         const tokens = chunk.usage.completion_tokens;
         reply.stats = {
@@ -490,10 +500,16 @@ async function answer(): Promise<void> {
         };
       }
     }
-    // Cut short, and not by the Max tokens asked for: the conversation has filled the context.
+    // Cut short, and not by the Max tokens asked for: by the model's context, or by the answer
+    // length its Modelfile or alias gives it. Its context, listed once this answer loaded it, tells which.
     const maxTokens = body.max_tokens as number | undefined;
-    if (finishReason === "length" && !(maxTokens && (reply.stats?.completionTokens ?? 0) >= maxTokens))
-      reply.note = [reply.note, CONTEXT_FULL].filter(Boolean).join(" · ");
+    const answered = reply.stats?.completionTokens ?? 0;
+    if (finishReason === "length" && !(maxTokens && answered >= maxTokens)) {
+      await refreshModels();
+      const context = modelContexts.get(body.model as string);
+      const cut = context !== undefined && promptTokens + answered < context ? MODEL_ANSWER_LENGTH : CONTEXT_FULL;
+      reply.note = [reply.note, cut].filter(Boolean).join(" · ");
+    }
   } catch (error) {
     reply.note = controller.signal.aborted ? "stopped" : `error: ${(error as Error).message}`;
   } finally {
