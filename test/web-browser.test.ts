@@ -972,6 +972,64 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
   }, 60_000);
 });
 
+describe.skipIf(!chromiumPath)("in Chromium, behind a proxy that cuts an answer short", () => {
+  test("an answer whose stream ends before the server's [DONE] says the connection was lost, and the server stops it", async () => {
+    const server = serve({ defaultModel: longTinyModel() });
+    // Passes everything on, but ends an answer's stream after its first few events, as if whole
+    // (as a proxy's read timeout can): the page gets no error, only a stream that ends.
+    const proxy = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      async fetch(request) {
+        const url = new URL(request.url);
+        const headers = new Headers(request.headers);
+        headers.delete("host");
+        const upstream = await fetch(`${server.url}${url.pathname}${url.search}`, {
+          method: request.method,
+          headers,
+          body: request.body,
+          decompress: false,
+        });
+        if (!url.pathname.endsWith("/v1/chat/completions") || !upstream.ok) return upstream;
+        const reader = upstream.body!.getReader();
+        let events = 0;
+        const cut = new ReadableStream<Uint8Array>({
+          async pull(controller) {
+            const { done, value } = await reader.read();
+            if (done) return controller.close();
+            controller.enqueue(value);
+            events += new TextDecoder().decode(value).split("\n\n").length - 1;
+            if (events >= 5) {
+              await reader.cancel();
+              controller.close();
+            }
+          },
+        });
+        return new Response(cut, { status: upstream.status, headers: upstream.headers });
+      },
+    });
+    const browser = await launchBrowser();
+    try {
+      await eventually(async () => (await fetch(`${server.url}/health`)).status === 200, 60_000);
+      const { page, errors } = await openPage(browser, `http://127.0.0.1:${proxy.port}/`);
+      await page.waitForSelector("body[data-ready]");
+      await setMaxTokens(page, "200");
+      await send(page, "Tell me a story");
+      // Was no note at all: the first words of the answer, shown as if it were the whole of it.
+      const figures = page.locator(".message.assistant .figures");
+      await figures.waitFor();
+      expect(await figures.textContent()).toBe("error: the connection to the server was lost");
+      expect(await page.locator(".message.assistant .markdown").textContent()).not.toBe("");
+      await eventually(async () => (await stats(server)).queue.running === 0, 10_000);
+      expect(errors).toEqual([]);
+    } finally {
+      await browser.close();
+      proxy.stop(true);
+      await server.stop();
+    }
+  }, 60_000);
+});
+
 describe.skipIf(!chromiumPath)("in Chromium, a model that reasons", () => {
   /** DeepSeek-R1-style: the prompt opens <think>, so random weights reason until the answer's end. */
   const thinkingTemplate =

@@ -456,8 +456,12 @@ async function answer(): Promise<void> {
     if (!response.ok) throw new Error(await errorMessage(response));
     if (leftOut > 0) reply.note = `the ${leftOut} oldest messages were left out to fit the model's context`;
     let finishReason: string | undefined;
+    let whole = false;
     for await (const data of events(response)) {
-      if (data === "[DONE]") break;
+      if (data === "[DONE]") {
+        whole = true;
+        break;
+      }
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message ?? String(chunk.error));
       // The server sends reasoning apart; the message keeps it in <think> tags, as splitReasoning reads them.
@@ -500,6 +504,9 @@ async function answer(): Promise<void> {
         };
       }
     }
+    // The server ends every answer with [DONE]: a stream that ends without it was cut on the way
+    // (a proxy's timeout), and the answer is not whole, however it reads.
+    if (!whole) throw new Error("the connection to the server was lost");
     // Cut short, and not by the Max tokens asked for: by the model's context, or by the answer
     // length its Modelfile or alias gives it. Its context, listed once this answer loaded it, tells which.
     const maxTokens = body.max_tokens as number | undefined;
