@@ -10,7 +10,7 @@ import { Ollama } from "ollama";
 import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
 import { loadModelAsync } from "../src/models/load";
-import { eventually, post, serve, tinyModel } from "./helpers/serve";
+import { eventually, longStream, post, serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 let server: RunningServer | undefined;
@@ -24,22 +24,6 @@ async function sample(url: string, series: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
   const line = text.split("\n").find((l) => l.startsWith(`${series} `));
   return line === undefined ? 0 : Number(line.slice(series.length + 1));
-}
-
-/**
- * A long stream (of `model`, else the server's own) started and read from: it holds the one slot
- * of a batch (maxBatch 1) or of a model (maxLoadedModels 1) until the controller returned aborts.
- */
-async function longStream(url: string, model?: string): Promise<AbortController> {
-  const stop = new AbortController();
-  const long = await fetch(`${url}/v1/completions`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ model, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
-    signal: stop.signal,
-  });
-  await long.body!.getReader().read();
-  return stop;
 }
 
 /** A completion of exactly `tokens` tokens (the tiny model's end token does not stop it). */
@@ -148,7 +132,7 @@ describe("prompt tokens processed", () => {
     server = serve({ defaultModel: model, maxBatch: 1 });
     const { url } = server;
     try {
-      const stop = await longStream(url);
+      const { stop } = await longStream(url);
       const gone = new AbortController();
       const queued = fetch(`${url}/v1/completions`, {
         method: "POST",
@@ -179,7 +163,7 @@ describe("queue depth", () => {
     server = serve({ maxLoadedModels: 1 });
     const { url } = server;
     try {
-      const stop = await longStream(url, busy);
+      const { stop } = await longStream(url, busy);
       const waiting = post(`${url}/v1/completions`, { model: next, prompt: "Once", max_tokens: 2 });
       await eventually(async () => (await sample(url, "mlx_requests_waiting_for_model")) === 1);
       // /stats showed no request pending at all: it is in no model's queue yet.
@@ -246,7 +230,7 @@ describe("generations by outcome", () => {
     const generations = (outcome: string) =>
       sample(url, `mlx_generations_total{route="/v1/completions",finish_reason="${outcome}"}`);
     try {
-      const stop = await longStream(url, busy);
+      const { stop } = await longStream(url, busy);
       const gone = new AbortController();
       const waiting = fetch(`${url}/v1/completions`, {
         method: "POST",
@@ -278,7 +262,7 @@ describe("generations by outcome", () => {
     server = serve({ defaultModel: model, maxBatch: 1, maxQueue: 2 });
     const { url } = server;
     try {
-      const stop = await longStream(url);
+      const { stop } = await longStream(url);
       // Two choices find room in the queue, the third none: the request is a 429, as one of a single choice.
       const refused = await post(`${url}/v1/completions`, { prompt: "Once", max_tokens: 2, n: 3 });
       expect(refused.status).toBe(429);

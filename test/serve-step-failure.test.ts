@@ -10,7 +10,7 @@ import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { RunningServer } from "../src/server/app";
-import { eventually, post, serve } from "./helpers/serve";
+import { eventually, longStream, post, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 let root: string;
@@ -59,21 +59,6 @@ function damagedCopy(name: string): { dir: string; damaged: string } {
   return { dir, damaged: path };
 }
 
-/** A streamed completion that goes on long after its first chunk, read: its reader, and the abort that ends it. */
-async function longStream(url: string) {
-  const stop = new AbortController();
-  const long = await fetch(`${url}/v1/completions`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ model, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
-    signal: stop.signal,
-  });
-  expect(long.status).toBe(200);
-  const reader = long.body!.getReader();
-  await reader.read();
-  return { reader, stop };
-}
-
 async function metric(url: string, pattern: RegExp): Promise<number> {
   return Number(pattern.exec(await (await fetch(`${url}/metrics`)).text())?.[1] ?? Number.NaN);
 }
@@ -113,7 +98,7 @@ describe("a failed engine step", () => {
     });
     const { url } = server;
     // A long stream holds the one batch slot while the failing request and another queue behind it.
-    const hold = await longStream(url);
+    const hold = await longStream(url, model);
     const failing = question(url);
     await eventually(async () => (await waiting(url)) === 1);
     const queued = completion(url, "Hello there");
@@ -156,7 +141,7 @@ describe("a failed prefill", () => {
     });
     try {
       const { url } = server;
-      const beside = await longStream(url);
+      const beside = await longStream(url, model);
       // Another question under the same system prompt: the damaged file serves its start, and
       // its prefill (of the rest) fails on the keys seeded from it.
       const failed = await question(url, "And what is rule 5, in a few words?");

@@ -106,3 +106,22 @@ export async function healthWhile(
   await settled;
   return { slowestMs, answers };
 }
+
+/**
+ * A streamed completion (of `model`, else the server's own) that goes on long after its first
+ * chunk, read: it holds a batch slot (maxBatch 1) or a model (maxLoadedModels 1) until `stop`
+ * aborts it; `reader` reads on.
+ */
+export async function longStream(url: string, model?: string) {
+  const stop = new AbortController();
+  const long = await fetch(`${url}/v1/completions`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ model, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
+    signal: stop.signal,
+  });
+  if (long.status !== 200) throw new Error(`the long stream was refused: ${long.status} ${await long.text()}`);
+  const reader = long.body!.getReader();
+  await reader.read();
+  return { reader, stop };
+}
