@@ -76,6 +76,8 @@ beforeEach(() => {
   // No token saved by a `huggingface-cli login` on this machine may take part.
   delete process.env.HF_TOKEN_PATH;
   process.env.HF_HOME = join(process.env.MLX_HOME, "no-huggingface-home");
+  delete process.env.HF_HUB_OFFLINE;
+  delete process.env.TRANSFORMERS_OFFLINE;
 });
 
 afterEach(async () => {
@@ -693,6 +695,34 @@ describe("pull from the hub", () => {
       expect(stderr).toBe(
         `error: hf:org/missing: repository org/missing not found on ${servers[0]!.url} (a private one needs HF_TOKEN)\n`,
       );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "HF_HUB_OFFLINE=1, as huggingface_hub reads it: a stored model is used, one not stored is one line, and the hub is never asked",
+    async () => {
+      const s = await startHub({ "org/tiny": { files: tiny } });
+      await pull("hf:org/tiny");
+      const asked = s.requests.length;
+      for (const [variable, model, code] of [
+        ["HF_HUB_OFFLINE", "hf:org/tiny", 0],
+        ["HF_HUB_OFFLINE", "hf:org/other", 1],
+        ["TRANSFORMERS_OFFLINE", "hf:org/other", 1],
+      ] as const) {
+        const proc = Bun.spawn([process.execPath, main, "pull", model], {
+          env: { ...process.env, [variable]: "1" },
+          stdout: "pipe",
+          stderr: "pipe",
+        });
+        const [stderr, exited] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+        expect(exited).toBe(code);
+        if (code === 1)
+          expect(stderr).toBe(
+            `error: ${model} is not in the store and ${variable} is set: its files cannot be fetched from the hub (unset ${variable} to pull it)\n`,
+          );
+      }
+      expect(s.requests.length).toBe(asked);
     },
     TEST_TIMEOUT_MS,
   );

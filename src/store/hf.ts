@@ -113,6 +113,16 @@ function hubToken(): { token: string; named: string } | undefined {
   return token ? { token, named: `the token in ${path}` } : undefined;
 }
 
+/**
+ * huggingface_hub's offline mode ($HF_HUB_OFFLINE, or transformers' $TRANSFORMERS_OFFLINE, set to
+ * 1/ON/YES/TRUE): what is stored is used and the hub is never asked, so a model that is not
+ * stored (or whose files are damaged) fails at once instead of reaching for the network.
+ */
+function hubOffline(): string | undefined {
+  const set = (name: string) => ["1", "ON", "YES", "TRUE"].includes((process.env[name] ?? "").trim().toUpperCase());
+  return ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"].find(set);
+}
+
 function hubHeaders(): Record<string, string> {
   const token = hubToken()?.token;
   return token ? { Authorization: `Bearer ${token}` } : {};
@@ -124,6 +134,11 @@ export async function pullHFRepo(
   options: HFPullOptions = {},
 ): Promise<{ files: ManifestFile[]; revision: string }> {
   const { repo, revision, quantization } = parseHFSpec(spec);
+  const offline = hubOffline();
+  if (offline)
+    throw new Error(
+      `${spec} is not in the store and ${offline} is set: its files cannot be fetched from the hub (unset ${offline} to pull it)`,
+    );
   const endpoint = hfEndpoint();
   const listing = await fetchListing(spec, repo, revision, endpoint, options);
   const commit = listing.sha ?? revision;
