@@ -188,6 +188,28 @@ describe("downloadToFile", () => {
   );
 
   test(
+    "a busy server's Retry-After is waited out before asking again, as huggingface_hub does",
+    async () => {
+      // A rate limiter: it refuses every request that comes back before the time it asked for.
+      let refusedUntil = 0;
+      server = await startServer((request) => {
+        if (server!.requests.length > 1 && Date.now() >= refusedUntil) return serveBytes(data, request);
+        refusedUntil = Date.now() + 900;
+        return { status: 503, headers: { "Retry-After": "1" } };
+      });
+      const result = await downloadToFile(`${server.url}/file`, dest(), {
+        expectedSha256: digest,
+        ...fast,
+        retries: 2,
+      });
+
+      expect(result.sha256).toBe(digest);
+      expect(server.requests).toHaveLength(2);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "gives up after the allowed retries when no byte gets through",
     async () => {
       server = await startServer(() => ({ status: 200, body: data, dropAfter: 0 }));

@@ -52,6 +52,8 @@ export class DownloadError extends Error {
     message: string,
     readonly retryable = false,
     readonly status?: number,
+    /** The pause the server asked for before the next attempt (its Retry-After). */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
     this.name = "DownloadError";
@@ -118,7 +120,9 @@ async function downloadUnlocked(url: string, destPath: string, options: Download
           false,
           error.status,
         );
-      await sleep(Math.min(baseDelay * 2 ** (failures - 1), MAX_RETRY_DELAY_MS), options.signal);
+      // A busy server's Retry-After is honoured (asked again sooner, a rate limit only refuses again).
+      const backoff = error.retryAfterMs ?? baseDelay * 2 ** (failures - 1);
+      await sleep(Math.min(backoff, MAX_RETRY_DELAY_MS), options.signal);
     }
   }
 
@@ -204,6 +208,7 @@ async function fetchRemainder(
         `GET ${shownUrl}: HTTP ${response.status} ${response.statusText}`.trim(),
         retryable,
         response.status,
+        retryAfterMs(response.headers.get("retry-after")),
       );
     }
 
