@@ -42,8 +42,10 @@ export function freeBytes(path: string): number {
 export function requireFreeSpace(dir: string, bytes: number, what: string): void {
   const free = freeBytes(dir);
   if (free >= bytes) return;
+  // Rounded apart (the need up, the room down): both rounded up, a shortfall of less than a
+  // megabyte read "about 4 MB needed, 4 MB free".
   throw new NotEnoughSpaceError(
-    `not enough disk space in ${dir} for ${what}: about ${mb(bytes)} MB needed, ${mb(free)} MB free`,
+    `not enough disk space in ${dir} for ${what}: about ${Math.ceil(bytes / 1e6)} MB needed, ${Math.floor(free / 1e6)} MB free`,
   );
 }
 
@@ -52,5 +54,3 @@ export class NotEnoughSpaceError extends Error {
   override name = "NotEnoughSpaceError";
   readonly code = "ENOSPC";
 }
-
-const mb = (bytes: number) => Math.ceil(bytes / 1e6);

@@ -627,6 +627,31 @@ describe("pull from the hub", () => {
     TEST_TIMEOUT_MS,
   );
 
+  // A small disk: a tmpfs in a user namespace (as store-models.test.ts mounts one).
+  test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
+    "a model a fraction of a megabyte larger than the room left: the numbers say which is larger",
+    async () => {
+      // About 3.5 MB needed on a disk of 3 MiB (3.1 MB): both rounded up, "4 MB needed, 4 MB free".
+      const others = [...tiny].filter(([name]) => name !== "model.safetensors").reduce((n, [, d]) => n + d.length, 0);
+      await startHub({ "org/big": { files: tiny, claimSizes: { "model.safetensors": 3_500_000 - others } } });
+      const disk = join(work, "small-disk");
+      mkdirSync(disk);
+      const script = `mount -t tmpfs -o size=3m tmpfs ${disk} && MLX_HOME=${disk}/home ${JSON.stringify(process.execPath)} ${JSON.stringify(main)} pull hf:org/big`;
+      const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", script], {
+        env: { ...process.env, NO_COLOR: "1" },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      expect(code).toBe(1);
+      const [, needed, free] =
+        stderr.match(/^error: not enough disk space in .* for hf:org\/big: about (\d+) MB needed, (\d+) MB free\n$/) ??
+        [];
+      expect([Number(needed), Number(free)]).toEqual([4, 3]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   test(
     "a hub that never answers a file's lookup fails the pull in time, naming the file's URL",
     async () => {
