@@ -684,6 +684,26 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "a hub whose connection drops halfway through the listing says so, not that it answered no listing",
+    async () => {
+      const listing = JSON.stringify({ sha: "a".repeat(40), siblings: [{ rfilename: "config.json" }] });
+      const hub = await startServer(() => ({
+        status: 200,
+        headers: { "Content-Type": "application/json" },
+        body: listing,
+        dropAfter: 10,
+      }));
+      servers = [hub];
+      process.env.HF_ENDPOINT = hub.url;
+      await expect(pullHFRepo("hf:org/tiny")).rejects.toThrow(
+        `cannot reach the Hugging Face hub at ${hub.url}: the connection closed before the listing was complete`,
+      );
+      expect(hub.requests).toHaveLength(1);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a busy hub (429, 503) is asked again, as huggingface_hub does; one that stays busy is one line saying it gave up",
     async () => {
       // Its listing and each file's lookup answered busy twice: each is asked again, and the pull completes.

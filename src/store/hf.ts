@@ -311,15 +311,24 @@ async function fetchListing(spec: string, repo: string, revision: string, endpoi
 
 /**
  * The listing's JSON, undefined when it is none. Its body comes under the request's timeout: a
- * hub that goes quiet halfway is said to, not taken for one that answered something else.
+ * hub that goes quiet halfway, or whose connection drops halfway, is said to, not taken for one
+ * that answered something else.
  */
 async function listingJson(response: Response, options: HFPullOptions, reaching: string): Promise<unknown> {
+  let text: string;
   try {
-    return await response.json();
+    text = await response.text();
   } catch (error) {
     if (options.signal?.aborted) throw options.signal.reason;
     if (error instanceof DOMException && error.name === "TimeoutError")
       throw new Error(`cannot reach ${reaching}: no complete answer in ${hubTimeoutMs(options) / 1000} s`);
+    throw new Error(
+      `cannot reach ${reaching}: the connection closed before the listing was complete (${describeNetworkError(error)})`,
+    );
+  }
+  try {
+    return JSON.parse(text);
+  } catch {
     return undefined;
   }
 }
