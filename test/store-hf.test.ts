@@ -27,7 +27,15 @@ import { resolveModelPath } from "../src/store/resolve";
 import { modelPooling } from "../src/models/pooling";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { post, serve } from "./helpers/serve";
-import { fakeWeights, sha256Hex, startHfHub, startServer, type TestServer } from "./helpers/store";
+import {
+  fakeWeights,
+  serveBytes,
+  sha256Hex,
+  startHfHub,
+  startServer,
+  type Reply,
+  type TestServer,
+} from "./helpers/store";
 
 const TEST_TIMEOUT_MS = 60_000;
 const main = join(import.meta.dir, "..", "src", "main.ts");
@@ -907,6 +915,54 @@ describe("pull from the hub", () => {
         if (saved === undefined) delete process.env.MLX_CACHE_MAX_BYTES;
         else process.env.MLX_CACHE_MAX_BYTES = saved;
       }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a mirror whose listing names no commit: a file that changed on its branch since a pull was cut short is fetched anew, not resumed into a mix of both",
+    async () => {
+      const tokenizer = JSON.parse(new TextDecoder().decode(tiny.get("tokenizer.json")!));
+      const before = new TextEncoder().encode(JSON.stringify(tokenizer, null, 2));
+      const after = new TextEncoder().encode(JSON.stringify(tokenizer));
+      let files = new Map([...tiny, ["tokenizer.json", before]]);
+      let version = 1;
+      const hub = await startServer((request): Reply => {
+        const path = decodeURIComponent(request.path);
+        if (path === "/api/models/org/tiny/revision/main")
+          return {
+            status: 200,
+            body: JSON.stringify({ siblings: [...files.keys()].map((rfilename) => ({ rfilename })) }),
+          };
+        const data = files.get(path.replace("/org/tiny/resolve/main/", ""));
+        if (!data) return { status: 404, headers: { "X-Error-Code": "EntryNotFound" } };
+        const etag = { ETag: `"v${version}-${sha256Hex(data).slice(0, 32)}"` };
+        if (request.method === "HEAD")
+          return { status: 200, headers: { ...etag, "Content-Length": String(data.length) } };
+        const reply = serveBytes(data, request);
+        return { ...reply, headers: { ...reply.headers, ...etag } };
+      });
+      servers = [hub];
+      process.env.HF_ENDPOINT = hub.url;
+      // Cut short once some of tokenizer.json is on disk.
+      const cut = new AbortController();
+      let startedAt: number | undefined;
+      await expect(
+        pullModel(modelRequest("hf:org/tiny"), {
+          signal: cut.signal,
+          onProgress: (p) => {
+            if (p.file !== "tokenizer.json") return;
+            startedAt ??= p.received;
+            if (p.received > startedAt) cut.abort(new Error("cut short"));
+          },
+        }),
+      ).rejects.toThrow("cut short");
+      const staged = readdirSync(join(process.env.MLX_HOME!, "downloads", "hf"));
+      expect(staged.filter((name) => name.endsWith(".partial"))).toHaveLength(1);
+      files = new Map([...tiny, ["tokenizer.json", after]]);
+      version = 2;
+      const pulled = await pullModel(modelRequest("hf:org/tiny"));
+      expect(new Uint8Array(readFileSync(join(pulled.path, "tokenizer.json")))).toEqual(after);
     },
     TEST_TIMEOUT_MS,
   );

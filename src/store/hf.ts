@@ -56,6 +56,8 @@ interface RemoteFile {
   resolveUrl: string;
   sha256?: string;
   size?: number;
+  /** The hub's ETag for the file (for a file kept in git, its git hash): another where the file changed. */
+  etag?: string;
   /** Asks the hub again: the storage's links are signed and expire. */
   relocate: () => Promise<RemoteFile>;
 }
@@ -364,6 +366,7 @@ async function locateFile(
     resolveUrl: url,
     relocate: () => locateFile(spec, url, name, options),
     sha256,
+    etag: response.headers.get("etag") ?? undefined,
     size: sizeHeader !== null && /^\d+$/.test(sizeHeader) ? Number(sizeHeader) : undefined,
   };
 }
@@ -387,11 +390,14 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
     const result = await downloadFromStorage(file, blobPath(file.sha256), download);
     return { name: file.name, sha256: result.sha256, size: result.size };
   }
-  // Named after the hub's URL, which stays the same where a storage link changes each time.
+  // Named after the hub's URL, which stays the same where a storage link changes each time, and
+  // the file's ETag: where the listing names no commit (a mirror's), that URL is a branch's, and a
+  // file changed on it since a download was cut short must not be resumed from the old one's bytes.
+  const key = `${file.resolveUrl}\n${file.etag ?? ""}`;
   const staging = join(
     downloadsDir(),
     "hf",
-    `${commit}-${createHash("sha256").update(file.resolveUrl).digest("hex").slice(0, 16)}`,
+    `${commit}-${createHash("sha256").update(key).digest("hex").slice(0, 16)}`,
   );
   await downloadFromStorage(file, staging, download);
   return { name: file.name, ...(await addBlob(staging, { move: true })) };
