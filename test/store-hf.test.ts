@@ -10,6 +10,7 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -18,6 +19,7 @@ import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { parseHFSpec, pullHFRepo } from "../src/store/hf";
 import { readManifest } from "../src/store/manifest";
+import { locksDir, modelKey } from "../src/store/paths";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { formatBytes } from "../src/format";
 import { createProgressReporter } from "../src/store/progress";
@@ -914,6 +916,50 @@ describe("pull from the hub", () => {
         await server.stop();
         if (saved === undefined) delete process.env.MLX_CACHE_MAX_BYTES;
         else process.env.MLX_CACHE_MAX_BYTES = saved;
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "/api/pull of a model another process is pulling says the stream waits for it, then pulls once it is gone",
+    async () => {
+      await startHub({ "org/tiny": { files: tiny } });
+      // Another process's pull of the model: its lock, held by a live process.
+      const holder = Bun.spawn(["sleep", "60"]);
+      const lock = join(locksDir(), `pull-${modelKey("org/tiny")}.lock`);
+      mkdirSync(locksDir(), { recursive: true });
+      symlinkSync(String(holder.pid), lock);
+      const server = serve();
+      try {
+        const response = await fetch(`${server.url}/api/pull`, {
+          method: "POST",
+          body: JSON.stringify({ model: "hf:org/tiny" }),
+        });
+        const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+        let text = "";
+        while (!text.includes("waiting for process")) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          text += value;
+        }
+        expect(
+          text
+            .split("\n")
+            .slice(0, 2)
+            .map((line) => JSON.parse(line).status),
+        ).toEqual(["pulling manifest", `waiting for process ${holder.pid}, which is pulling org/tiny`]);
+        holder.kill();
+        await holder.exited;
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          text += value;
+        }
+        expect(JSON.parse(text.trim().split("\n").at(-1)!)).toEqual({ status: "success" });
+      } finally {
+        holder.kill();
+        await server.stop();
       }
     },
     TEST_TIMEOUT_MS,

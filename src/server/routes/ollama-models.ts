@@ -67,8 +67,12 @@ export function ollamaModelRoutes(s: ServerState): Hono {
           send({ status: `pulling ${request.name}`, digest, total, completed });
         };
         send({ status: "pulling manifest" });
+        // Another process pulling the same model holds it for as long as its download takes: said,
+        // as `mlx pull` says it, rather than a stream that stays silent until then.
+        const waiting = (pid: number) =>
+          send({ status: `waiting for process ${pid}, which is pulling ${request.name}` });
         try {
-          const evicted = await pull(s, request, signal, progress);
+          const evicted = await pull(s, request, signal, progress, waiting);
           // A model found stored reports nothing on the way: its size, complete, as Ollama reports the layers it has.
           const stored = readManifest(request.name);
           if (!reported && stored) progress(stored.totalBytes, stored.totalBytes);
@@ -244,6 +248,7 @@ async function pull(
   request: ModelRequest,
   signal: AbortSignal,
   onProgress?: (completed: number, total: number | undefined) => void,
+  onWait?: (holderPid: number) => void,
 ): Promise<string[]> {
   let pulled: { path: string; evicted: string[] };
   try {
@@ -252,6 +257,7 @@ async function pull(
       : await pullModel(request, {
           signal,
           onProgress: onProgress && ((p) => onProgress(p.received, p.total)),
+          onWait,
         });
   } catch (error) {
     // The request's own mistake (a name the store cannot hold) is not a failed pull.
