@@ -694,6 +694,24 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "a network's login page answering for the hub (a captive portal) is said to be a web page",
+    async () => {
+      const portal = await startServer(() => ({
+        status: 200,
+        headers: { "Content-Type": "text/html; charset=utf-8" },
+        body: "<html><body>Accept the terms to use this Wi-Fi</body></html>",
+      }));
+      servers = [portal];
+      process.env.HF_ENDPOINT = portal.url;
+      await expect(pullHFRepo("hf:org/tiny")).rejects.toThrow(
+        `${portal.url}/api/models/org/tiny/revision/main did not answer with a repository listing: it answered a web page (a network's login page or a proxy in the way? or HF_ENDPOINT not a hub)`,
+      );
+      expect(portal.requests).toHaveLength(1);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a hub whose connection drops halfway through the listing says so, not that it answered no listing",
     async () => {
       const listing = JSON.stringify({ sha: "a".repeat(40), siblings: [{ rfilename: "config.json" }] });

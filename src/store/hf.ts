@@ -305,8 +305,14 @@ async function fetchListing(spec: string, repo: string, revision: string, endpoi
   const body = (await listingJson(response, options, reaching)) as
     | { sha?: string; siblings?: { rfilename?: string }[] }
     | undefined;
-  if (!body || !Array.isArray(body.siblings))
-    throw new Error(`${withoutCredentials(url)} did not answer with a repository listing (JSON with siblings)`);
+  if (!body || !Array.isArray(body.siblings)) {
+    // A web page where the hub's JSON should be: what a network's login page (a hotel's, a
+    // captive portal) or a proxy's block page answers every request with.
+    const page = /\bhtml\b/i.test(response.headers.get("content-type") ?? "")
+      ? ": it answered a web page (a network's login page or a proxy in the way? or HF_ENDPOINT not a hub)"
+      : " (JSON with siblings)";
+    throw new Error(`${withoutCredentials(url)} did not answer with a repository listing${page}`);
+  }
   const siblings = body.siblings.filter((s): s is { rfilename: string } => typeof s.rfilename === "string");
   return { sha: typeof body.sha === "string" ? body.sha : undefined, siblings };
 }
