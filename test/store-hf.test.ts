@@ -83,6 +83,7 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 beforeEach(() => {
   process.env.MLX_HOME = mkdtempSync(join(work, "home-"));
   delete process.env.HF_TOKEN;
+  delete process.env.HUGGING_FACE_HUB_TOKEN;
   // No token saved by a `huggingface-cli login` on this machine may take part.
   delete process.env.HF_TOKEN_PATH;
   process.env.HF_HOME = join(process.env.MLX_HOME, "no-huggingface-home");
@@ -851,6 +852,24 @@ describe("pull from the hub", () => {
       );
       writeFileSync(saved, "hf_saved\n");
       load((await pull("hf:org/private")).path);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "HUGGING_FACE_HUB_TOKEN, HF_TOKEN's older name that huggingface_hub still reads, is used; HF_TOKEN first",
+    async () => {
+      await startHub({ "org/private": { files: tiny, token: "hf_right" } });
+      process.env.HUGGING_FACE_HUB_TOKEN = "hf_wrong";
+      await expect(pull("hf:org/private")).rejects.toThrow(
+        `hf:org/private: ${servers[0]!.url} refused HUGGING_FACE_HUB_TOKEN (Invalid credentials in Authorization header)`,
+      );
+      process.env.HF_TOKEN = "hf_right";
+      await pull("hf:org/private");
+      process.env.HUGGING_FACE_HUB_TOKEN = "hf_right";
+      delete process.env.HF_TOKEN;
+      await pull("hf:org/private@main");
+      expect(readManifest("org/private@main")).toBeDefined();
     },
     TEST_TIMEOUT_MS,
   );

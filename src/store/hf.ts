@@ -104,6 +104,9 @@ const shownEndpoint = () => withoutCredentials(hfEndpoint()).replace(/\/+$/, "")
  */
 function hubToken(): { token: string; named: string } | undefined {
   if (process.env.HF_TOKEN) return { token: process.env.HF_TOKEN, named: "HF_TOKEN" };
+  // Its older name, which huggingface_hub still reads (and Docker images and guides still set).
+  if (process.env.HUGGING_FACE_HUB_TOKEN)
+    return { token: process.env.HUGGING_FACE_HUB_TOKEN, named: "HUGGING_FACE_HUB_TOKEN" };
   const path =
     process.env.HF_TOKEN_PATH || join(process.env.HF_HOME || join(homedir(), ".cache", "huggingface"), "token");
   let token = "";
