@@ -793,7 +793,7 @@ describe("pull from the hub", () => {
         expect(exited).toBe(code);
         if (code === 1)
           expect(stderr).toBe(
-            `error: ${model} is not in the store and ${variable} is set: its files cannot be fetched from the hub (unset ${variable} to pull it)\n`,
+            `error: ${model}: ${variable} is set, so the hub is not asked for the model's files (unset ${variable} to pull it)\n`,
           );
       }
       expect(s.requests.length).toBe(asked);

@@ -139,10 +139,11 @@ export async function pullHFRepo(
   options: HFPullOptions = {},
 ): Promise<{ files: ManifestFile[]; revision: string }> {
   const { repo, revision, quantization } = parseHFSpec(spec);
+  // Said of the source alone: the model may be missing, or stored with a file damaged.
   const offline = hubOffline();
   if (offline)
     throw new Error(
-      `${spec} is not in the store and ${offline} is set: its files cannot be fetched from the hub (unset ${offline} to pull it)`,
+      `${spec}: ${offline} is set, so the hub is not asked for the model's files (unset ${offline} to pull it)`,
     );
   const endpoint = hfEndpoint();
   const listing = await fetchListing(spec, repo, revision, endpoint, options);
