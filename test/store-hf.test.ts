@@ -588,6 +588,25 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "one repository pulled under two names at once (a branch and its commit): both arrive, neither moves the other's download of a git-stored file",
+    async () => {
+      // Both download config.json and the tokenizer files to the same staging file (one commit,
+      // one URL): the first to finish moved it into blobs once the download's lock was gone,
+      // which could be the second's own download, finished meanwhile (ENOENT). A race: tried
+      // several times, each in a store of its own.
+      await startHub({ "org/tiny": { files: tiny } });
+      const failed: string[] = [];
+      for (let attempt = 0; attempt < 20; attempt++) {
+        process.env.MLX_HOME = mkdtempSync(join(work, "home-"));
+        const pulls = await Promise.allSettled([pull("hf:org/tiny"), pull(`hf:org/tiny@${"a".repeat(40)}`)]);
+        for (const p of pulls) if (p.status === "rejected") failed.push(String(p.reason));
+      }
+      expect(failed).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a file that does not match its checksum is rejected; nothing complete-looking is left and other models stay intact",
     async () => {
       await startHub({

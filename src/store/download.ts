@@ -38,6 +38,12 @@ export interface DownloadOptions {
   retryDelayMs?: number;
   /** A connection that delivers nothing for this long counts as dropped (default 30 s). */
   stallTimeoutMs?: number;
+  /**
+   * Takes the finished file away (moves it into the store) while the download's lock is still
+   * held: moved after the lock went, it could be another process's download of the same path,
+   * finished meanwhile, that is moved or removed from under it.
+   */
+  claim?: (result: DownloadResult) => Promise<void>;
 }
 
 export interface DownloadResult {
@@ -79,7 +85,11 @@ export function downloadToFile(url: string, destPath: string, options: DownloadO
   const lock = join(locksDir(), `download-${createHash("sha256").update(destPath).digest("hex").slice(0, 16)}.lock`);
   return withLock(
     lock,
-    async () => (await finishedMeanwhile(destPath, options)) ?? downloadUnlocked(url, destPath, options),
+    async () => {
+      const result = (await finishedMeanwhile(destPath, options)) ?? (await downloadUnlocked(url, destPath, options));
+      await options.claim?.(result);
+      return result;
+    },
     { timeoutMs: DOWNLOAD_LOCK_TIMEOUT_MS },
   );
 }

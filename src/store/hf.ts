@@ -12,7 +12,7 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { basename, join } from "node:path";
-import { addBlob, blobPresent } from "./blobs";
+import { addBlob, blobPresent, type BlobRef } from "./blobs";
 import {
   describeNetworkError,
   DownloadError,
@@ -409,8 +409,11 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
     "hf",
     `${commit}-${createHash("sha256").update(key).digest("hex").slice(0, 16)}`,
   );
-  await downloadFromStorage(file, staging, download);
-  return { name: file.name, ...(await addBlob(staging, { move: true })) };
+  // Into blobs before another pull of the same file (another model's name for it) may download it again there.
+  let blob: BlobRef | undefined;
+  const claim = async () => void (blob = await addBlob(staging, { move: true }));
+  await downloadFromStorage(file, staging, { ...download, claim });
+  return { name: file.name, ...blob! };
 }
 
 /**
