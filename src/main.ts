@@ -2,7 +2,7 @@
 // The `mlx` executable: one subcommand per file in src/cmd/.
 import { defineCommand, runCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
-import { fail, failOutput, writeOutput } from "./cmd/log";
+import { fail, failLog, failOutput, writeOutput } from "./cmd/log";
 import {
   flagProblem,
   showUsage,
@@ -107,9 +107,8 @@ if (environmentProblem) fail(new Error(environmentProblem));
 
 // A reader of stdout that went away ends the command quietly, any other failed write in one line (failOutput).
 process.stdout.on("error", failOutput);
-// Likewise a reader of stderr (logs, --verbose figures) that went away; other errors there have
-// nowhere to be told.
-process.stderr.on("error", (error: NodeJS.ErrnoException) => process.exit(error.code === "EPIPE" ? 128 + 13 : 1));
+// Likewise a reader of stderr (logs, --verbose figures) that went away (but mlx serve's: failLog).
+process.stderr.on("error", failLog);
 
 // citty shows the usage for a --help anywhere, also past `--`, where it is a word of the prompt
 // (mlx run -- --help): there the command runs.

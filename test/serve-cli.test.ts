@@ -1,10 +1,10 @@
 // `mlx serve` as a user starts it: the real CLI in a child process on port 0, the bound URL on
 // stderr, a preloaded default model, a clean stop on SIGTERM, bad flags refused.
 import { expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServe, tinyModel } from "./helpers/serve";
+import { post, startServe, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const main = join(import.meta.dir, "..", "src", "main.ts");
@@ -196,3 +196,29 @@ test("what the server works around and goes on from (a prompt cache directory it
     proc.kill();
   }
 }, 20_000);
+
+test("a reader of its log that went away costs the server nothing: every request is answered, and SIGTERM stops it", async () => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  const { proc, url } = await startServe(undefined);
+  try {
+    // As `mlx serve 2>&1 | head -n 1` once head has its line: the log's pipe has no reader.
+    await proc.stderr.cancel();
+    // Each model that fails to load is said in the log (once per problem): three writes to the closed pipe.
+    const statuses: number[] = [];
+    for (const name of ["a", "b", "c"]) {
+      mkdirSync(join(root, name));
+      writeFileSync(join(root, name, "config.json"), "{not json");
+      const r = await post(`${url}/v1/chat/completions`, {
+        model: join(root, name),
+        messages: [{ role: "user", content: "Hi" }],
+      });
+      statuses.push(r.status);
+    }
+    expect(statuses).toEqual([500, 500, 500]);
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill();
+  }
+}, 30_000);

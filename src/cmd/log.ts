@@ -33,6 +33,14 @@ export function failOutput(error: NodeJS.ErrnoException): never {
 }
 
 /**
+ * How a failed write to stderr ends the command: a reader of its logs or --verbose figures that
+ * went away quietly with SIGPIPE's status; other errors there have nowhere to be told.
+ */
+export function failLog(error: NodeJS.ErrnoException): never {
+  process.exit(error.code === "EPIPE" ? 128 + 13 : 1);
+}
+
+/**
  * Writes `text` to stdout and waits until it is written: for output the command exits right after
  * (the usage, the version), whose failed write would otherwise end it with status 0 unsaid.
  */

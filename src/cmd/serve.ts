@@ -7,7 +7,7 @@ import type { LoadSettings } from "../server/model-registry";
 import { basename, resolve } from "node:path";
 import { existsSync } from "node:fs";
 import { UnsupportedError } from "../errors";
-import { fail, log, setVerbose } from "./log";
+import { fail, failLog, log, setVerbose } from "./log";
 import {
   distributedArgs,
   kvCacheArgs,
@@ -174,6 +174,10 @@ export default defineCommand({
   async run({ args }) {
     const verbose = Boolean(args.verbose);
     setVerbose(verbose);
+    // A server outlives the reader of its log (`mlx serve 2>&1 | head`, a pager quit, a log
+    // collector restarted): a line it cannot write is lost, not the server and the requests it holds.
+    process.stderr.off("error", failLog);
+    process.stderr.on("error", () => {});
     try {
       const port = Number(args.port);
       if (!Number.isInteger(port) || port < 0 || port > 65535)
