@@ -222,3 +222,24 @@ test("a reader of its log that went away costs the server nothing: every request
     proc.kill();
   }
 }, 30_000);
+
+test("SIGHUP (a daemon's reload, a terminal's hangup under nohup) neither stops the server nor goes unsaid", async () => {
+  const { proc, url } = await startServe(undefined);
+  try {
+    proc.kill("SIGHUP");
+    // What the server said after its URL (startServe read up to it), read until the warning or its end.
+    let stderr = "";
+    const reader = proc.stderr.getReader();
+    for (let reads = 0; reads < 100 && !/SIGHUP ignored/.test(stderr); reads++) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      stderr += new TextDecoder().decode(chunk.value);
+    }
+    expect(stderr).toContain("SIGHUP ignored: mlx serve has nothing to reload (SIGTERM or SIGINT stop it)");
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill();
+  }
+}, 30_000);

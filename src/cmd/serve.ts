@@ -271,6 +271,12 @@ export default defineCommand({
       };
       process.on("SIGINT", stop);
       process.on("SIGTERM", stop);
+      // SIGHUP would end the server unsaid (the runtime's default). A daemon takes it as "reload"
+      // (systemd's ExecReload, `kill -HUP`), and `nohup mlx serve` asked for it to be ignored: the
+      // server has nothing to reload, so it goes on serving, and says so.
+      process.on("SIGHUP", () =>
+        log.warn("SIGHUP ignored: mlx serve has nothing to reload (SIGTERM or SIGINT stop it)"),
+      );
     } catch (error) {
       fail(error, verbose);
     }
