@@ -83,12 +83,16 @@ test("a bad flag is one line and a non-zero exit", async () => {
   expect(stderr).toMatch(/^error: --port/m);
 });
 
-/** `mlx serve` with `flags` on store `home`, expected to refuse to start: its stderr and status (killed after 10 s). */
-async function refusedServe(home: string, flags: string[]): Promise<{ stderr: string; code: number }> {
+/** `mlx serve` with `flags` (and `env`) on store `home`, expected to refuse to start: its stderr and status (killed after 10 s). */
+async function refusedServe(
+  home: string,
+  flags: string[],
+  env: Record<string, string> = {},
+): Promise<{ stderr: string; code: number }> {
   const proc = Bun.spawn([process.execPath, main, "serve", ...flags, "--port", "0"], {
     stdout: "pipe",
     stderr: "pipe",
-    env: { ...process.env, MLX_HOME: home },
+    env: { ...process.env, MLX_HOME: home, ...env },
   });
   const timer = setTimeout(() => proc.kill(), 10_000);
   const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
@@ -117,6 +121,14 @@ test("a --draft-model that names no model (a typo) is one line and a non-zero ex
     expect(stderr.trim().split("\n")).toHaveLength(1);
     expect(code).toBe(1);
   }
+}, 20_000);
+
+test("an MLX_KV_DTYPE it does not know is one line and a non-zero exit, not a server that fails every request", async () => {
+  // Before: read only when a model's cache was made, so the server started, and every request failed.
+  const home = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  const { stderr, code } = await refusedServe(home, [], { MLX_KV_DTYPE: "float8" });
+  expect(stderr).toBe("error: MLX_KV_DTYPE must be float16 or float32, not 'float8'\n");
+  expect(code).toBe(1);
 }, 20_000);
 
 test("an address it cannot listen on is one line naming the address and why, and a non-zero exit", async () => {

@@ -8,15 +8,14 @@
 // caches everywhere; bfloat16 and float16 activations are stored as they come.
 import * as mx from "../mlx";
 import type { DtypeCode } from "../mlx";
-
-const CHOICES = ["float16", "float32"] as const;
+import { KV_DTYPES } from "../mlx/environment";
 
 /** MLX_KV_DTYPE, checked: float16 (the default) or float32. */
-function chosen(): (typeof CHOICES)[number] {
+function chosen(): (typeof KV_DTYPES)[number] {
   const value = process.env.MLX_KV_DTYPE || "float16";
-  if (!(CHOICES as readonly string[]).includes(value))
-    throw new Error(`MLX_KV_DTYPE must be ${CHOICES.join(" or ")}, not '${value}'`);
-  return value as (typeof CHOICES)[number];
+  if (!(KV_DTYPES as readonly string[]).includes(value))
+    throw new Error(`MLX_KV_DTYPE must be ${KV_DTYPES.join(" or ")}, not '${value}'`);
+  return value as (typeof KV_DTYPES)[number];
 }
 
 /** The dtype a float cache stores keys/values computed in `activations` as. */
