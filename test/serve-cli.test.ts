@@ -184,6 +184,16 @@ test('an empty --api-key (an unset "$KEY") is refused, not a server open to ever
   expect(stderr.trim()).toBe("error: --api-key needs a key (an empty one would leave the server open)");
 }, 20_000);
 
+test("an MLX_API_KEY set to nothing (MLX_API_KEY= in a unit file) is refused, not a server open to every request", async () => {
+  const home = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  // Before: "" served every request without a key, and spaces alone refused them all.
+  for (const key of ["", "  "]) {
+    const { stderr, code } = await refusedServe(home, [], { MLX_API_KEY: key });
+    expect(stderr).toBe("error: MLX_API_KEY is set but empty: give it a key, or unset it to serve without one\n");
+    expect(code).toBe(1);
+  }
+}, 30_000);
+
 test("what the server works around and goes on from (a prompt cache directory it cannot use) is a warning, not an error", async () => {
   const root = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
   const blocker = join(root, "a-file");

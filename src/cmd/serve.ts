@@ -182,9 +182,14 @@ export default defineCommand({
       const port = Number(args.port);
       if (!Number.isInteger(port) || port < 0 || port > 65535)
         throw new Error(`--port must be 0-65535 (got '${args.port}')`);
-      // An unset variable (--api-key "$KEY") must not start a server that any request may use.
+      // An unset variable (--api-key "$KEY") must not start a server that any request may use; nor
+      // may an MLX_API_KEY set to nothing (systemd's MLX_API_KEY=, compose's unset ${KEY}); one of
+      // spaces alone would start a server that refuses every request.
       if (args["api-key"] !== undefined && !args["api-key"].trim())
         throw new Error("--api-key needs a key (an empty one would leave the server open)");
+      const apiKey = args["api-key"] ?? process.env.MLX_API_KEY;
+      if (apiKey !== undefined && !apiKey.trim())
+        throw new Error("MLX_API_KEY is set but empty: give it a key, or unset it to serve without one");
       const keepAliveMs = parseKeepAlive(args["keep-alive"], "--keep-alive") ?? 5 * 60_000;
       const kvQuantization = kvQuantizationFlags(args);
       const adapters = servedAdapters(list(args.adapter), args.model);
@@ -214,7 +219,7 @@ export default defineCommand({
         host: args.host,
         port,
         defaultModel: args.model,
-        apiKey: args["api-key"] ?? process.env.MLX_API_KEY,
+        apiKey,
         corsOrigins: checked(
           "cors",
           list(args.cors),
