@@ -131,6 +131,19 @@ test("an MLX_KV_DTYPE it does not know is one line and a non-zero exit, not a se
   expect(code).toBe(1);
 }, 20_000);
 
+test("an IPv6 address given as URLs write it (--host [::1]) is said in a URL that opens", async () => {
+  // Before: http://[[::1]]:PORT, brackets doubled (startServe fetches the URL it reads).
+  const { proc, url } = await startServe(undefined, ["--host", "[::1]"]);
+  try {
+    expect(url).toMatch(/^http:\/\/\[::1\]:\d+$/);
+    expect(((await (await fetch(`${url}/health`)).json()) as { status: string }).status).toBe("ok");
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill();
+  }
+}, 20_000);
+
 test("an address it cannot listen on is one line naming the address and why, and a non-zero exit", async () => {
   const taken = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
   try {

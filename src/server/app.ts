@@ -524,7 +524,9 @@ export function startServer(o: ServerOptions = {}): RunningServer {
   const state = createState(o);
   const app = createApp(state);
   const idleSeconds = o.idleConnectionSeconds ?? IDLE_CONNECTION_SECONDS;
-  const hostname = o.host ?? DEFAULT_HOST;
+  // An IPv6 address as URLs write it (--host [::1]) is that address: Bun listens on it either way,
+  // but its brackets would be doubled in the URL said (http://[[::1]]:11435), which nothing opens.
+  const hostname = (o.host ?? DEFAULT_HOST).replace(/^\[([0-9a-f:.]+)\]$/i, "$1");
   const port = o.port ?? 11435;
   const server = listening(hostname, port, () =>
     Bun.serve({
