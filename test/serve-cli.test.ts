@@ -83,6 +83,25 @@ test("a bad flag is one line and a non-zero exit", async () => {
   expect(stderr).toMatch(/^error: --port/m);
 });
 
+test('a --port or --host given empty (an unset "$PORT") or a port not in digits is one line, not a server elsewhere', async () => {
+  // Before: --port "" listened on any free port, 0x10 on 16, 1e3 on 1000, and --host "" on every
+  // interface, said as http://localhost.
+  for (const [flags, line] of [
+    [["--port", ""], "error: --port must be 0-65535 (got '')"],
+    [["--port", "0x10"], "error: --port must be 0-65535 (got '0x10')"],
+    [["--port", "1e3"], "error: --port must be 0-65535 (got '1e3')"],
+    [["--host", "", "--port", "0"], "error: --host needs an address (an empty one would listen on every interface)"],
+  ] as const) {
+    const proc = Bun.spawn([process.execPath, main, "serve", ...flags], { stdout: "pipe", stderr: "pipe" });
+    // Were the value taken, the server would listen: stop it then, so the test ends either way.
+    const timer = setTimeout(() => proc.kill(), 10_000);
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    clearTimeout(timer);
+    expect(stderr).toBe(`${line}\n`);
+    expect(code).toBe(1);
+  }
+}, 60_000);
+
 /** `mlx serve` with `flags` (and `env`) on store `home`, expected to refuse to start: its stderr and status (killed after 10 s). */
 async function refusedServe(
   home: string,

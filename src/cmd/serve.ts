@@ -179,9 +179,12 @@ export default defineCommand({
     process.stderr.off("error", failLog);
     process.stderr.on("error", () => {});
     try {
-      const port = Number(args.port);
+      // Digits only: Number() takes "" (an unset "$PORT") as 0, any free port, and "0x10" or "1e3" as others.
+      const port = /^\d+$/.test(args.port) ? Number(args.port) : Number.NaN;
       if (!Number.isInteger(port) || port < 0 || port > 65535)
         throw new Error(`--port must be 0-65535 (got '${args.port}')`);
+      // An empty one (an unset "$HOST") would listen on every interface, its URL saying localhost.
+      if (!args.host.trim()) throw new Error("--host needs an address (an empty one would listen on every interface)");
       // An unset variable (--api-key "$KEY") must not start a server that any request may use; nor
       // may an MLX_API_KEY set to nothing (systemd's MLX_API_KEY=, compose's unset ${KEY}); one of
       // spaces alone would start a server that refuses every request.
