@@ -161,7 +161,7 @@ describe("mlx ps and mlx stop", () => {
       ollama.stop(true);
     }
     // One that answers JSON, but not a model list: said so, not a TypeError ("null is not an object").
-    for (const body of [{ models: null }, { hello: "world" }, null]) {
+    for (const body of [{ models: null }, { hello: "world" }, null, { models: [null] }, { models: [{ id: 1 }] }]) {
       const api = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json(body) });
       try {
         for (const command of [["ps"], ["ps", "--json"], ["stop", model]]) {

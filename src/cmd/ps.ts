@@ -50,7 +50,9 @@ export default defineCommand({
 export async function runningModels(args: { url?: string; "api-key"?: string }): Promise<RunningModel[]> {
   const answer = await askServer(args, "/api/ps");
   const models = (answer as { models?: unknown } | null)?.models;
-  if (!Array.isArray(models))
+  // Entries that are not models (null, no name) are its own API too: mlx ps and stop read their names.
+  const named = (m: unknown) => typeof (m as { name?: unknown } | null)?.name === "string";
+  if (!Array.isArray(models) || !models.every(named))
     throw new Error(
       `${shownBase(serverBase(args.url ?? DEFAULT_SERVER))} answered /api/ps with JSON that lists no models: is it mlx serve?`,
     );
