@@ -297,3 +297,31 @@ test("SIGHUP (a daemon's reload, a terminal's hangup under nohup) neither stops 
     proc.kill();
   }
 }, 30_000);
+
+test("what it logs off a terminal (journald, docker logs) is one line per message, no blank lines around it", async () => {
+  // As a unit or a container runs it: consola writes one line per message anyway under a test
+  // runner (NODE_ENV=test, as bun test sets it) or CI.
+  const { proc, url } = await startServe(undefined, [], { NODE_ENV: "production", TEST: undefined, CI: undefined });
+  try {
+    proc.kill("SIGHUP");
+    // What the server said after its URL (startServe read up to it), until it stops.
+    let stderr = "";
+    const reader = proc.stderr.getReader();
+    for (let reads = 0; reads < 100 && !/SIGHUP ignored.*\n/.test(stderr); reads++) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      stderr += new TextDecoder().decode(chunk.value);
+    }
+    proc.kill("SIGTERM");
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read())
+      stderr += new TextDecoder().decode(chunk.value);
+    expect(await proc.exited).toBe(0);
+    expect(url).toStartWith("http://127.0.0.1:");
+    expect(stderr.split("\n")).toEqual([
+      "[warn] SIGHUP ignored: mlx serve has nothing to reload (SIGTERM or SIGINT stop it)",
+      "",
+    ]);
+  } finally {
+    proc.kill();
+  }
+}, 30_000);

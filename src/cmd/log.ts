@@ -1,11 +1,14 @@
 // Logging for the CLI: everything goes to stderr (stdout carries only answers), and stays
 // quiet unless stderr is a terminal or --verbose was given.
 import { createConsola } from "consola";
+import { createConsola as createBasicConsola } from "consola/basic";
 import { writeErrorReason } from "../format";
 import { evictionNote } from "../store/store";
 import { errorLine } from "./errors";
 
-export const log = createConsola({
+// Off a terminal (a file, journald, docker logs), one line per message ("[warn] ..."): the fancy
+// reporter, which consola picks there too, sets a blank line before and after each warning's badge.
+export const log = (process.stderr.isTTY ? createConsola : createBasicConsola)({
   stdout: process.stderr,
   stderr: process.stderr,
   level: process.stderr.isTTY ? 3 : 1,

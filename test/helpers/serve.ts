@@ -21,17 +21,18 @@ const mainScript = join(import.meta.dir, "..", "..", "src", "main.ts");
 
 /**
  * `mlx serve --port 0 -m <model> <flags>` in a child process (no -m when `model` is undefined),
- * with the URL it prints once its model is loaded.
+ * with `env` added to this process's, and the URL it prints once its model is loaded.
  */
 export async function startServe(
   model: string | undefined,
   flags: string[] = [],
+  env: Record<string, string | undefined> = {},
 ): Promise<{ proc: Bun.Subprocess<"ignore", "pipe", "pipe">; url: string }> {
   const modelFlags = model === undefined ? [] : ["-m", model];
   const proc = Bun.spawn([process.execPath, mainScript, "serve", "--port", "0", ...modelFlags, ...flags], {
     stdout: "pipe",
     stderr: "pipe",
-    env: { ...process.env, NO_COLOR: "1" },
+    env: { ...process.env, NO_COLOR: "1", ...env },
   });
   const reader = proc.stderr.getReader();
   let err = "";
