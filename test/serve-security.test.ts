@@ -4,7 +4,7 @@ import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { hostname, tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { createApp, createState, type RunningServer } from "../src/server/app";
+import { createApp, createState, keylessExposure, type RunningServer } from "../src/server/app";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { post, serve, startServe, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -242,6 +242,18 @@ describe("requests addressed to another host (DNS rebinding)", () => {
 });
 
 describe("the API key", () => {
+  test("a server others can reach that asks them for no key says so at start; on loopback, or with a key, it does not", () => {
+    // Before: nothing was said, whatever --host exposed (serve logs what this returns).
+    const said = (o: { host: string; apiKey?: string }) =>
+      keylessExposure(createState({ ...o, logError: () => {} }).config);
+    expect(said({ host: "0.0.0.0" })).toBe(
+      "listening beyond this machine without an API key: whoever reaches it can use its models, and pull, copy and delete them (--api-key or $MLX_API_KEY require one)",
+    );
+    expect(said({ host: "::" })).toBe(said({ host: "0.0.0.0" }));
+    for (const o of [{ host: "0.0.0.0", apiKey: "k" }, { host: "127.0.0.1" }, { host: "::1" }, { host: "localhost" }])
+      expect([o, said(o)]).toEqual([o, undefined]);
+  });
+
   test("one given with a line end or spaces around it (MLX_API_KEY from a CRLF .env file) is the key without them, as clients' keys are read", async () => {
     const server = serve({ defaultModel: tinyModel(), apiKey: " k\r\n" });
     try {

@@ -2,7 +2,7 @@
 import { defineCommand } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { parseKeepAlive } from "../api/ollama";
-import { startServer, type ServerOptions } from "../server/app";
+import { keylessExposure, startServer, type ServerOptions } from "../server/app";
 import type { LoadSettings } from "../server/model-registry";
 import { basename, resolve } from "node:path";
 import { existsSync } from "node:fs";
@@ -268,6 +268,8 @@ export default defineCommand({
       process.stderr.write(
         `mlx serve listening on ${server.url} (chat: ${server.url}/, dashboard: ${server.url}/dashboard)\n`,
       );
+      const exposure = keylessExposure(server.state.config);
+      if (exposure) log.warn(exposure);
       // The first signal stops taking requests and lets those in flight finish (as vLLM does, within
       // Kubernetes' default grace period); a second one (the server is stopping) cuts them.
       const stop = () => {

@@ -104,6 +104,15 @@ const DEFAULT_HOST = "127.0.0.1";
 const isLoopback = (host: string) => /^(127\.\d+\.\d+\.\d+|::1|\[::1\]|localhost)$/i.test(host);
 
 /**
+ * What the operator of a server that others can reach, and that asks them for no key, is told
+ * at start (the routes that pull, copy and delete models are as open as the rest); else undefined.
+ */
+export function keylessExposure(config: Pick<ServerConfig, "loopbackOnly" | "apiKey">): string | undefined {
+  if (config.loopbackOnly || config.apiKey) return undefined;
+  return "listening beyond this machine without an API key: whoever reaches it can use its models, and pull, copy and delete them (--api-key or $MLX_API_KEY require one)";
+}
+
+/**
  * The route a request went to, as registered ("/v1/models/:id"), for /metrics and /stats: a label
  * with as many values as there are routes, whatever paths clients send; "other" where none matched.
  * A middleware that answered first (auth, a body limit) still counts for the route it guarded.
