@@ -234,6 +234,20 @@ describe("requests addressed to another host (DNS rebinding)", () => {
     }
   });
 
+  test("a server on a loopback address written otherwise (0:0:0:0:0:0:0:1, ::ffff:127.0.0.1) answers only requests addressed to this machine", async () => {
+    // Before: taken for another machine's address, with no Host check (DNS rebinding).
+    for (const host of ["0:0:0:0:0:0:0:1", "[0::1]", "::ffff:127.0.0.1", "127.0.0.1"]) {
+      const app = createApp(createState({ host, logError: () => {} }));
+      const addressedTo = async (name: string) =>
+        (await app.request(`http://${name}/api/version`, { headers: { Host: name } })).status;
+      expect([host, await addressedTo("rebound.example"), await addressedTo("127.0.0.1:11435")]).toEqual([
+        host,
+        403,
+        200,
+      ]);
+    }
+  });
+
   test("a server listening beyond this machine answers any Host (its clients name it as they reach it)", async () => {
     const exposed = createApp(createState({ host: "0.0.0.0", logError: () => {} }));
     const r = await exposed.request("http://models.lan:11435/api/version", { headers: { Host: "models.lan:11435" } });

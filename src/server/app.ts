@@ -5,6 +5,7 @@
 import type { KvQuantization } from "../models/cache";
 import type { SpeculationChoice } from "../models/load";
 import { timingSafeEqual, createHash } from "node:crypto";
+import { BlockList, isIP } from "node:net";
 import { hostname } from "node:os";
 import { Hono, type Context } from "hono";
 import { matchedRoutes } from "hono/route";
@@ -100,8 +101,21 @@ export interface ServerOptions extends Partial<ServerConfig> {
 
 const DEFAULT_HOST = "127.0.0.1";
 
-/** Addresses only this machine reaches: all of 127.0.0.0/8, ::1 and localhost. */
-const isLoopback = (host: string) => /^(127\.\d+\.\d+\.\d+|::1|\[::1\]|localhost)$/i.test(host);
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet("127.0.0.0", 8, "ipv4");
+LOOPBACK.addAddress("::1", "ipv6");
+
+/**
+ * Addresses only this machine reaches: all of 127.0.0.0/8, ::1 and localhost, however an address
+ * is written (0:0:0:0:0:0:0:1, ::ffff:127.0.0.1, [::1]): one taken for another machine's would
+ * leave a server on loopback without its Host check.
+ */
+function isLoopback(host: string): boolean {
+  const address = host.replace(/^\[(.*)\]$/, "$1");
+  const family = isIP(address);
+  if (family === 0) return address.toLowerCase() === "localhost";
+  return LOOPBACK.check(address, family === 6 ? "ipv6" : "ipv4");
+}
 
 /**
  * What the operator of a server that others can reach, and that asks them for no key, is told
