@@ -277,24 +277,41 @@ test("a reader of its log that went away costs the server nothing: every request
   }
 }, 30_000);
 
-test("SIGHUP (a daemon's reload, a terminal's hangup under nohup) neither stops the server nor goes unsaid", async () => {
-  const { proc, url } = await startServe(undefined);
+/** What the server said after its URL (startServe read up to it), read until `said` or its end. */
+async function readStderrUntil(proc: Bun.Subprocess<"ignore", "pipe", "pipe">, said: RegExp): Promise<string> {
+  let stderr = "";
+  const reader = proc.stderr.getReader();
+  for (let reads = 0; reads < 100 && !said.test(stderr); reads++) {
+    const chunk = await reader.read();
+    if (chunk.done) break;
+    stderr += new TextDecoder().decode(chunk.value);
+  }
+  reader.releaseLock();
+  return stderr;
+}
+
+test("a hangup (SIGHUP: its terminal closed) stops the server as SIGTERM does, and says so; under nohup it stays ignored", async () => {
+  // Before: exit 129 with nothing said, its streams cut.
+  const hungUp = await startServe(undefined);
   try {
-    proc.kill("SIGHUP");
-    // What the server said after its URL (startServe read up to it), read until the warning or its end.
-    let stderr = "";
-    const reader = proc.stderr.getReader();
-    for (let reads = 0; reads < 100 && !/SIGHUP ignored/.test(stderr); reads++) {
-      const chunk = await reader.read();
-      if (chunk.done) break;
-      stderr += new TextDecoder().decode(chunk.value);
-    }
-    expect(stderr).toContain("SIGHUP ignored: mlx serve has nothing to reload (SIGTERM or SIGINT stop it)");
-    expect((await fetch(`${url}/health`)).status).toBe(200);
-    proc.kill("SIGTERM");
-    expect(await proc.exited).toBe(0);
+    hungUp.proc.kill("SIGHUP");
+    expect(await readStderrUntil(hungUp.proc, /hangup/)).toContain("hangup (SIGHUP): stopping");
+    expect(await hungUp.proc.exited).toBe(0);
   } finally {
-    proc.kill();
+    hungUp.proc.kill();
+  }
+  // nohup asked for hangups to be ignored; a handler of ours would have undone that.
+  const kept = await startServe(undefined, [], {}, ["nohup"]);
+  try {
+    kept.proc.kill("SIGHUP");
+    // Answered after the hangup was delivered: it was ignored (a stopping server refuses connections).
+    for (let i = 0; i < 3; i++) expect((await fetch(`${kept.url}/health`)).status).toBe(200);
+    kept.proc.kill("SIGTERM");
+    expect(await kept.proc.exited).toBe(0);
+    // Read to its end (a pattern that never matches).
+    expect(await readStderrUntil(kept.proc, /(?!)/)).not.toContain("hangup");
+  } finally {
+    kept.proc.kill();
   }
 }, 30_000);
 
@@ -303,24 +320,12 @@ test("what it logs off a terminal (journald, docker logs) is one line per messag
   // runner (NODE_ENV=test, as bun test sets it) or CI.
   const { proc, url } = await startServe(undefined, [], { NODE_ENV: "production", TEST: undefined, CI: undefined });
   try {
+    // A warning it says, then stops: read to its end (a pattern that never matches).
     proc.kill("SIGHUP");
-    // What the server said after its URL (startServe read up to it), until it stops.
-    let stderr = "";
-    const reader = proc.stderr.getReader();
-    for (let reads = 0; reads < 100 && !/SIGHUP ignored.*\n/.test(stderr); reads++) {
-      const chunk = await reader.read();
-      if (chunk.done) break;
-      stderr += new TextDecoder().decode(chunk.value);
-    }
-    proc.kill("SIGTERM");
-    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read())
-      stderr += new TextDecoder().decode(chunk.value);
+    const stderr = await readStderrUntil(proc, /(?!)/);
     expect(await proc.exited).toBe(0);
     expect(url).toStartWith("http://127.0.0.1:");
-    expect(stderr.split("\n")).toEqual([
-      "[warn] SIGHUP ignored: mlx serve has nothing to reload (SIGTERM or SIGINT stop it)",
-      "",
-    ]);
+    expect(stderr.split("\n")).toEqual(["[warn] hangup (SIGHUP): stopping", ""]);
   } finally {
     proc.kill();
   }

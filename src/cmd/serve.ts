@@ -5,7 +5,7 @@ import { parseKeepAlive } from "../api/ollama";
 import { keylessExposure, startServer, type ServerOptions } from "../server/app";
 import type { LoadSettings } from "../server/model-registry";
 import { basename, resolve } from "node:path";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { UnsupportedError } from "../errors";
 import { fail, failLog, log, setVerbose } from "./log";
 import {
@@ -281,12 +281,14 @@ export default defineCommand({
       };
       process.on("SIGINT", stop);
       process.on("SIGTERM", stop);
-      // SIGHUP would end the server unsaid (the runtime's default). A daemon takes it as "reload"
-      // (systemd's ExecReload, `kill -HUP`), and `nohup mlx serve` asked for it to be ignored: the
-      // server has nothing to reload, so it goes on serving, and says so.
-      process.on("SIGHUP", () =>
-        log.warn("SIGHUP ignored: mlx serve has nothing to reload (SIGTERM or SIGINT stop it)"),
-      );
+      // A hangup (its terminal closed, `kill -HUP`) would end the server unsaid, its streams cut
+      // (the runtime's default): it stops as for SIGTERM, and says why. Under nohup, which ignored
+      // SIGHUP for it, a handler would undo that: the hangup stays ignored.
+      if (!ignoredAtStart(1))
+        process.on("SIGHUP", () => {
+          log.warn("hangup (SIGHUP): stopping");
+          stop();
+        });
     } catch (error) {
       fail(error, verbose);
     }
@@ -323,4 +325,17 @@ async function pipelineLoader(
     return lm;
   };
   return { loadModel, refuseModel, onlyModelPath: own };
+}
+
+/**
+ * Whether the process was started with signal number `signal` ignored (nohup's SIGHUP, 1), as
+ * Linux's /proc/self/status says before any handler of ours; elsewhere, as if not.
+ */
+function ignoredAtStart(signal: number): boolean {
+  try {
+    const mask = /^SigIgn:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
+    return mask !== undefined && ((BigInt(`0x${mask}`) >> BigInt(signal - 1)) & 1n) === 1n;
+  } catch {
+    return false;
+  }
 }

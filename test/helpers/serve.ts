@@ -27,9 +27,11 @@ export async function startServe(
   model: string | undefined,
   flags: string[] = [],
   env: Record<string, string | undefined> = {},
+  /** A command the server runs under (["nohup"]). */
+  under: string[] = [],
 ): Promise<{ proc: Bun.Subprocess<"ignore", "pipe", "pipe">; url: string }> {
   const modelFlags = model === undefined ? [] : ["-m", model];
-  const proc = Bun.spawn([process.execPath, mainScript, "serve", "--port", "0", ...modelFlags, ...flags], {
+  const proc = Bun.spawn([...under, process.execPath, mainScript, "serve", "--port", "0", ...modelFlags, ...flags], {
     stdout: "pipe",
     stderr: "pipe",
     env: { ...process.env, NO_COLOR: "1", ...env },
