@@ -239,7 +239,11 @@ async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, o:
   }
 }
 
+/**
+ * A vector of unit length, each value a float32 (as the model computes it, and as OpenAI, vLLM and
+ * Ollama give it): the JSON's numbers are then exactly those base64's float32 bytes decode to.
+ */
 function normalized(v: number[]): number[] {
   const norm = Math.hypot(...v);
-  return norm > 0 ? v.map((x) => x / norm) : v;
+  return norm > 0 ? v.map((x) => Math.fround(x / norm)) : v;
 }
