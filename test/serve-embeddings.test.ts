@@ -122,6 +122,31 @@ describe("OpenAI /v1/embeddings", () => {
   });
 });
 
+describe("an empty text", () => {
+  test("is a 400 naming it whatever the tokenizer adds (an EOS here), not the added token's vector", async () => {
+    // As Qwen3-Embedding's tokenizer (or a Llama's BOS): "" is tokenized to the added token alone.
+    const eosModel = join(home, "..", "tiny-eos-empty");
+    cpSync(model, eosModel, { recursive: true });
+    const tokenizerConfig = JSON.parse(readFileSync(join(eosModel, "tokenizer_config.json"), "utf8"));
+    writeFileSync(
+      join(eosModel, "tokenizer_config.json"),
+      JSON.stringify({ ...tokenizerConfig, eos_token: "<|endoftext|>", add_eos_token: true }),
+    );
+    const { json } = await post(`${server.url}/tokenize`, { model: eosModel, content: "", add_special: true });
+    expect(json.tokens.length).toBe(1);
+    const alone = await openai.embeddings.create({ model: eosModel, input: "" }).catch((e) => e);
+    expect(alone).toMatchObject({ status: 400, param: "input" });
+    const second = await openai.embeddings.create({ model: eosModel, input: ["hi", ""] }).catch((e) => e);
+    expect(second).toMatchObject({ status: 400, param: "input.1" });
+    await expect(new Ollama({ host: server.url }).embed({ model: eosModel, input: ["hi", ""] })).rejects.toThrow(
+      "'input.1' is empty",
+    );
+    // The token ids themselves are taken: the caller asked for them.
+    const ids = await openai.embeddings.create({ model: eosModel, input: [json.tokens] });
+    expect(ids.data.length).toBe(1);
+  });
+});
+
 describe("an input of megabytes", () => {
   test("is tokenized a piece at a time, refused or cut at the context: the server answers meanwhile", async () => {
     await post(`${server.url}/api/embed`, { model }); // the model loaded

@@ -144,6 +144,9 @@ function* inputIds(
   o: EmbedOptions,
   at: string,
 ): Steps<number[]> {
+  // An empty text is refused as OpenAI refuses it, whatever the tokenizer adds: one that adds a
+  // BOS or EOS (Llama, Qwen3-Embedding) gave that token's vector, another none (a 400).
+  if (input === "") throw new InvalidParameterError(`'${at}' is empty`, at);
   const ids =
     typeof input === "string"
       ? yield* lm.tokenizer.encodeSteps(modelText(input, config), { addSpecialTokens: true })
