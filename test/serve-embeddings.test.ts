@@ -102,7 +102,8 @@ describe("OpenAI /v1/embeddings", () => {
       [{ model, input: ["hi", ""] }, "input.1"],
       [{ model, input: "hi", dimensions: 65 }, "dimensions"],
       [{ model, input: "hi", encoding_format: "int8" }, "encoding_format"],
-      [{ model, input: "hi", truncate_prompt_tokens: 8 }, "truncate_prompt_tokens"],
+      [{ model, input: "hi", truncate_prompt_tokens: 0 }, "truncate_prompt_tokens"],
+      [{ model, input: "hi", truncate_prompt_tokens: 65 }, "truncate_prompt_tokens"],
       [{ model, input: [[1, 2], [-1]] }, "input.1.0"],
     ];
     for (const [body, param] of cases) {
@@ -119,6 +120,23 @@ describe("OpenAI /v1/embeddings", () => {
     expect(long.json.error.param).toBe("input");
     const second = await post(`${server.url}/v1/embeddings`, { model, input: ["hi", "word ".repeat(200)] });
     expect(second.json.error.param).toBe("input.1");
+  });
+});
+
+describe("vLLM's truncate_prompt_tokens", () => {
+  test("cuts each input to its first N tokens (-1: the context) where the input alone is a 400", async () => {
+    const long = "word ".repeat(200);
+    const { json } = await post(`${server.url}/tokenize`, { model, content: long, add_special: true });
+    // vLLM's field, sent through the client as any unknown field is.
+    const params = (keep: number) =>
+      ({ model, input: [long, "hi"], truncate_prompt_tokens: keep }) as OpenAI.EmbeddingCreateParams;
+    const cut = await openai.embeddings.create(params(8));
+    const hi = await openai.embeddings.create({ model, input: "hi" });
+    expect(cut.usage.prompt_tokens).toBe(8 + hi.usage.prompt_tokens);
+    const byIds = await openai.embeddings.create({ model, input: [json.tokens.slice(0, 8)] });
+    expect(cut.data.map((d) => d.embedding)).toEqual([byIds.data[0]!.embedding, hi.data[0]!.embedding]);
+    const whole = await openai.embeddings.create(params(-1));
+    expect(whole.usage.prompt_tokens).toBe(64 + hi.usage.prompt_tokens);
   });
 });
 

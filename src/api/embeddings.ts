@@ -3,6 +3,7 @@
 // of a vector.
 import type { EmbedInput } from "../engine/embed";
 import { OPTIONS as OLLAMA_OPTIONS, parseKeepAlive } from "./ollama";
+import { truncatePromptTokens } from "./openai";
 import { Fields, ValidationError } from "./validate";
 
 export interface EmbeddingsRequest {
@@ -15,6 +16,8 @@ export interface EmbeddingsRequest {
   truncate: boolean;
   /** Ollama's options.num_ctx: a context shorter than the model's. */
   context?: number;
+  /** vLLM's truncate_prompt_tokens: each input cut to this many tokens (-1: to the context). */
+  truncatePromptTokens?: number;
   keepAlive?: number;
   /** The field that holds the inputs, for errors about them. */
   param: string;
@@ -51,7 +54,7 @@ function tokenIds(list: unknown[], at: string): number[] {
 
 export function parseOpenAIEmbeddings(body: unknown): EmbeddingsRequest {
   const f = Fields.of(body);
-  f.onlyKnown(["model", "input", "dimensions", "encoding_format", "user"]);
+  f.onlyKnown(["model", "input", "dimensions", "encoding_format", "user", "truncate_prompt_tokens"]);
   const format = f.string("encoding_format") ?? "float";
   if (format !== "float" && format !== "base64")
     f.fail("encoding_format", `must be 'float' or 'base64'; got '${format}'`);
@@ -61,7 +64,9 @@ export function parseOpenAIEmbeddings(body: unknown): EmbeddingsRequest {
     inputs: inputs(f, "input"),
     dimensions: f.integer("dimensions", { min: 1 }),
     base64: format === "base64",
+    // OpenAI refuses an input over the context; vLLM cuts it where truncate_prompt_tokens is sent.
     truncate: false,
+    truncatePromptTokens: truncatePromptTokens(f),
     param: "input",
   };
 }

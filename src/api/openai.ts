@@ -275,7 +275,7 @@ function guidedSchema(at: Fields, field: string): object {
 }
 
 /** vLLM's truncate_prompt_tokens: a count of tokens (>= 1), or -1 for as many as the context holds. */
-function truncatePromptTokens(f: Fields): number | undefined {
+export function truncatePromptTokens(f: Fields): number | undefined {
   const keep = f.integer("truncate_prompt_tokens", { min: -1 });
   if (keep === 0)
     f.fail("truncate_prompt_tokens", "must be at least 1 (or -1: as many tokens as the context holds), got 0");

@@ -32,6 +32,11 @@ export interface EmbedOptions {
   truncate?: boolean;
   /** A context shorter than the model's (Ollama's num_ctx): inputs are cut or refused at it. */
   context?: number;
+  /**
+   * vLLM's truncate_prompt_tokens: each input cut to its first this many tokens (those the
+   * tokenizer adds kept), -1 to the context; more than the context is refused, as vLLM does.
+   */
+  truncatePromptTokens?: number;
   /** Named in errors about the input (e.g. "input"). */
   param?: string;
   /** Stops the work between two chunks (an EmbeddingCancelled): the client went away. */
@@ -81,6 +86,12 @@ export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptio
   if (o.dimensions !== undefined && !(Number.isInteger(o.dimensions) && o.dimensions >= 1 && o.dimensions <= width))
     throw new InvalidParameterError(`dimensions must be between 1 and the model's ${width}`, "dimensions");
   const config = embeddingConfig(lm);
+  const context = embeddingContext(lm, config);
+  if (o.truncatePromptTokens !== undefined && o.truncatePromptTokens > context)
+    throw new InvalidParameterError(
+      `truncate_prompt_tokens is ${o.truncatePromptTokens}, more than the model's context of ${context} tokens (-1 keeps as many as it holds)`,
+      "truncate_prompt_tokens",
+    );
   const sequences = await inputsIds(lm, inputs, config, o, param);
   const { pooling } = config;
   const vectors: number[][] = [];
@@ -157,15 +168,21 @@ function* inputIds(
   const bad = ids.find((id) => !(Number.isInteger(id) && id >= 0 && id < vocab));
   if (bad !== undefined)
     throw new InvalidParameterError(`'${at}' holds token id ${bad}, outside the model's vocabulary (${vocab})`, at);
-  // A sentence-transformers model's max_seq_length, where shorter, is its context for embeddings.
   const { maxLength } = config;
-  const model = Math.min(lm.config.maxPositionEmbeddings, maxLength ?? Infinity);
-  const context = Math.min(model, o.context ?? model);
+  const model = embeddingContext(lm, config);
+  const keep = o.truncatePromptTokens;
+  const context = Math.min(model, o.context ?? model, keep === undefined || keep === -1 ? model : keep);
   if (ids.length <= context) return ids;
-  if (o.truncate) return typeof input === "string" ? cutKeepingSpecials(lm, ids, context) : ids.slice(0, context);
+  if (o.truncate || keep !== undefined)
+    return typeof input === "string" ? cutKeepingSpecials(lm, ids, context) : ids.slice(0, context);
   const whose = context < model ? "the requested" : "the model's";
   const why = context === maxLength ? " (its sentence-transformers max_seq_length)" : "";
   throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but ${whose} context is ${context} tokens${why}`, at);
+}
+
+/** The most tokens an input may have: a sentence-transformers model's max_seq_length, where shorter than the model's context. */
+function embeddingContext(lm: LoadedModel, { maxLength }: EmbeddingConfig): number {
+  return Math.min(lm.config.maxPositionEmbeddings, maxLength ?? Infinity);
 }
 
 /**

@@ -76,6 +76,7 @@ async function embedWith(
       dimensions: req.dimensions,
       truncate: req.truncate,
       context: req.context,
+      truncatePromptTokens: req.truncatePromptTokens,
       param: req.param,
       signal: deadline.controller.signal,
       adapter: lease.adapter,
