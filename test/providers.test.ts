@@ -793,6 +793,36 @@ describe("every API family reaches either provider kind", () => {
   });
 });
 
+describe("embeddings", () => {
+  test("go to an OpenAI-compatible provider's /embeddings on every route; an Anthropic one's is a 400", async () => {
+    const input = ["Hello there", "Goodbye"];
+    const direct = new OpenAI({ baseURL: `http://127.0.0.1:${remotePort}/v1`, apiKey: "unused", maxRetries: 0 });
+    const expected = (await direct.embeddings.create({ model: tiny, input })).data.map((d) => d.embedding);
+    // The client's default, base64, and float, passed through under the alias.
+    const proxied = await openai.embeddings.create({ model: "ro", input });
+    expect(proxied.model).toBe("ro");
+    expect(proxied.data.map((d) => d.embedding)).toEqual(expected);
+    expect(proxied.usage.prompt_tokens).toBeGreaterThan(2);
+    const float = await openai.embeddings.create({ model: "ro", input, encoding_format: "float", dimensions: 8 });
+    expect(float.data[0]!.embedding.length).toBe(8);
+    const ollama = new Ollama({ host: proxy.url });
+    const embedded = await ollama.embed({ model: "ro:latest", input });
+    expect(embedded.embeddings).toEqual(expected);
+    expect(embedded.prompt_eval_count).toBe(proxied.usage.prompt_tokens);
+    expect((await ollama.embeddings({ model: "ro", prompt: "Goodbye" })).embedding).toEqual(expected[1]!);
+    // Nothing to load ahead: an empty input is answered at once.
+    expect((await ollama.embed({ model: "ro", input: [] })).embeddings).toEqual([]);
+    await expect(ollama.embed({ model: "ro", input, options: { num_ctx: 8 } })).rejects.toThrow("num_ctx");
+    // The provider's refusal is the client's 400, in its words.
+    const refused = await openai.embeddings.create({ model: "ro", input: [[999_999]] }).catch((e) => e);
+    expect(refused).toMatchObject({ status: 400 });
+    expect(refused.message).toContain("vocabulary");
+    const anthropicProvider = await openai.embeddings.create({ model: "ra", input }).catch((e) => e);
+    expect(anthropicProvider).toMatchObject({ status: 400, param: "model" });
+    expect(anthropicProvider.message).toContain("has no embeddings");
+  });
+});
+
 describe("thinking", () => {
   const hi = [{ role: "user" as const, content: "Hi" }];
   /** The remote's own answer to a chat request, for the proxy's to equal. */

@@ -7,7 +7,7 @@ import { loadAliases } from "../store/aliases";
 import { sameProvider, type RemoteModelConfig } from "./config";
 import { Provider, RemoteModel } from "./model";
 
-export { Provider, RemoteModel, type StreamOptions } from "./model";
+export { Provider, RemoteModel, type RemoteEmbeddings, type StreamOptions } from "./model";
 export { remoteSampling, streamRemoteCompletion } from "./completion";
 export { RemoteConversation } from "./conversation";
 export { describeFetchError } from "./types";

@@ -62,6 +62,12 @@ interface Failure {
   reason: string;
 }
 
+/** An OpenAI embeddings answer: the vectors (float lists, or base64 where asked) and the tokens read. */
+export interface RemoteEmbeddings {
+  data: { index?: number; embedding: number[] | string }[];
+  usage?: { prompt_tokens?: number; total_tokens?: number };
+}
+
 export class RemoteModel {
   constructor(
     readonly config: RemoteModelConfig,
@@ -96,13 +102,46 @@ export class RemoteModel {
    * attempt through the provider's pool and circuit; a provider whose API cannot count is a 400.
    */
   async countTokens(req: RemoteRequest, signal?: AbortSignal): Promise<number> {
-    const { adapter, pool, circuit, label } = this.provider;
+    const { adapter } = this.provider;
     if (!adapter.countTokensRequest)
       throw new UnsupportedError(
         `model '${this.config.name}' is served by a remote ${this.config.kind} provider (${this.config.baseUrl}), whose API counts no tokens apart from a generation`,
         "model",
       );
-    const { url, init } = this.#post(adapter.countTokensRequest(this.config, req));
+    return this.#once(adapter.countTokensRequest(this.config, req), signal, (answer) => {
+      const count = (answer as { input_tokens?: unknown }).input_tokens;
+      if (typeof count !== "number") throw new StreamFailure("its count_tokens answer has no input_tokens");
+      return count;
+    });
+  }
+
+  /**
+   * The provider's answer to an OpenAI embeddings request (`body` as the client sent it), in one
+   * attempt through the provider's pool and circuit; a provider whose API embeds nothing is a 400.
+   */
+  async embeddings(body: Record<string, unknown>, signal?: AbortSignal): Promise<RemoteEmbeddings> {
+    const { adapter } = this.provider;
+    if (!adapter.embeddingsRequest)
+      throw new UnsupportedError(
+        `model '${this.config.name}' is served by a remote ${this.config.kind} provider (${this.config.baseUrl}), whose API has no embeddings`,
+        "model",
+      );
+    return this.#once(adapter.embeddingsRequest(this.config, body), signal, (answer) => {
+      const data = (answer as { data?: unknown }).data;
+      if (!Array.isArray(data) || !data.every((d) => Array.isArray(d?.embedding) || typeof d?.embedding === "string"))
+        throw new StreamFailure("its embeddings answer has no list of embeddings (data)");
+      return answer as RemoteEmbeddings;
+    });
+  }
+
+  /** One request that answers in one JSON body, read by `read`: one attempt through the provider's pool and circuit. */
+  async #once<T>(
+    request: { path: string; body: Record<string, unknown> },
+    signal: AbortSignal | undefined,
+    read: (answer: unknown) => T,
+  ): Promise<T> {
+    const { adapter, pool, circuit, label } = this.provider;
+    const { url, init } = this.#post(request);
     circuit.admit();
     const release = await pool.acquire(signal).catch((error: unknown) => {
       circuit.abandoned();
@@ -114,10 +153,9 @@ export class RemoteModel {
     try {
       const response = await this.#connect(url, init, connection);
       if (!response.ok) throw await statusFailure(response, adapter);
-      const count = ((await response.json()) as { input_tokens?: unknown }).input_tokens;
-      if (typeof count !== "number") throw new StreamFailure("its count_tokens answer has no input_tokens");
+      const answer = read(await response.json());
       circuit.succeeded();
-      return count;
+      return answer;
     } catch (error) {
       if (signal?.aborted) {
         circuit.abandoned(); // the client went away: no verdict on the provider

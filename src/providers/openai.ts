@@ -74,6 +74,9 @@ export const openaiAdapter: ProviderAdapter = {
     };
   },
 
+  // The client's request as it sent it (vLLM's truncate_prompt_tokens too), under the provider's name for the model.
+  embeddingsRequest: (config, body) => ({ path: "/embeddings", body: { ...body, model: config.model } }),
+
   headers: (apiKey) => ({
     "content-type": "application/json",
     accept: "text/event-stream",

@@ -67,6 +67,11 @@ export interface ProviderAdapter {
   headers(apiKey: string | undefined): Record<string, string>;
   /** The path and JSON body that count a request's prompt tokens, where the provider's API can (Anthropic's count_tokens). */
   countTokensRequest?(config: RemoteModelConfig, req: RemoteRequest): { path: string; body: Record<string, unknown> };
+  /** The path and JSON body of an OpenAI embeddings request (`body` as a client sent it), where the provider's API embeds. */
+  embeddingsRequest?(
+    config: RemoteModelConfig,
+    body: Record<string, unknown>,
+  ): { path: string; body: Record<string, unknown> };
   /** The provider's server-sent events as ours; throws when the stream fails or ends before the answer. */
   events(stream: AsyncIterable<EventSourceMessage>): AsyncGenerator<RemoteEvent>;
   /** The provider's message in an error body (the body itself when it is not the provider's JSON). */

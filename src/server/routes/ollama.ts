@@ -464,7 +464,7 @@ function answerIds(gen: Generation, done: GenerationDone): number[] {
 }
 
 /** The remote alias a name stands for: "far:latest" (Ollama's default tag) is "far", as for a local model. */
-function remoteName(name: string): string | undefined {
+export function remoteName(name: string): string | undefined {
   const names = remoteModelNames();
   return knownName(name, (candidate) => names.includes(candidate));
 }
