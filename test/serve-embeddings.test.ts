@@ -474,6 +474,14 @@ describe("a sentence-transformers model's text", () => {
       embedded(meanModel, ["Hello there", "a"]),
     ]);
     expect(spaced).toEqual(plain);
+    // Python's str.strip(), not JavaScript's trim(): \x85 and \x1c-\x1f go, a BOM (\ufeff) stays and is tokenized.
+    const { json } = await post(`${server.url}/tokenize`, { model: meanModel, content: "\ufeffa", add_special: true });
+    const [python, bom] = await Promise.all([
+      embedded(meanModel, ["\x85Hello there\x1c", "\ufeffa"]),
+      embedded(meanModel, [json.tokens]),
+    ]);
+    expect(python).toEqual([plain[0]!, bom[0]!]);
+    expect(dot(bom[0]!, plain[1]!)).toBeLessThan(0.999);
     const [otherSpaced, otherPlain] = await Promise.all([
       embedded(model, [" Hello there\n"]),
       embedded(model, ["Hello there"]),

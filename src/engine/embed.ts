@@ -191,8 +191,22 @@ function embeddingContext(lm: LoadedModel, { maxLength }: EmbeddingConfig): numb
  */
 function modelText(input: string, { prompt, stripped, lowerCase }: EmbeddingConfig): string {
   const prompted = (prompt ?? "") + input;
-  const text = stripped ? prompted.trim() : prompted;
+  const text = stripped ? pythonStrip(prompted) : prompted;
   return lowerCase ? text.toLowerCase() : text;
+}
+
+/** The characters Python's str.strip() takes off (str.isspace): JavaScript's trim() keeps \x1c-\x1f and \x85, and takes a BOM (\ufeff). */
+const PYTHON_WHITESPACE = new Set(
+  "\t\n\v\f\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000",
+);
+
+/** `text` as Python's str.strip() leaves it (the sentence-transformers Transformer module's strip). */
+function pythonStrip(text: string): string {
+  let start = 0;
+  let end = text.length;
+  while (start < end && PYTHON_WHITESPACE.has(text[start]!)) start++;
+  while (end > start && PYTHON_WHITESPACE.has(text[end - 1]!)) end--;
+  return text.slice(start, end);
 }
 
 /**
