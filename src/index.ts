@@ -48,6 +48,7 @@ export {
 export { BudgetError } from "./engine/budget/steering";
 export { SchemaError } from "./engine/grammar";
 export { ModelLoadError } from "./models/load";
+export { NonFiniteEmbeddingError } from "./engine/embed";
 
 /** A call on a model after its close(), or on a chat after its (or its model's) close(). */
 export class ClosedError extends Error {

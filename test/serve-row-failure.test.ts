@@ -3,6 +3,7 @@
 // overflow leaves a real checkpoint), where a grammar then refuses the token its row drew. The
 // other requests decoding beside it go on to the answers they give alone; the failing one gets
 // a 500, /metrics counts one failed generation, its rows leave the batch, and the server serves on.
+// An embedding of that token is a 500 too, naming its input.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -198,5 +199,19 @@ describe("a request that fails on its own row of a batched step", () => {
     // if answered ("stop" or "length"), never as cancelled.
     expect(await cancelled()).toBe(cancelledBefore + 1);
     expect(await running()).toBe(0);
+  });
+});
+
+describe("an embedding whose hidden states are not finite", () => {
+  test("is a 500 naming its input, not a vector of nulls (JSON's NaN), on every route; the server embeds on", async () => {
+    const healthy = await openai.embeddings.create({ model, input: "Hello there", encoding_format: "float" });
+    const failure = await openai.embeddings.create({ model, input: ["Hello there", POISON] }).catch((e) => e);
+    expect(failure).toMatchObject({ status: 500, param: "input.1", code: "non_finite_embedding" });
+    expect(failure.message).toContain("not finite");
+    const ollama = await post(`${server.url}/api/embed`, { model, input: POISON });
+    expect(ollama.status).toBe(500);
+    expect(ollama.json.error).toContain("'input' has no embedding");
+    const again = await openai.embeddings.create({ model, input: "Hello there", encoding_format: "float" });
+    expect(again.data[0]!.embedding).toEqual(healthy.data[0]!.embedding);
   });
 });

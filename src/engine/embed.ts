@@ -52,6 +52,18 @@ export class EmbeddingCancelled extends Error {
   override name = "EmbeddingCancelled";
 }
 
+/**
+ * An input whose pooled hidden states are not finite (NaN or infinity: the model's pass
+ * overflowed on it, as a float16 checkpoint can): it has no embedding, rather than a vector
+ * of NaN, which JSON writes as nulls.
+ */
+export class NonFiniteEmbeddingError extends Error {
+  override name = "NonFiniteEmbeddingError";
+  constructor(readonly param: string) {
+    super(`'${param}' has no embedding: the model's hidden states for it are not finite numbers (NaN or infinity)`);
+  }
+}
+
 function stopIfCancelled(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new EmbeddingCancelled("the embedding request was cancelled");
 }
@@ -95,8 +107,11 @@ export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptio
   const sequences = await inputsIds(lm, inputs, config, o, param);
   const { pooling } = config;
   const vectors: number[][] = [];
-  for (const ids of sequences)
-    vectors.push(normalized((await pooledHidden(lm, ids, pooling, o)).slice(0, o.dimensions ?? width)));
+  for (const [i, ids] of sequences.entries()) {
+    const pooled = await pooledHidden(lm, ids, pooling, o);
+    if (!pooled.every(Number.isFinite)) throw new NonFiniteEmbeddingError(inputs.length > 1 ? `${param}.${i}` : param);
+    vectors.push(normalized(pooled.slice(0, o.dimensions ?? width)));
+  }
   return { vectors, promptTokens: sequences.reduce((n, ids) => n + ids.length, 0) };
 }
 

@@ -7,7 +7,7 @@
 import type { Context } from "hono";
 import { ValidationError } from "../api/validate";
 import { BudgetError } from "../engine/budget/steering";
-import { EmbeddingCancelled } from "../engine/embed";
+import { EmbeddingCancelled, NonFiniteEmbeddingError } from "../engine/embed";
 import { SchemaError } from "../engine/grammar";
 import {
   AdapterError,
@@ -134,6 +134,11 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
   // The same request fails the same way again: OpenAI's and Anthropic's clients retry a 500 unless told not to.
   if (error instanceof ChatTemplateUnsupportedError)
     return new ApiError(500, error.message, "server_error", "messages", "chat_template_unsupported", {
+      "x-should-retry": "false",
+    });
+  // The model's numbers for this input, which another try gives again.
+  if (error instanceof NonFiniteEmbeddingError)
+    return new ApiError(500, error.message, "server_error", error.param, "non_finite_embedding", {
       "x-should-retry": "false",
     });
   // The store's files, not the request, are at fault: the message names the model and its repair.
