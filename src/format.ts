@@ -50,6 +50,14 @@ export function noSpaceLeft(error: unknown): boolean {
   return false;
 }
 
+/**
+ * `text` without its control characters, tab and newline aside: words another program sent (a
+ * server's error message), quoted in ours, cannot recolour, retitle or redraw the terminal.
+ */
+export function withoutControlCharacters(text: string): string {
+  return text.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, "");
+}
+
 /** Columns padded to their widest cell, two spaces apart, a header first (as `ollama list` prints them). */
 export function plainTable(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));

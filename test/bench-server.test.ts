@@ -374,6 +374,45 @@ describe("mlx bench --url", () => {
     }
   }, 20_000);
 
+  test("a server's words with control characters (colours, a bell) are quoted printable, in server mode and for a remote model", async () => {
+    // The warm-up is answered; every later request, an error whose message would recolour and ring the terminal.
+    const escapes = "bad \u001b[31mred\u001b[0m \u0007 thing\r";
+    let requests = 0;
+    const noisy = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      async fetch(req) {
+        if (new URL(req.url).pathname === "/v1/models") return Response.json({ data: [{ id: "noisy" }] });
+        if (++requests === 1)
+          return new Response(
+            `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: "hi" }, finish_reason: "stop" }] })}\n\ndata: [DONE]\n\n`,
+            { headers: { "content-type": "text/event-stream" } },
+          );
+        return Response.json({ error: { message: escapes } }, { status: 500 });
+      },
+    });
+    const control = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/;
+    try {
+      const url = `http://127.0.0.1:${noisy.port}`;
+      const server = await mlx(["--url", url, "--concurrency", "1", "--requests", "1"]);
+      expect(server.code).not.toBe(0);
+      expect(server.stderr).toMatch(/\(HTTP 500: bad \[31mred\[0m +thing\)/);
+      requests = 0;
+      mkdirSync(env.MLX_HOME, { recursive: true });
+      writeFileSync(
+        join(env.MLX_HOME, "models.toml"),
+        `[models.noisy]\nprovider = "openai"\nbase_url = "${url}/v1"\nmodel = "noisy"\n`,
+      );
+      const remote = await mlx(["-m", "noisy", "-p", "8", "-g", "2", "-n", "1"]);
+      expect(remote.code).not.toBe(0);
+      expect(remote.stderr).toMatch(/answered 500: bad \[31mred\[0m +thing/);
+      for (const text of [server.stdout, server.stderr, remote.stdout, remote.stderr])
+        expect(text).not.toMatch(control);
+    } finally {
+      noisy.stop(true);
+    }
+  }, 20_000);
+
   test("a thinking model on Ollama's /v1 (reasoning in `reasoning`, next to an empty `content`) is timed from its first thought", async () => {
     // Ollama's chunks, as its openai package writes them; the answer never gets past the thinking.
     const chunk = (delta: object) =>

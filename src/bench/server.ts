@@ -6,6 +6,7 @@
 // after the first (TPOT), inter-token latency (ITL, between streamed chunks) and end-to-end
 // latency. Each prompt is led by a fresh tag, so that no answer comes from a prefix cache.
 // Plain fetch and a small SSE reader: no client library.
+import { withoutControlCharacters } from "../format";
 import { describeFetchError, shownUrl } from "../providers";
 import { errorBodyMessage } from "../providers/types";
 import { summarize, type Summary } from "./stats";
@@ -186,8 +187,9 @@ export const keyHint = (status: number, apiKey: string | undefined): string =>
       ? " (the key given by --api-key or $MLX_API_KEY is not the server's)"
       : " (the server wants a key: give it with --api-key or $MLX_API_KEY)";
 
-/** Text on one line, at most `length` characters, to quote in an error. */
-const oneLine = (text: string, length: number) => text.trim().replace(/\s+/g, " ").slice(0, length);
+/** A server's text on one line, printable, at most `length` characters, to quote in an error. */
+const oneLine = (text: string, length: number) =>
+  withoutControlCharacters(text.trim().replace(/\s+/g, " ")).slice(0, length);
 
 /** One streamed completion, timed chunk by chunk. */
 export async function timedRequest(target: RequestTarget, prompt: string, maxTokens: number): Promise<RequestRecord> {
@@ -242,7 +244,7 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
       try {
         event = JSON.parse(data);
       } catch {
-        return failed(`the server sent an event that is not JSON: ${data.slice(0, 80)}`);
+        return failed(`the server sent an event that is not JSON: ${oneLine(data, 80)}`);
       }
       if (event.error) return failed(`the server sent an error: ${oneLine(errorBodyMessage(data), 300)}`);
       if (typeof event.usage?.completion_tokens === "number") usageTokens = event.usage.completion_tokens;

@@ -3,6 +3,7 @@
 // events (text as it arrives, then how it ended). Each provider kind translates only between
 // this and its own wire format, so any client API reaches any provider.
 import { isJsonObject, parseExactJson } from "../exact-json";
+import { withoutControlCharacters } from "../format";
 import type { EventSourceMessage } from "eventsource-parser/stream";
 import type { FormatInput, PromptInput, RequestHints, SamplingInput } from "../api/common";
 import type { ThinkingBlock, ToolCall, ToolRequest } from "../engine/tools";
@@ -103,7 +104,9 @@ export function parseData(data: string): Record<string, unknown> {
   try {
     return JSON.parse(data) as Record<string, unknown>;
   } catch {
-    throw new StreamFailure(`the stream sent something that is not JSON: ${data.slice(0, 120)}`);
+    throw new StreamFailure(
+      `the stream sent something that is not JSON: ${withoutControlCharacters(data.slice(0, 120))}`,
+    );
   }
 }
 
@@ -118,8 +121,15 @@ export function callArguments(json: string): Record<string, unknown> {
   }
 }
 
-/** The `message` of an `{"error": {"message"}}` or `{"error": "message"}` body, else the body. */
+/**
+ * The `message` of an `{"error": {"message"}}` or `{"error": "message"}` body, else the body:
+ * printable, as it is quoted on a terminal.
+ */
 export function errorBodyMessage(body: string): string {
+  return withoutControlCharacters(bodyMessage(body));
+}
+
+function bodyMessage(body: string): string {
   try {
     const parsed = JSON.parse(body) as { error?: { message?: unknown } | string; message?: unknown };
     const error = parsed.error;
