@@ -153,12 +153,14 @@ describe("mlx bench: model mode", () => {
     expect(noPrompt.code).toBe(0);
     expect(noPrompt.stdout).not.toMatch(/pp\d* tokens\/s|first token|pp: /);
     expect(noPrompt.stdout).toMatch(/\|\s+tg8 tokens\/s \|/);
-    expect(noPrompt.stdout).toContain("1 run each, mean ± standard deviation; tg: 8 generated tokens.");
+    // The peak is said to be MLX's, not the process's resident memory that `top` shows.
+    const memory = "peak memory: MLX's (weights, KV cache, activations), not the whole process's.";
+    expect(noPrompt.stdout).toContain(`1 run each, mean ± standard deviation; tg: 8 generated tokens; ${memory}`);
     const noGeneration = await mlx(["-m", tiny, "-n", "1", "-p", "8", "-g", "0"]);
     expect(noGeneration.code).toBe(0);
     expect(noGeneration.stdout).not.toMatch(/tg\d* tokens\/s|tg: /);
     expect(noGeneration.stdout).toContain(
-      "1 run each, mean ± standard deviation; pp: an 8-token prompt, timed to its first token.",
+      `1 run each, mean ± standard deviation; pp: an 8-token prompt, timed to its first token; ${memory}`,
     );
   }, 20_000);
 
@@ -394,6 +396,7 @@ describe("mlx bench: prompt suite", () => {
     expect(table.code).toBe(0);
     expect(table.stdout).toMatch(/\| tiny .*\|\s+2\/4 \|/); // the plain line now has --expect-regex; line 4 keeps only its schema
     expect(table.stdout).toMatch(/\| line \| prompt\s+\| expectation\s+\| tiny \|/);
+    expect(table.stdout).toContain("over the 4 prompts (greedy, chat template); peak memory: MLX's (weights, KV");
     expect(table.stdout).toMatch(/\|\s+2 \| Say something impossible\s+\| regex \^IMPOSSIBLE-\\d\{9\}\$\s+\| FAIL \|/);
   }, 20_000);
 

@@ -113,6 +113,7 @@ describe("mlx bench -m remote -m local", () => {
     const table = await mlx(["bench", "-m", "far", "-p", "0", "-g", "1", "-n", "2"]);
     expect(table.code).toBe(0);
     expect(rowOf(table.stdout, "far").at(-3)).toBe("-"); // the tg1 column, before peak memory
+    expect(table.stdout).not.toContain("peak memory: MLX's"); // the provider's memory is not shown: nothing to explain
     const r = await mlx(["bench", "-m", "far", "-p", "0", "-g", "1", "-n", "2", "--json"]);
     expect(r.code).toBe(0);
     const [far] = JSON.parse(r.stdout).models;

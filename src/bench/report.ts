@@ -54,6 +54,9 @@ export function article(n: number): "a" | "an" {
   return lead.startsWith("8") || lead === "11" || lead === "18" ? "an" : "a";
 }
 
+/** Which memory the peak is: what MLX allocated (as mlx_lm.benchmark reports), not the process's resident set. */
+const peakMemoryNote = "peak memory: MLX's (weights, KV cache, activations), not the whole process's";
+
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 const ms = (s: Summary, scale = 1000) => meanSd({ mean: s.mean * scale, sd: s.sd * scale }, 0);
@@ -141,6 +144,7 @@ export function modelTable(models: Outcome<ModelBenchResult>[], t: ModelTests): 
     notes.push(
       `tg: ${plural(t.genTokens, "generated token")}${t.depth ? `, timed after ${article(t.depth)} ${t.depth}-token context` : ""}`,
     );
+  if (results.some((r) => r.format !== "remote")) notes.push(peakMemoryNote);
   if (results.some((r) => !promptAsAsked(r) || !generationAsAsked(r)))
     notes.push(
       "(ppN, tgN @ dN): the tokens a remote model's provider counted (pp: prefilled, not cached), where they differ",
@@ -299,7 +303,8 @@ export function suiteTables(models: Outcome<SuiteModelResult>[], prompts: SuiteP
     ]),
     [true],
   );
-  return `${table_}\n\nmean ± standard deviation over the ${prompts.length} prompts (greedy, chat template).\n\n${perPrompt}`;
+  const memory = results.some((r) => r.format !== "remote") ? `; ${peakMemoryNote}` : "";
+  return `${table_}\n\nmean ± standard deviation over the ${prompts.length} prompts (greedy, chat template)${memory}.\n\n${perPrompt}`;
 }
 
 export function suiteCsv(models: Outcome<SuiteModelResult>[], prompts: SuitePrompt[]): string {
