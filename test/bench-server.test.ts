@@ -267,6 +267,17 @@ describe("mlx bench --url", () => {
     expect(bad.stderr.trim()).toMatch(/^error: --url must be an http\(s\) URL/);
   }, 20_000);
 
+  test("two --url (two servers to compare) are refused, not the first dropped for the last", async () => {
+    const before = seenPrompts.length;
+    const r = await mlx(["--url", "http://127.0.0.1:1", "--url", base, "--concurrency", "1", "--requests", "1"]);
+    expect(r.code).not.toBe(0);
+    expect(r.stdout).toBe("");
+    expect(r.stderr.trim()).toMatch(
+      /^error: server mode measures one --url \(got 2\); to compare servers side by side, .*models\.toml/,
+    );
+    expect(seenPrompts.length).toBe(before); // no server was measured
+  }, 20_000);
+
   test("--url given as the endpoint itself (…/v1/chat/completions, as in an API's docs) measures that server", async () => {
     for (const endpoint of ["/v1/chat/completions", "/v1/completions/"]) {
       const r = await mlx(["--url", `${base}${endpoint}`, "--concurrency", "1", "--requests", "1", "--json"]);

@@ -110,10 +110,11 @@ export default defineCommand({
         "Prompt suite: answers must be JSON valid against this JSON-schema file (unless a prompt gives its own)",
     },
     "max-tokens": { type: "string", description: "Most tokens per answer (prompt suite: 256; server mode: 128)" },
-    url: {
+    // Repeatable only to be refused: a second --url would otherwise replace the first, unsaid.
+    url: repeatable({
       type: "string",
       description: "Server mode: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080",
-    },
+    }),
     concurrency: {
       type: "string",
       description: "Server mode: concurrency levels, comma-separated (default 1,2,4,8,16)",
@@ -438,6 +439,11 @@ function suitePlot(results: SuiteModelResult[], prompts: SuitePrompt[]): string 
 }
 
 async function serverMode(args: Args, output: Output, plot: string | undefined): Promise<boolean> {
+  const urls = list(args.url);
+  if (urls.length > 1)
+    throw new Error(
+      `server mode measures one --url (got ${urls.length}); to compare servers side by side, name each in models.toml (provider = "openai", base_url = ...) and give -m a -m b`,
+    );
   const models = list(args.model);
   if (models.length > 1) throw new Error("server mode takes one --model (the name the server knows it by)");
   refuseFlags(args, [...modelTestFlags, ...expectationFlags], "server mode (--url)");
@@ -476,7 +482,7 @@ async function serverMode(args: Args, output: Output, plot: string | undefined):
   };
   const result = await reportingOnInterrupt(stop, () =>
     benchServer({
-      url: String(args.url),
+      url: urls[0]!,
       concurrency,
       requests,
       model: models[0],
