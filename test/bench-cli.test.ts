@@ -312,6 +312,38 @@ describe("mlx bench: model mode", () => {
     expect(m.generation_tokens_per_second.samples).toHaveLength(1);
   }, 30_000);
 
+  test("the KV cache and adapter a model ran with are reported: runs with and without --kv-bits or --max-kv-size differ", async () => {
+    const wide = join(root, "tiny-head32");
+    writeTinyModel(wide, { contextLength: 256, headDim: 32 });
+    const args = ["-m", wide, "-n", "1", "-p", "8", "-g", "2"];
+    const plain = await mlx([...args, "--json"]);
+    const quantized = await mlx([...args, "--kv-bits", "8", "--kv-group-size", "32", "--max-kv-size", "64", "--json"]);
+    expect([plain.code, quantized.code]).toEqual([0, 0]);
+    const settings = (stdout: string) => {
+      const [m] = JSON.parse(stdout).models;
+      return { kv_cache: m.kv_cache, max_kv_size: m.max_kv_size, adapter: m.adapter };
+    };
+    expect(settings(plain.stdout)).toEqual({ kv_cache: null, max_kv_size: null, adapter: null });
+    expect(settings(quantized.stdout)).toEqual({
+      kv_cache: { bits: 8, group_size: 32, start: 0 },
+      max_kv_size: 64,
+      adapter: null,
+    });
+    // The table has the column only where a model did not run as loaded.
+    const table = await mlx([...args, "--kv-bits", "8", "--kv-group-size", "32", "--max-kv-size", "64"]);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(/\| KV cache\s+\|/);
+    expect(table.stdout).toMatch(/\| 8-bit, group 32, window 64 \|/);
+    expect((await mlx(args)).stdout).not.toMatch(/\| KV cache/);
+    const csv = await mlx([...args, "--max-kv-size", "64", "--csv"]);
+    const [header, row] = csv.stdout
+      .trim()
+      .split("\n")
+      .map((line) => line.split(","));
+    expect(row![header!.indexOf("max_kv_size")]).toBe("64");
+    expect(row![header!.indexOf("kv_bits")]).toBe("");
+  }, 30_000);
+
   test("bad flags are one-line errors", async () => {
     oneLineError(await mlx(["-m", tiny, "-n", "0"]), /--repetitions must be a whole number/);
     oneLineError(await mlx(["-m", tiny, "-p", "0", "-g", "0"]), /nothing to measure/);

@@ -5,6 +5,7 @@
 // its -d too: the generation test after a context of d tokens, prefilled before the clock starts.
 import type { LoadedModel } from "../models/load";
 import type { QuantConfig } from "../models/config";
+import type { KvQuantization } from "../models/cache";
 import { readGGUFHeader } from "../models/gguf-header";
 import { ggufQuantization } from "../store/manifest";
 import { wholeModelBytes } from "../models/layout";
@@ -36,6 +37,14 @@ export interface ModelInfo {
   quantization: string;
   /** Bytes of weights in memory: what one generated token reads. */
   sizeBytes: number;
+  /**
+   * How the tests ran it, where not as loaded plainly (--kv-bits, --max-kv-size, --adapter, or
+   * an alias's): two runs of one model are told apart in their reports.
+   */
+  kvQuantization?: KvQuantization;
+  maxKvSize?: number;
+  /** The adapter's directory. */
+  adapter?: string;
 }
 
 /** Speculative decoding's drafts over the measured generations (--draft-model, --prompt-lookup). */
@@ -104,6 +113,9 @@ export function describeModel(lm: LoadedModel, name: string): ModelInfo {
     quantization: quantizationOf(lm),
     // The table gives the model's size as alone, not a rank's share of it.
     sizeBytes: wholeModelBytes(lm),
+    kvQuantization: lm.kvQuantization,
+    maxKvSize: lm.maxKvSize,
+    adapter: lm.adapter?.path,
   };
 }
 

@@ -1,4 +1,5 @@
 // What `mlx bench` prints: aligned Markdown tables for people, CSV and JSON for programs.
+import { basename } from "node:path";
 import { formatBytes } from "../format";
 import type { ModelBenchResult, ModelInfo, SpeculationFigures } from "./model";
 import { endpointPath, type LevelResult, type ServerBenchResult } from "./server";
@@ -94,6 +95,26 @@ function draftsColumns<T extends { speculation?: SpeculationFigures }>(results: 
     : [];
 }
 
+/** "8-bit, group 64", "float, window 1024": the KV cache a model's tests ran with. */
+function kvCacheCell(r: ModelInfo): string {
+  const q = r.kvQuantization;
+  const cache = q ? `${q.bits}-bit, group ${q.groupSize}${q.start ? `, from position ${q.start}` : ""}` : "float";
+  return r.maxKvSize === undefined ? cache : `${cache}, window ${r.maxKvSize}`;
+}
+
+/**
+ * The KV cache and adapter columns, only when some model ran with them (--kv-bits,
+ * --max-kv-size, --adapter, or its alias's): otherwise every row is the model as loaded.
+ */
+function settingsColumns<T extends ModelInfo>(results: T[]): Column<T>[] {
+  const columns: Column<T>[] = [];
+  if (results.some((r) => r.kvQuantization || r.maxKvSize !== undefined))
+    columns.push({ header: "KV cache", cell: (r) => unlessRemote(r, kvCacheCell(r)) });
+  if (results.some((r) => r.adapter))
+    columns.push({ header: "adapter", cell: (r) => (r.adapter ? basename(r.adapter) : "-") });
+  return columns;
+}
+
 /** The tests a model-mode run asked for (a test of 0 tokens did not run). */
 export type ModelTests = Pick<ModelBenchResult, "repetitions" | "promptTokens" | "genTokens" | "depth">;
 
@@ -130,6 +151,7 @@ export function modelTable(models: Outcome<ModelBenchResult>[], t: ModelTests): 
     { header: "format", cell: (r) => r.format },
     { header: "quantization", cell: (r) => r.quantization },
     { header: "size", right: true, cell: (r) => unlessRemote(r, formatBytes(r.sizeBytes)) },
+    ...settingsColumns(results),
     ...(t.promptTokens > 0 ? prompt : []),
     ...(t.genTokens > 0 ? generation : []),
     ...(t.promptTokens > 0 ? firstToken : []),
@@ -177,6 +199,11 @@ export function modelCsv(models: Outcome<ModelBenchResult>[]): string {
     "speculation",
     "drafted_tokens",
     "accepted_tokens",
+    "kv_bits",
+    "kv_group_size",
+    "kv_quant_start",
+    "max_kv_size",
+    "adapter",
     "error",
   ];
   const rows: unknown[][] = models.map((r) =>
@@ -203,6 +230,11 @@ export function modelCsv(models: Outcome<ModelBenchResult>[]): string {
           r.speculation?.method,
           r.speculation?.drafted,
           r.speculation?.accepted,
+          r.kvQuantization?.bits,
+          r.kvQuantization?.groupSize,
+          r.kvQuantization && (r.kvQuantization.start ?? 0),
+          r.maxKvSize,
+          r.adapter,
           "",
         ],
   );
@@ -218,6 +250,12 @@ function modelSummary(r: ModelInfo) {
     architecture: r.architecture,
     quantization: r.quantization,
     size_bytes: r.sizeBytes,
+    // null where the model ran as loaded: the same keys for every model.
+    kv_cache: r.kvQuantization
+      ? { bits: r.kvQuantization.bits, group_size: r.kvQuantization.groupSize, start: r.kvQuantization.start ?? 0 }
+      : null,
+    max_kv_size: r.maxKvSize ?? null,
+    adapter: r.adapter ?? null,
   };
 }
 
@@ -274,6 +312,7 @@ export function suiteTables(models: Outcome<SuiteModelResult>[], prompts: SuiteP
       { header: "model", cell: (r) => r.model },
       { header: "quantization", cell: (r) => r.quantization },
       { header: "size", right: true, cell: (r) => unlessRemote(r, formatBytes(r.sizeBytes)) },
+      ...settingsColumns(results),
       { header: "prompt tokens/s", right: true, cell: (r) => meanSd(r.promptTokensPerSecond), failed: "failed" },
       {
         header: "generation tokens/s",
