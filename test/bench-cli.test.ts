@@ -129,6 +129,33 @@ describe("mlx bench: model mode", () => {
     expect(models).toEqual(["nosuch", "tiny"]);
   }, 20_000);
 
+  test("models compared: each speed as a multiple of the first model's, consistent with the means shown", async () => {
+    const r = await mlx(["-m", tiny, "-m", join(root, "nosuch"), "-m", tinyQ, "-n", "1", ...fast]);
+    expect(r.code).toBe(1);
+    const lines = r.stdout.split("\n");
+    const header = lines[0]!.split("|").map((cell) => cell.trim());
+    const row = (name: string) =>
+      lines
+        .find((line) => line.startsWith(`| ${name} `))!
+        .split("|")
+        .map((cell) => cell.trim());
+    for (const [speed, ratio] of [
+      ["pp16 tokens/s", "pp vs tiny"],
+      ["tg8 tokens/s", "tg vs tiny"],
+    ] as const) {
+      const [s, x] = [header.indexOf(speed), header.indexOf(ratio)];
+      expect(x).toBe(s + 1);
+      expect(row("tiny")[x]).toBe("1.00×");
+      expect(row("nosuch")[x]).toBe("-");
+      const mean = (name: string) => Number.parseFloat(row(name)[s]!);
+      expect(Number.parseFloat(row("tiny-q4")[x]!)).toBeCloseTo(mean("tiny-q4") / mean("tiny"), 1);
+    }
+    expect(r.stdout).toContain("pp vs tiny, tg vs tiny: each mean tokens/s as a multiple of that model's");
+    // One model: nothing to compare.
+    const alone = await mlx(["-m", tiny, "-n", "1", ...fast]);
+    expect(alone.stdout).not.toContain(" vs ");
+  }, 20_000);
+
   test("a stored model named org/repo (as hf: pulls name them) keeps its whole name; a path its last part", async () => {
     const savedHome = process.env.MLX_HOME;
     process.env.MLX_HOME = join(root, "home");

@@ -115,6 +115,23 @@ function settingsColumns<T extends ModelInfo>(results: T[]): Column<T>[] {
   return columns;
 }
 
+/**
+ * Models compared (two or more measured): each one's speed as a multiple of the first measured
+ * model's ("1.25×": a quarter faster), as llama.cpp's compare script gives its speedup.
+ */
+function ratioColumn<T extends { model: string }>(results: T[], test: string, speed: (r: T) => Summary): Column<T>[] {
+  const measured = results.filter((r) => Number.isFinite(speed(r).mean));
+  if (measured.length < 2) return [];
+  const base = measured[0]!;
+  return [
+    {
+      header: `${test} vs ${base.model}`,
+      right: true,
+      cell: (r) => (Number.isFinite(speed(r).mean) ? `${(speed(r).mean / speed(base).mean).toFixed(2)}×` : "-"),
+    },
+  ];
+}
+
 /** The tests a model-mode run asked for (a test of 0 tokens did not run). */
 export type ModelTests = Pick<ModelBenchResult, "repetitions" | "promptTokens" | "genTokens" | "depth">;
 
@@ -125,6 +142,8 @@ export function modelTable(models: Outcome<ModelBenchResult>[], t: ModelTests): 
   const depth = (d: number) => (d ? ` @ d${d}` : "");
   const promptAsAsked = (r: ModelTests) => r.promptTokens === t.promptTokens;
   const generationAsAsked = (r: ModelTests) => r.genTokens === t.genTokens && r.depth === t.depth;
+  const ppRatio = ratioColumn(results, "pp", (r) => r.promptTokensPerSecond);
+  const tgRatio = ratioColumn(results, "tg", (r) => r.generationTokensPerSecond);
   const prompt: Column<ModelBenchResult>[] = [
     {
       header: `pp${t.promptTokens} tokens/s`,
@@ -132,6 +151,7 @@ export function modelTable(models: Outcome<ModelBenchResult>[], t: ModelTests): 
       cell: (r) => `${meanSd(r.promptTokensPerSecond)}${promptAsAsked(r) ? "" : ` (pp${r.promptTokens})`}`,
       failed: "failed",
     },
+    ...ppRatio,
   ];
   const generation: Column<ModelBenchResult>[] = [
     {
@@ -141,6 +161,7 @@ export function modelTable(models: Outcome<ModelBenchResult>[], t: ModelTests): 
         `${meanSd(r.generationTokensPerSecond)}${generationAsAsked(r) ? "" : ` (tg${r.genTokens}${depth(r.depth)})`}`,
       failed: "failed",
     },
+    ...tgRatio,
   ];
   // The first token is timed by the prompt test.
   const firstToken: Column<ModelBenchResult>[] = [
@@ -165,6 +186,11 @@ export function modelTable(models: Outcome<ModelBenchResult>[], t: ModelTests): 
   if (t.genTokens > 0)
     notes.push(
       `tg: ${plural(t.genTokens, "generated token")}${t.depth ? `, timed after ${article(t.depth)} ${t.depth}-token context` : ""}`,
+    );
+  const ratios = [...(t.promptTokens > 0 ? ppRatio : []), ...(t.genTokens > 0 ? tgRatio : [])];
+  if (ratios.length > 0)
+    notes.push(
+      `${ratios.map((c) => c.header).join(", ")}: each mean tokens/s as a multiple of that model's (above 1: faster)`,
     );
   if (results.some((r) => r.format !== "remote")) notes.push(peakMemoryNote);
   if (results.some((r) => !promptAsAsked(r) || !generationAsAsked(r)))
