@@ -156,6 +156,16 @@ describe("mlx bench: model mode", () => {
     expect(alone.stdout).not.toContain(" vs ");
   }, 20_000);
 
+  test("a server's URL as -m is refused before any model runs, with the ways to measure a server", async () => {
+    const r = await mlx(["-m", tiny, "-m", "http://user:s3cret@127.0.0.1:1/v1", "-n", "1", ...fast]);
+    oneLineError(
+      r,
+      /^error: -m http:\/\/\*\*\*@127\.0\.0\.1:1\/v1: a server's URL, not a model; measure the server with --url, or .*models\.toml provider/m,
+    );
+    expect(r.stdout).toBe(""); // tiny was not measured first, only to be followed by a failure
+    expect(r.stderr).not.toContain("s3cret");
+  }, 20_000);
+
   test("a stored model named org/repo (as hf: pulls name them) keeps its whole name; a path its last part", async () => {
     const savedHome = process.env.MLX_HOME;
     process.env.MLX_HOME = join(root, "home");

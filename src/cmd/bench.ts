@@ -12,7 +12,7 @@ import { readManifest } from "../store/manifest";
 import { isRemoteSource } from "../store/pull";
 import { benchLoadedModel, type ModelBenchResult } from "../bench/model";
 import { benchRemoteModel } from "../bench/remote";
-import { remoteModel, type RemoteModel } from "../providers";
+import { remoteModel, shownUrl, type RemoteModel } from "../providers";
 import { barChart, lineChart } from "../bench/plot";
 import {
   json,
@@ -203,6 +203,7 @@ async function eachModel<T extends object>(
     return `while measuring '${current}': ${outcomes.length > 0 ? "the models that finished are reported" : "no model finished"}`;
   };
   const models = modelSpecs(args).map((m) => ({ ...m, remote: remoteModel(m.spec) }));
+  refuseServerUrls(models);
   tellLocalModelFlags(args, models);
   const pipeline = pipelineFrom(args);
   if (pipeline && models.length > 1)
@@ -237,6 +238,25 @@ async function eachModel<T extends object>(
     }
   });
   return outcomes;
+}
+
+/**
+ * A server's URL given as -m (to put a server beside models) is no model to load: refused before
+ * any model runs, with the two ways bench measures a server, not "model not found" after others ran.
+ */
+function refuseServerUrls(models: { spec: string | undefined; remote?: RemoteModel }[]): void {
+  for (const { spec, remote } of models) {
+    if (remote || spec === undefined || !/^https?:\/\//i.test(spec)) continue;
+    let shown = spec;
+    try {
+      shown = shownUrl(new URL(spec));
+    } catch {
+      // not a URL after all: named as given
+    }
+    throw new Error(
+      `-m ${shown}: a server's URL, not a model; measure the server with --url, or beside models as a models.toml provider (provider = "openai", base_url = ...) named with -m`,
+    );
+  }
 }
 
 /**
