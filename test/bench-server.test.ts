@@ -159,7 +159,14 @@ describe("mlx bench --url", () => {
     expect(out.model).toBe("named-model");
     expect(seenModels.has("named-model")).toBe(true);
     const level = out.levels[1];
-    expect(level).toMatchObject({ concurrency: 2, requests: 6, completed: 3, failed: 3, output_tokens: 3 * TOKENS });
+    expect(level).toMatchObject({
+      concurrency: 2,
+      requests: 6,
+      completed: 3,
+      failed: 3,
+      input_tokens: 3 * 5, // the completed requests' prompts, as the server's usage counted them
+      output_tokens: 3 * TOKENS,
+    });
     expect(level.errors[0]).toMatch(/HTTP 500.*asked to fail/);
     expect(level.ttft_ms.p99).toBeGreaterThanOrEqual(level.ttft_ms.median);
     expect(level.tpot_ms.mean).toBeGreaterThan(0);
@@ -239,9 +246,20 @@ describe("mlx bench --url", () => {
     expect(r.code).toBe(0);
     const rows = r.stdout.trim().split("\n");
     expect(rows[0]).toStartWith(
-      "concurrency,requests,completed,failed,duration_s,requests_per_second,output_tokens,output_tokens_per_second,ttft_ms_mean",
+      "concurrency,requests,completed,failed,duration_s,requests_per_second,input_tokens,output_tokens,output_tokens_per_second,ttft_ms_mean",
     );
     expect(rows.slice(1).map((row) => row.split(",")[0])).toEqual(["1", "2", "3"]);
+    // The prompts' tokens, as the server's usage counted them: 5 a request.
+    expect(rows.slice(1).map((row) => row.split(",")[6])).toEqual(["15", "15", "15"]);
+  }, 20_000);
+
+  test("a server that sends no usage: its prompts' tokens are no figure (null, '-'), not 0; its answers counted by their pieces", async () => {
+    const asked = ["--url", base, "-m", "no-usage", "--concurrency", "1", "--requests", "2"];
+    const r = await mlx([...asked, "--json"]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).levels[0]).toMatchObject({ input_tokens: null, output_tokens: 2 * TOKENS });
+    const table = await mlx(asked);
+    expect(table.stdout).toMatch(/\| input tokens\s+\|\s+- \|/);
   }, 20_000);
 
   test("a level above --requests is said to run only that many at once, not shown as what it did not measure", async () => {

@@ -473,6 +473,7 @@ export function serverTable(r: ServerBenchResult): string {
     row("failed requests", (l) => String(l.failed)),
     row("duration (s)", (l) => fixed(l.durationSeconds, 2)),
     row("request throughput (req/s)", (l) => fixed(l.requestsPerSecond, 2)),
+    row("input tokens", (l) => fixed(l.inputTokens, 0)),
     row("output tokens", (l) => String(l.outputTokens)),
     row("output tokens/s", (l) => fixed(l.outputTokensPerSecond, 2)),
     ...lat("time to first token", (l) => l.ttftMs),
@@ -499,6 +500,7 @@ export function serverCsv(r: ServerBenchResult): string {
     "failed",
     "duration_s",
     "requests_per_second",
+    "input_tokens",
     "output_tokens",
     "output_tokens_per_second",
     ...latencyColumns.flatMap((k) => [`${k}_ms_mean`, `${k}_ms_median`, `${k}_ms_p99`]),
@@ -512,6 +514,7 @@ export function serverCsv(r: ServerBenchResult): string {
       l.failed,
       csvFixed(l.durationSeconds, 3),
       csvFixed(l.requestsPerSecond, 4),
+      l.inputTokens,
       l.outputTokens,
       csvFixed(l.outputTokensPerSecond, 3),
       ...latencyColumns.flatMap((k) => {
@@ -536,6 +539,7 @@ export function serverJson(r: ServerBenchResult) {
       failed: l.failed,
       duration_seconds: l.durationSeconds,
       requests_per_second: l.requestsPerSecond,
+      input_tokens: l.inputTokens,
       output_tokens: l.outputTokens,
       output_tokens_per_second: l.outputTokensPerSecond,
       ...Object.fromEntries(

@@ -34,6 +34,8 @@ export interface RequestRecord {
   ttftMs: number;
   e2eMs: number;
   outputTokens: number;
+  /** The prompt's tokens as the server counted them (its usage); undefined where it sent none. */
+  inputTokens?: number;
   /** Gaps between streamed content chunks after the first. */
   itlMs: number[];
 }
@@ -45,6 +47,8 @@ export interface LevelResult {
   failed: number;
   durationSeconds: number;
   requestsPerSecond: number;
+  /** The completed requests' prompt tokens, as the server counted them (NaN: it counted none). */
+  inputTokens: number;
   outputTokens: number;
   outputTokensPerSecond: number;
   ttftMs: Summary;
@@ -196,6 +200,7 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
   const start = performance.now();
   const chunkTimes: number[] = [];
   let usageTokens: number | undefined;
+  let usageInputTokens: number | undefined;
   /** The answer's end was said: a finish_reason, or [DONE]. */
   let finished = false;
   const failed = (error: string): RequestRecord => ({
@@ -234,7 +239,7 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
       }
       let event: {
         error?: unknown;
-        usage?: { completion_tokens?: number };
+        usage?: { completion_tokens?: number; prompt_tokens?: number };
         choices?: {
           delta?: { content?: string; reasoning_content?: string; reasoning?: string };
           text?: string;
@@ -248,6 +253,7 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
       }
       if (event.error) return failed(`the server sent an error: ${oneLine(errorBodyMessage(data), 300)}`);
       if (typeof event.usage?.completion_tokens === "number") usageTokens = event.usage.completion_tokens;
+      if (typeof event.usage?.prompt_tokens === "number") usageInputTokens = event.usage.prompt_tokens;
       const choice = event.choices?.[0];
       if (choice?.finish_reason) finished = true;
       // Reasoning is output too: `reasoning_content` (vLLM, llama.cpp, mlx serve) or `reasoning`
@@ -270,6 +276,7 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
     ttftMs: chunkTimes[0]! - start,
     e2eMs: end - start,
     outputTokens: usageTokens ?? chunkTimes.length,
+    inputTokens: usageInputTokens,
     itlMs: itl,
   };
 }
@@ -277,6 +284,9 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
 export function summarizeLevel(concurrency: number, records: RequestRecord[], durationSeconds: number): LevelResult {
   const ok = records.filter((r) => r.ok);
   const outputTokens = ok.reduce((n, r) => n + r.outputTokens, 0);
+  // A server that sends no usage counts no prompt: no figure, not 0 tokens.
+  const counted = ok.filter((r) => r.inputTokens !== undefined);
+  const inputTokens = counted.length > 0 ? counted.reduce((n, r) => n + r.inputTokens!, 0) : Number.NaN;
   // TPOT as vLLM defines it: the time after the first token, per further token.
   const tpot = ok.filter((r) => r.outputTokens > 1).map((r) => (r.e2eMs - r.ttftMs) / (r.outputTokens - 1));
   return {
@@ -286,6 +296,7 @@ export function summarizeLevel(concurrency: number, records: RequestRecord[], du
     failed: records.length - ok.length,
     durationSeconds,
     requestsPerSecond: ok.length / durationSeconds,
+    inputTokens,
     outputTokens,
     outputTokensPerSecond: outputTokens / durationSeconds,
     ttftMs: summarize(ok.map((r) => r.ttftMs)),
