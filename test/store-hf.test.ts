@@ -954,6 +954,35 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "a server that pulls a request's model logs the pull's start and end, once each (it logged nothing)",
+    async () => {
+      await startHub({ "org/tiny": { files: tiny } });
+      const logged: string[] = [];
+      const server = serve({ logInfo: (message) => logged.push(message) });
+      try {
+        for (let request = 0; request < 2; request++) {
+          const r = await post(`${server.url}/v1/completions`, { model: "hf:org/tiny", prompt: "Hi", max_tokens: 1 });
+          expect(r.status).toBe(200);
+        }
+        // Pulled by the first request; the second found it stored, and said nothing.
+        expect(logged).toHaveLength(2);
+        expect(logged[0]).toBe("pulling org/tiny from hf:org/tiny");
+        expect(logged[1]).toMatch(
+          new RegExp(`^pulled org/tiny \\(${formatBytes(readManifest("org/tiny")!.totalBytes)}\\) in \\d+\\.\\d s$`),
+        );
+        const failed = await post(`${server.url}/v1/completions`, { model: "hf:org/none", prompt: "Hi" });
+        expect(failed.status).toBeGreaterThanOrEqual(400);
+        expect(logged.slice(2, 3)).toEqual(["pulling org/none from hf:org/none"]);
+        expect(logged[3]).toStartWith("pulling org/none failed after ");
+        expect(logged).toHaveLength(4);
+      } finally {
+        await server.stop();
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a server whose request pulled a model says which models the pull evicted, in its log",
     async () => {
       writeTinyModel(join(work, "other"), { seed: 5 });

@@ -7,7 +7,7 @@ import type { LoadSettings } from "../server/model-registry";
 import { basename, resolve } from "node:path";
 import { existsSync, readFileSync } from "node:fs";
 import { UnsupportedError } from "../errors";
-import { fail, failLog, log, setVerbose } from "./log";
+import { fail, failLog, infoEvenPiped, log, setVerbose } from "./log";
 import {
   distributedArgs,
   kvCacheArgs,
@@ -259,6 +259,8 @@ export default defineCommand({
           if (verbose && e?.stack) process.stderr.write(`${e.stack}\n`);
         },
         logWarning: (message) => log.warn(message),
+        // A pull may take minutes: said even where stderr is not a terminal, else the server looks idle.
+        logInfo: infoEvenPiped,
         onLoad: (name, path, seconds, speculationSkipped) => {
           log.info(`loaded ${name} (${path}) in ${seconds.toFixed(2)} s`);
           if (speculationSkipped) log.warn(`${name} decodes without speculation: ${speculationSkipped}`);

@@ -82,6 +82,12 @@ export interface ServerOptions extends Partial<ServerConfig> {
   logError?: (error: unknown) => void;
   /** Told what the server works around and goes on (a prompt cache file removed or not written); default: logError. */
   logWarning?: (message: string) => void;
+  /**
+   * What an operator watching the log wants to see by default, one line an event: the start and
+   * end of a pull the server runs (a request's model not stored yet, /api/pull), which may take
+   * minutes. Default: nothing.
+   */
+  logInfo?: (message: string) => void;
   /** A model was loaded; `speculationSkipped` says why the server's draft model does not draft for it, if it does not. */
   onLoad?: (name: string, path: string, seconds: number, speculationSkipped?: string) => void;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
@@ -213,6 +219,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       load: o.loadModel,
       refuseLoad: o.refuseModel,
       onEvicted: (name) => logWarning(evictionNote(name)),
+      onPullLog: o.logInfo,
       onlyPath: o.onlyModelPath,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000, e.speculationSkipped),
       onUnload: (e) => state.metrics.retireModel(e.name, e.scheduler.stats),
@@ -225,6 +232,7 @@ export function createState(o: ServerOptions = {}): ServerState {
     requests: { total: 0, byStatus: {}, byRoute: {} },
     logError: o.logError ?? ((error) => console.error(error)),
     logWarning,
+    logInfo: o.logInfo ?? (() => {}),
     promptCacheWrites: () => diskWrites.flush(),
   };
   state.metrics = serverMetrics({

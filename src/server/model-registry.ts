@@ -127,6 +127,8 @@ export interface ModelRegistryOptions {
   onlyPath?: string;
   /** Told each stored model a request's pull evicted (the store keeps under its size limit). */
   onEvicted?: (name: string) => void;
+  /** Told the start and end of each pull a request's model needs (the server's log). */
+  onPullLog?: (line: string) => void;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
   /** Extra model names (serve --adapter): a base model (undefined: the default) plus an adapter directory. */
@@ -275,7 +277,13 @@ export class ModelRegistry {
       if (now === undefined || now === this.#meaningOf.get(name)) return known;
     }
     const offered = (known: string) => this.offersAlias(known);
-    const resolving = { onProgress: () => {}, onEvicted: this.options.onEvicted, paths, offered };
+    const resolving = {
+      onProgress: () => {},
+      onEvicted: this.options.onEvicted,
+      pullLog: this.options.onPullLog,
+      paths,
+      offered,
+    };
     const path = await resolveModelPath(served ? served.base : name, resolving).catch((error) => {
       // Ollama's clients may name a model with its default tag: "m:latest" is "m" where no model has that name.
       const untagged = withoutLatestTag(name);

@@ -35,6 +35,8 @@ export interface ServerState {
   logError: (error: unknown) => void;
   /** Told what the server did besides answering (a model evicted from the store by a pull). */
   logWarning: (message: string) => void;
+  /** What an operator wants to see by default (a pull's start and end): ServerOptions.logInfo. */
+  logInfo: (message: string) => void;
   /** Set once the server stops taking connections: the dashboard's feeds end rather than hold the stop up. */
   stopping: boolean;
   /**

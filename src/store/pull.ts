@@ -14,6 +14,7 @@ import { neededFiles } from "./model-files";
 import { locksDir, modelKey, modelNameFits } from "./paths";
 import { parsePyPISpec, pullPyPIFile } from "./pypi";
 import { InvalidParameterError } from "../errors";
+import { formatBytes } from "../format";
 import {
   commitModel,
   discardBlobs,
@@ -35,6 +36,12 @@ export interface PullOptions {
   signal?: AbortSignal;
   /** Told when another process is pulling the same model and this one waits for it. */
   onWait?: (holderPid: number) => void;
+  /**
+   * A server's log: one line as a pull from the source starts (or waits for another process's),
+   * and one as it ends, with the model's size and the time it took, or its error. A model
+   * answered from disk is not told: nothing was pulled.
+   */
+  log?: (line: string) => void;
 }
 
 export interface PullResult {
@@ -150,6 +157,9 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
       // finished, for the next try to use; files that arrived but make no model are removed.
       const blobsBefore = blobsOnDisk();
       const pulled = new Set<string>();
+      const started = performance.now();
+      const took = () => `${((performance.now() - started) / 1000).toFixed(1)} s`;
+      options.log?.(`pulling ${request.name} from ${request.source}`);
       try {
         for (let attempt = 1; ; attempt++) {
           const { files, revision } = await fetchFiles(request.source, options, pulled);
@@ -163,6 +173,7 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
               revision,
             });
             const { path, evicted } = await commitModel(manifest);
+            options.log?.(`pulled ${request.name} (${formatBytes(manifest.totalBytes)}) in ${took()}`);
             return { path, fromDisk: false, evicted };
           } catch (error) {
             // A file this model shares with a stored one was there when the fetch began, and is
@@ -172,11 +183,18 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
           }
         }
       } catch (error) {
+        options.log?.(`pulling ${request.name} failed after ${took()}: ${(error as Error).message}`);
         await discardBlobs([...pulled].filter((sha256) => !blobsBefore.has(sha256)));
         throw error;
       }
     },
-    { timeoutMs: PULL_LOCK_TIMEOUT_MS, onWait: options.onWait },
+    {
+      timeoutMs: PULL_LOCK_TIMEOUT_MS,
+      onWait: (pid) => {
+        options.log?.(`waiting for process ${pid}, which is pulling ${request.name}`);
+        options.onWait?.(pid);
+      },
+    },
   );
 }
 

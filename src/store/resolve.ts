@@ -33,6 +33,8 @@ export interface ResolveOptions extends LocateOptions {
   onProgress?: (progress: DownloadProgress) => void;
   /** Told each model that download evicted; by default a warning on stderr where the bar is shown. */
   onEvicted?: (name: string) => void;
+  /** A server's log of a first-use download: its start and end (PullOptions.log). */
+  pullLog?: (line: string) => void;
   /** Which names the caller serves (a server holding one model split across ranks): an unknown name's hints are among them. */
   offered?: (name: string) => boolean;
 }
@@ -228,7 +230,7 @@ async function pullSource(request: ModelRequest, options: ResolveOptions, stored
   const reporter = options.onProgress ? undefined : createProgressReporter(`pulling ${request.name}`);
   let pulled: PullResult;
   try {
-    pulled = await pullModel(request, { onProgress: options.onProgress ?? reporter!.update });
+    pulled = await pullModel(request, { onProgress: options.onProgress ?? reporter!.update, log: options.pullLog });
   } catch (error) {
     const what = stored ? "is in the store, but opening it failed" : "is not in the store yet, and pulling it failed";
     throw new ModelPullError(`model '${request.name}' ${what}: ${(error as Error).message}`, { cause: error });

@@ -258,6 +258,7 @@ async function pull(
           signal,
           onProgress: onProgress && ((p) => onProgress(p.received, p.total)),
           onWait,
+          log: s.logInfo,
         });
   } catch (error) {
     // The request's own mistake (a name the store cannot hold) is not a failed pull.
