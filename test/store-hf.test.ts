@@ -1051,6 +1051,48 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "/api/pull whose client goes away while it waits for another process's pull stops waiting",
+    async () => {
+      await startHub({ "org/tiny": { files: tiny } });
+      const holder = Bun.spawn(["sleep", "60"]);
+      const lock = join(locksDir(), `pull-${modelKey("org/tiny")}.lock`);
+      mkdirSync(locksDir(), { recursive: true });
+      symlinkSync(String(holder.pid), lock);
+      const logged: string[] = [];
+      const server = serve({ logInfo: (message) => logged.push(message) });
+      try {
+        const client = new AbortController();
+        const response = await fetch(`${server.url}/api/pull`, {
+          method: "POST",
+          body: JSON.stringify({ model: "hf:org/tiny" }),
+          signal: client.signal,
+        });
+        const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+        for (let text = ""; !text.includes("waiting for process"); ) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          text += value;
+        }
+        client.abort();
+        holder.kill();
+        await holder.exited;
+        // The next pull queues behind the first's wait in this process: that wait, left running,
+        // took the lock first and started a pull of its own (which the abort then failed).
+        const again = await fetch(`${server.url}/api/pull`, {
+          method: "POST",
+          body: JSON.stringify({ model: "hf:org/tiny", stream: false }),
+        });
+        expect(await again.json()).toEqual({ status: "success" });
+        expect(logged.filter((line) => line.startsWith("pulling org/tiny from"))).toHaveLength(1);
+      } finally {
+        holder.kill();
+        await server.stop();
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a mirror whose listing names no commit: a file that changed on its branch since a pull was cut short is fetched anew, not resumed into a mix of both",
     async () => {
       const tokenizer = JSON.parse(new TextDecoder().decode(tiny.get("tokenizer.json")!));

@@ -90,7 +90,7 @@ export function downloadToFile(url: string, destPath: string, options: DownloadO
       await options.claim?.(result);
       return result;
     },
-    { timeoutMs: DOWNLOAD_LOCK_TIMEOUT_MS },
+    { timeoutMs: DOWNLOAD_LOCK_TIMEOUT_MS, signal: options.signal },
   );
 }
 

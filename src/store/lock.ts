@@ -25,6 +25,8 @@ export interface LockOptions {
    * sees the old file or the new one, never half of one.
    */
   readOnly?: boolean;
+  /** Ends the wait for another process with its reason (a client that went away no longer wants the lock). */
+  signal?: AbortSignal;
 }
 
 export class LockTimeoutError extends Error {
@@ -106,7 +108,7 @@ export function withStoreLock<T>(fn: (locked: boolean) => T | Promise<T>, option
 /** The lock's release; undefined where a readOnly caller goes on without it. */
 async function acquireFileLock(
   path: string,
-  { timeoutMs = 10_000, onWait, readOnly = false }: LockOptions,
+  { timeoutMs = 10_000, onWait, readOnly = false, signal }: LockOptions,
 ): Promise<(() => void) | undefined> {
   const deadline = Date.now() + timeoutMs;
   let pause = POLL_MS;
@@ -134,7 +136,9 @@ async function acquireFileLock(
         `${path} is held by process ${holder}; waited ${(timeoutMs / 1000).toFixed(0)} s (delete the file if no mlx process is running)`,
       );
     }
-    await sleep(pause);
+    signal?.throwIfAborted();
+    // An aborted sleep rejects with an AbortError of its own: the caller's reason is thrown instead.
+    await sleep(pause, undefined, { signal }).catch(() => signal!.throwIfAborted());
     pause = Math.min(pause * 2, MAX_POLL_MS);
   }
 }

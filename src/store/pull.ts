@@ -190,6 +190,7 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
     },
     {
       timeoutMs: PULL_LOCK_TIMEOUT_MS,
+      signal: options.signal,
       onWait: (pid) => {
         options.log?.(`waiting for process ${pid}, which is pulling ${request.name}`);
         options.onWait?.(pid);
