@@ -1067,22 +1067,32 @@ describe("pull from the hub", () => {
           body: JSON.stringify({ model: "hf:org/tiny" }),
           signal: client.signal,
         });
-        const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
-        for (let text = ""; !text.includes("waiting for process"); ) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          text += value;
-        }
+        /** A streamed pull's text read on until it holds `said` or ends. */
+        const readUntil = async (reader: { read(): Promise<{ value?: string; done: boolean }> }, said: string) => {
+          let text = "";
+          while (!text.includes(said)) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            text += value;
+          }
+          return text;
+        };
+        const waiting = `waiting for process ${holder.pid}`;
+        const first = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+        expect(await readUntil(first, waiting)).toContain(waiting);
         client.abort();
-        holder.kill();
-        await holder.exited;
-        // The next pull queues behind the first's wait in this process: that wait, left running,
-        // took the lock first and started a pull of its own (which the abort then failed).
+        // A second pull queues behind the first's wait in this process: it waits on the holder
+        // itself only once that wait ended (with the fix, at the abort; left running, only once
+        // the holder is gone, when it took the lock and pulled for no one). The holder lives on.
         const again = await fetch(`${server.url}/api/pull`, {
           method: "POST",
-          body: JSON.stringify({ model: "hf:org/tiny", stream: false }),
+          body: JSON.stringify({ model: "hf:org/tiny" }),
         });
-        expect(await again.json()).toEqual({ status: "success" });
+        const second = again.body!.pipeThrough(new TextDecoderStream()).getReader();
+        expect(await readUntil(second, waiting)).toContain(waiting);
+        holder.kill();
+        await holder.exited;
+        expect(await readUntil(second, '"status":"success"')).toContain('"status":"success"');
         expect(logged.filter((line) => line.startsWith("pulling org/tiny from"))).toHaveLength(1);
       } finally {
         holder.kill();
