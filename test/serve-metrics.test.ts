@@ -177,6 +177,28 @@ describe("queue depth", () => {
       rmSync(root, { recursive: true, force: true });
     }
   });
+
+  test("the -m preload at start is no request waiting for its model; a request for it while it loads is one", async () => {
+    // The preload waits, before reading its weights, until the test has seen it loading (a load
+    // may take only a few turns of the event loop); the request then waits behind it.
+    let seenLoading = () => {};
+    const model = tinyModel();
+    server = serve({
+      defaultModel: model,
+      loadModel: async (path) => (await new Promise<void>((go) => (seenLoading = go)), loadModelAsync(path)),
+    });
+    const { url } = server;
+    const queue = async () => ((await (await fetch(`${url}/stats`)).json()) as any).queue;
+    await eventually(async () => (await sample(url, `mlx_model_loading{model="${model}"}`)) === 1);
+    expect(await sample(url, "mlx_requests_waiting_for_model")).toBe(0);
+    expect(await queue()).toMatchObject({ waiting_for_model: 0 });
+    const answer = post(`${url}/v1/completions`, { model, prompt: "Once", max_tokens: 1 });
+    await eventually(async () => (await sample(url, "mlx_requests_waiting_for_model")) === 1);
+    expect(await queue()).toMatchObject({ waiting_for_model: 1 });
+    seenLoading();
+    expect((await answer).status).toBe(200);
+    expect(await sample(url, "mlx_requests_waiting_for_model")).toBe(0);
+  });
 });
 
 describe("models being loaded", () => {

@@ -584,9 +584,12 @@ export function startServer(o: ServerOptions = {}): RunningServer {
     // Preloaded, and kept as the registry keeps its pinned model (a remote model has nothing to load);
     // then the adapters served on it, so that one that does not fit it is in the log at start,
     // not only in the 500s of its requests.
-    const preload = async (name: string) => (await state.models.acquire(name)).release();
-    preload(o.defaultModel)
-      .then(() => Promise.all([...(o.adapters?.keys() ?? [])].map((name) => preload(name).catch(state.logError))))
+    const { models } = state;
+    models
+      .preload(o.defaultModel)
+      .then(() =>
+        Promise.all([...(o.adapters?.keys() ?? [])].map((name) => models.preload(name).catch(state.logError))),
+      )
       .catch((error) => state.logError(error));
   }
   const host = server.hostname?.includes(":") ? `[${server.hostname}]` : server.hostname;

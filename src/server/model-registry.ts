@@ -160,7 +160,10 @@ export class ModelRegistry {
   readonly #loading = new Map<string, Promise<LoadedEntry>>();
   /** By key, the name of each model whose weights are being read now (past #makeRoom, not yet loaded or failed). */
   readonly #loadingNames = new Map<string, string>();
+  /** Acquisitions under way: requests' and preloads'. */
   #acquiring = 0;
+  /** Of those, the requests' (a preload is no request waiting). */
+  #requestsAcquiring = 0;
   #everLoaded = false;
   /** Loads waiting for a busy model to go idle. */
   #waitingForRoom: (() => void)[] = [];
@@ -196,9 +199,9 @@ export class ModelRegistry {
     return this.#pinnedFailure;
   }
 
-  /** Requests waiting for their model: to be found, loaded, or for room to load it. */
+  /** Requests waiting for their model: to be found, loaded, or for room to load it (a preload is none). */
   get acquiring(): number {
-    return this.#acquiring;
+    return this.#requestsAcquiring;
   }
 
   get loaded(): LoadedEntry[] {
@@ -327,11 +330,29 @@ export class ModelRegistry {
    * from now on. Once `signal` aborts (the client went away) the request stops waiting (a
    * ClientGoneError), and a load that only it waited for is not made.
    */
-  async acquire(name: string, keepAliveMs?: number, signal?: AbortSignal): Promise<Lease> {
+  acquire(name: string, keepAliveMs?: number, signal?: AbortSignal): Promise<Lease> {
+    return this.#acquire(name, keepAliveMs, signal, true);
+  }
+
+  /**
+   * Loads `name` for no request (serve -m, and its adapters, at start) and lets it go: the server
+   * is starting up meanwhile, but no request waits for it (/stats' waiting_for_model, the gauge).
+   */
+  async preload(name: string): Promise<void> {
+    (await this.#acquire(name, undefined, undefined, false)).release();
+  }
+
+  async #acquire(
+    name: string,
+    keepAliveMs: number | undefined,
+    signal: AbortSignal | undefined,
+    forRequest: boolean,
+  ): Promise<Lease> {
     let entry: LoadedEntry | undefined;
     let loadMs = 0;
     let key: string | undefined;
     this.#acquiring++;
+    if (forRequest) this.#requestsAcquiring++;
     try {
       const path = await this.resolve(name);
       const settings = this.#settings(this.#untagged.get(name) ?? name);
@@ -361,6 +382,7 @@ export class ModelRegistry {
       throw error;
     } finally {
       this.#acquiring--;
+      if (forRequest) this.#requestsAcquiring--;
       if (key !== undefined) this.#unclaim(key);
       // A load waiting for room may now be wanted by nobody: it looks again (#makeRoom).
       if (signal?.aborted) this.#wakeWaitingForRoom();
