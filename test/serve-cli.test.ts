@@ -76,6 +76,47 @@ test("SIGTERM lets a stream in flight finish, takes no new request, then exits 0
   }
 }, 60_000);
 
+test("--timeout-graceful-shutdown 0 cuts a stream in flight at SIGTERM (it ends with the shutdown's error), then exits 0", async () => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  writeTinyModel(join(root, "long"), { contextLength: 4096 });
+  // docker stop waits 10 s, not the default grace's 25, before SIGKILL: an operator sets it lower.
+  const { proc, url } = await startServe(join(root, "long"), ["--timeout-graceful-shutdown", "0"]);
+  try {
+    const r = await fetch(`${url}/v1/chat/completions`, {
+      method: "POST",
+      body: JSON.stringify({
+        messages: [{ role: "user", content: "Hi" }],
+        max_tokens: 1500,
+        ignore_eos: true,
+        stream: true,
+      }),
+    });
+    const reader = r.body!.getReader();
+    let text = new TextDecoder().decode((await reader.read()).value);
+    proc.kill("SIGTERM");
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read())
+      text += new TextDecoder().decode(chunk.value);
+    // Cut, not let finish: its last event is the shutdown's error, and far fewer than 1500 tokens came.
+    expect(text).toContain("the server is shutting down");
+    expect(text.split('"delta":{"content"').length - 1).toBeLessThan(1500);
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill();
+  }
+}, 60_000);
+
+test("a --timeout-graceful-shutdown that is not a number of seconds from 0 (or empty: an unset $GRACE) is one line, not a server", async () => {
+  for (const value of ["-1", "soon", ""]) {
+    const proc = Bun.spawn([process.execPath, main, "serve", "--port", "0", "--timeout-graceful-shutdown", value], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const stderr = await new Response(proc.stderr).text();
+    expect(await proc.exited).toBe(1);
+    expect(stderr).toBe(`error: --timeout-graceful-shutdown must be a number ≥ 0 (got '${value}')\n`);
+  }
+}, 30_000);
+
 test("a bad flag is one line and a non-zero exit", async () => {
   const proc = Bun.spawn([process.execPath, main, "serve", "--port", "99999"], { stdout: "pipe", stderr: "pipe" });
   const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);

@@ -183,7 +183,9 @@ export function maxTokensFrom(
 
 /** A numeric flag's value, whole when `whole`, above 0 (or from 0 when `zero`); else a one-line error. */
 export function numberFlag(name: string, value: unknown, o: { whole?: boolean; zero?: boolean } = {}): number {
-  const n = o.whole ? parseWhole(value) : Number(value);
+  // Number() reads "" (an unset "$GRACE") and spaces as 0: where 0 is taken, it would mean something.
+  const blank = typeof value === "string" && !value.trim();
+  const n = blank ? Number.NaN : o.whole ? parseWhole(value) : Number(value);
   const ok = Number.isFinite(n) && (o.zero ? n >= 0 : n > 0);
   if (!ok)
     throw new Error(

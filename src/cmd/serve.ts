@@ -30,9 +30,6 @@ import { locateModel, missingModelError, resolveModelPath } from "../store/resol
 import { openModel } from "./open-model";
 import { repeatable } from "./strict-flags";
 
-/** How long a stopping server lets the requests in flight finish before it cuts them. */
-const SHUTDOWN_GRACE_MS = 25_000;
-
 /** --adapter NAME=DIR (or DIR, named after its directory): model names for the default model plus an adapter. */
 function servedAdapters(
   specs: string[],
@@ -168,6 +165,12 @@ export default defineCommand({
       type: "string",
       description: "Bound of --prompt-cache-dir; least recently used files go first (default 10)",
     },
+    "timeout-graceful-shutdown": {
+      type: "string",
+      description:
+        "Seconds a stopping server (SIGTERM, SIGINT) lets the requests in flight finish before it cuts them (0: at once); keep it under what stops it for good: docker stop's 10, Kubernetes' 30",
+      default: "25",
+    },
     verbose: { type: "boolean", alias: "v", description: "Log more, with stack traces" },
     ...distributedArgs,
   },
@@ -193,6 +196,7 @@ export default defineCommand({
       const apiKey = args["api-key"] ?? process.env.MLX_API_KEY;
       if (apiKey !== undefined && !apiKey.trim())
         throw new Error("MLX_API_KEY is set but empty: give it a key, or unset it to serve without one");
+      const graceMs = numberFlag("timeout-graceful-shutdown", args["timeout-graceful-shutdown"], { zero: true }) * 1000;
       const keepAliveMs = parseKeepAlive(args["keep-alive"], "--keep-alive") ?? 5 * 60_000;
       const kvQuantization = kvQuantizationFlags(args);
       const adapters = servedAdapters(list(args.adapter), args.model);
@@ -272,14 +276,19 @@ export default defineCommand({
       );
       const exposure = keylessExposure(server.state.config);
       if (exposure) log.warn(exposure);
-      // The first signal stops taking requests and lets those in flight finish (as vLLM does, within
-      // Kubernetes' default grace period); a second one (the server is stopping) cuts them.
+      // The first signal stops taking requests and lets those in flight finish for up to graceMs
+      // (as vLLM and uvicorn do, under what docker or Kubernetes waits before SIGKILL); a second
+      // one (the server is stopping) cuts them.
       const stop = () => {
         const again = server.state.stopping;
         const inFlight = server.state.inflight.list.length;
         if (!again && inFlight > 0)
-          log.info(`stopping: letting ${inFlight} request(s) finish, up to ${SHUTDOWN_GRACE_MS / 1000} s (again: now)`);
-        void server.stop(again ? 0 : SHUTDOWN_GRACE_MS).finally(() => process.exit(0));
+          log.info(
+            graceMs > 0
+              ? `stopping: letting ${inFlight} request(s) finish, up to ${graceMs / 1000} s (again: now)`
+              : `stopping: cutting ${inFlight} request(s) (--timeout-graceful-shutdown 0)`,
+          );
+        void server.stop(again ? 0 : graceMs).finally(() => process.exit(0));
       };
       process.on("SIGINT", stop);
       process.on("SIGTERM", stop);
