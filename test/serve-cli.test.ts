@@ -366,7 +366,53 @@ test("what it logs off a terminal (journald, docker logs) is one line per messag
     const stderr = await readStderrUntil(proc, /(?!)/);
     expect(await proc.exited).toBe(0);
     expect(url).toStartWith("http://127.0.0.1:");
-    expect(stderr.split("\n")).toEqual(["[warn] hangup (SIGHUP): stopping", ""]);
+    expect(stderr.split("\n")).toEqual(["[warn] hangup (SIGHUP): stopping", "[info] stopped", ""]);
+  } finally {
+    proc.kill();
+  }
+}, 30_000);
+
+test("off a terminal (systemd, docker logs) it says its lifecycle, one line each: loaded, stopping with what is in flight, unloaded, stopped", async () => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  const model = join(root, "long");
+  writeTinyModel(model, { contextLength: 4096 });
+  // Its whole log, read here (startServe would consume what came with the URL): stderr a pipe, no --verbose.
+  const proc = Bun.spawn([process.execPath, main, "serve", "--port", "0", "-m", model], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, NO_COLOR: "1", NODE_ENV: "production", TEST: undefined, CI: undefined },
+  });
+  try {
+    const reader = proc.stderr.getReader();
+    let stderr = "";
+    const readUntil = async (said: RegExp) => {
+      for (let reads = 0; reads < 100 && !said.test(stderr); reads++) {
+        const chunk = await reader.read();
+        if (chunk.done) break;
+        stderr += new TextDecoder().decode(chunk.value);
+      }
+    };
+    await readUntil(/listening on http:\S+\s/);
+    const url = /listening on (http:\S+)/.exec(stderr)![1]!;
+    // Healthy once its model is loaded (looked at up to 500 times).
+    for (let look = 0; look < 500 && (await fetch(`${url}/health`)).status !== 200; look++) await Bun.sleep(20);
+    const r = await fetch(`${url}/v1/completions`, {
+      method: "POST",
+      body: JSON.stringify({ prompt: "Once", max_tokens: 200, ignore_eos: true, stream: true }),
+    });
+    const stream = r.body!.getReader();
+    await stream.read(); // in flight
+    proc.kill("SIGTERM");
+    while (!(await stream.read()).done);
+    await readUntil(/(?!)/); // to its end
+    expect(await proc.exited).toBe(0);
+    expect(stderr.split("\n").slice(1)).toEqual([
+      expect.stringMatching(new RegExp(`^\\[info\\] loaded ${model} \\(${model}\\) in [\\d.]+ s$`)),
+      "[info] SIGTERM: stopping, letting 1 request(s) finish, up to 25 s (again: now)",
+      `[info] unloaded ${model}`,
+      "[info] stopped",
+      "",
+    ]);
   } finally {
     proc.kill();
   }

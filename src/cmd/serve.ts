@@ -177,6 +177,10 @@ export default defineCommand({
   async run({ args }) {
     const verbose = Boolean(args.verbose);
     setVerbose(verbose);
+    // A server's log is mostly read off a terminal (journald, docker logs), where info lines are
+    // hidden by default: a server's are its lifecycle (a model loaded or unloaded, stopping,
+    // stopped), one line each, which an operator needs there too. Nothing per request is info.
+    log.level = Math.max(log.level, 3);
     // A server outlives the reader of its log (`mlx serve 2>&1 | head`, a pager quit, a log
     // collector restarted): a line it cannot write is lost, not the server and the requests it holds.
     process.stderr.off("error", failLog);
@@ -269,6 +273,7 @@ export default defineCommand({
           log.info(`loaded ${name} (${path}) in ${seconds.toFixed(2)} s`);
           if (speculationSkipped) log.warn(`${name} decodes without speculation: ${speculationSkipped}`);
         },
+        onUnload: (name) => log.info(`unloaded ${name}`),
       });
       // Always said, even when stderr is not a terminal: scripts read the bound port from it.
       process.stderr.write(
@@ -278,28 +283,29 @@ export default defineCommand({
       if (exposure) log.warn(exposure);
       // The first signal stops taking requests and lets those in flight finish for up to graceMs
       // (as vLLM and uvicorn do, under what docker or Kubernetes waits before SIGKILL); a second
-      // one (the server is stopping) cuts them.
-      const stop = () => {
+      // one (the server is stopping) cuts them. Each says why, and what becomes of the requests in
+      // flight: a stop may take the whole grace.
+      const stop = (cause: string, say: (line: string) => void = log.info) => {
         const again = server.state.stopping;
         const inFlight = server.state.inflight.list.length;
-        if (!again && inFlight > 0)
-          log.info(
-            graceMs > 0
-              ? `stopping: letting ${inFlight} request(s) finish, up to ${graceMs / 1000} s (again: now)`
-              : `stopping: cutting ${inFlight} request(s) (--timeout-graceful-shutdown 0)`,
-          );
-        void server.stop(again ? 0 : graceMs).finally(() => process.exit(0));
+        const cut = again || graceMs === 0;
+        const requests =
+          inFlight === 0
+            ? ""
+            : cut
+              ? `, cutting ${inFlight} request(s)`
+              : `, letting ${inFlight} request(s) finish, up to ${graceMs / 1000} s (again: now)`;
+        if (!again || inFlight > 0) say(`${cause}: stopping${again ? " now" : ""}${requests}`);
+        void server.stop(cut ? 0 : graceMs).finally(() => {
+          log.info("stopped");
+          process.exit(0);
+        });
       };
-      process.on("SIGINT", stop);
-      process.on("SIGTERM", stop);
+      for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => stop(signal));
       // A hangup (its terminal closed, `kill -HUP`) would end the server unsaid, its streams cut
       // (the runtime's default): it stops as for SIGTERM, and says why. Under nohup, which ignored
       // SIGHUP for it, a handler would undo that: the hangup stays ignored.
-      if (!ignoredAtStart(1))
-        process.on("SIGHUP", () => {
-          log.warn("hangup (SIGHUP): stopping");
-          stop();
-        });
+      if (!ignoredAtStart(1)) process.on("SIGHUP", () => stop("hangup (SIGHUP)", log.warn));
     } catch (error) {
       fail(error, verbose);
     }

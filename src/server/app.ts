@@ -90,6 +90,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   logInfo?: (message: string) => void;
   /** A model was loaded; `speculationSkipped` says why the server's draft model does not draft for it, if it does not. */
   onLoad?: (name: string, path: string, seconds: number, speculationSkipped?: string) => void;
+  /** A model was unloaded (idle past its keep-alive, asked to, making room, or the server stopping). */
+  onUnload?: (name: string) => void;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
   loadModel?: (path: string, settings: LoadSettings) => LoadedModel | Promise<LoadedModel>;
   /** Throws for a model loadModel cannot load, before a loaded one is unloaded to make room for it. */
@@ -222,7 +224,10 @@ export function createState(o: ServerOptions = {}): ServerState {
       onPullLog: o.logInfo,
       onlyPath: o.onlyModelPath,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000, e.speculationSkipped),
-      onUnload: (e) => state.metrics.retireModel(e.name, e.scheduler.stats),
+      onUnload: (e) => {
+        state.metrics.retireModel(e.name, e.scheduler.stats);
+        o.onUnload?.(e.name);
+      },
     }),
     metrics: undefined!,
     inflight: new InFlight(),
