@@ -105,6 +105,34 @@ describe("mlx ps and mlx stop", () => {
     }
   });
 
+  test("MLX_HOST, in the forms OLLAMA_HOST takes, is where ps and stop ask; --url wins over it; a bad one is one line, status 1", async () => {
+    const { port } = new URL(server.url);
+    await post(`${server.url}/api/generate`, { model, prompt: "Hi", stream: false, options: { num_predict: 1 } });
+    const home = join(root, "home");
+    for (const host of [`127.0.0.1:${port}`, `http://127.0.0.1:${port}`, `http://127.0.0.1:${port}/`]) {
+      const listed = await cliRunner(home, { MLX_HOST: host })(["ps", "--json"]);
+      expect([listed.code, JSON.parse(listed.stdout).map((m: { name: string }) => m.name)]).toEqual([0, [model]]);
+    }
+    // --url wins, also over a value that is no address.
+    const overridden = await cliRunner(home, { MLX_HOST: "ftp://nowhere" })(["ps", "--url", server.url, "--json"]);
+    expect(overridden.code).toBe(0);
+    for (const [value, why] of [
+      ["ftp://nowhere", "a scheme of 'ftp'"],
+      ["127.0.0.1:99999", "a port above 65535"],
+      [":11435", "no host before the port: 127.0.0.1:PORT, or 0.0.0.0:PORT for every interface"],
+      ["127.0.0.1:port", "no host, or not a host and port"],
+    ]) {
+      const refused = await cliRunner(home, { MLX_HOST: value })(["ps"]);
+      expect([refused.code, refused.stderr]).toEqual([
+        1,
+        `error: MLX_HOST '${value}' must be host, host:port or http://host:port, as OLLAMA_HOST (${why})\n`,
+      ]);
+    }
+    const stopped = await cliRunner(home, { MLX_HOST: `127.0.0.1:${port}` })(["stop", model]);
+    expect([stopped.code, stopped.stderr]).toEqual([0, ""]);
+    expect(server.state.models.loaded).toHaveLength(0);
+  });
+
   test("a server that is not there, a bad URL, or one that wants a key: one line, status 1", async () => {
     const gone = serve({});
     const url = gone.url;
@@ -112,7 +140,7 @@ describe("mlx ps and mlx stop", () => {
     const down = await mlx(["ps", "--url", url]);
     expect([down.code, down.stderr.trim()]).toEqual([
       1,
-      `error: cannot reach mlx serve at ${url}: nothing answers (start one with \`mlx serve\`, or give --url)`,
+      `error: cannot reach mlx serve at ${url}: nothing answers (start one with \`mlx serve\`, or give --url or MLX_HOST)`,
     ]);
     // A user:password in --url (sent as Basic auth) is masked, as bench masks it.
     const withPassword = url.replace("http://", "http://mlx-user:pw-s3cret@");
@@ -120,7 +148,7 @@ describe("mlx ps and mlx stop", () => {
       const masked = await mlx([...command, "--url", withPassword]);
       expect([masked.code, masked.stderr.trim()]).toEqual([
         1,
-        `error: cannot reach mlx serve at ${url.replace("http://", "http://***@")}: nothing answers (start one with \`mlx serve\`, or give --url)`,
+        `error: cannot reach mlx serve at ${url.replace("http://", "http://***@")}: nothing answers (start one with \`mlx serve\`, or give --url or MLX_HOST)`,
       ]);
     }
     // Another server on that port: its page is not the error (whose first line it was); stop asks /api/ps first.

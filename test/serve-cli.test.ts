@@ -160,6 +160,50 @@ async function refusedServe(
   return { stderr, code };
 }
 
+test("MLX_HOST, as OLLAMA_HOST for ollama serve, is where it listens and mlx ps asks; --host and --port win; a bad one is one line", async () => {
+  const home = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  // Host and port from it alone: [::1] (not the default 127.0.0.1), any free port (not 11435).
+  const proc = Bun.spawn([process.execPath, main, "serve"], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, MLX_HOME: home, MLX_HOST: "[::1]:0" },
+  });
+  try {
+    const reader = proc.stderr.getReader();
+    let stderr = "";
+    for (let reads = 0; reads < 100 && !/listening on \S+ /.test(stderr); reads++) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      stderr += new TextDecoder().decode(chunk.value);
+    }
+    const url = /listening on (\S+) /.exec(stderr)?.[1];
+    expect(url).toMatch(/^http:\/\/\[::1\]:\d+$/);
+    expect(url).not.toEndWith(":11435");
+    const listed = Bun.spawnSync([process.execPath, main, "ps"], {
+      env: { ...process.env, MLX_HOME: home, MLX_HOST: url!.replace("http://", "") },
+    });
+    expect([listed.exitCode, listed.stdout.toString()]).toEqual([0, "NAME  SIZE  CONTEXT  UNTIL\n"]);
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill();
+  }
+  const flagged = await startServe(undefined, ["--host", "127.0.0.1"], { MLX_HOST: "[::1]:11435" });
+  try {
+    // startServe gives --port 0: both parts from the flags.
+    expect(flagged.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(flagged.url).not.toEndWith(":11435");
+  } finally {
+    flagged.proc.kill();
+  }
+  const refused = await refusedServe(home, [], { MLX_HOST: "ftp://nowhere" });
+  expect(refused).toEqual({
+    code: 1,
+    stderr:
+      "error: MLX_HOST 'ftp://nowhere' must be host, host:port or http://host:port, as OLLAMA_HOST (a scheme of 'ftp')\n",
+  });
+}, 30_000);
+
 test("a -m that names no model (a typo) is one line with a suggestion and a non-zero exit, not a server", async () => {
   const home = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
   const { stderr, code } = await refusedServe(home, ["-m", "smolm2"]);

@@ -2,7 +2,7 @@
 import { defineCommand } from "citty";
 import { durationInWords, formatBytes, plainTable } from "../format";
 import { fail } from "./log";
-import { askServer, DEFAULT_SERVER, serverArgs } from "./server-client";
+import { askServer, serverArgs, serverUrl } from "./server-client";
 import { serverBase, shownBase } from "../bench/server";
 
 /** A model as Ollama's /api/ps lists it (the fields this command reads). */
@@ -54,7 +54,7 @@ export async function runningModels(args: { url?: string; "api-key"?: string }):
   const named = (m: unknown) => typeof (m as { name?: unknown } | null)?.name === "string";
   if (!Array.isArray(models) || !models.every(named))
     throw new Error(
-      `${shownBase(serverBase(args.url ?? DEFAULT_SERVER))} answered /api/ps with JSON that lists no models: is it mlx serve?`,
+      `${shownBase(serverBase(serverUrl(args)))} answered /api/ps with JSON that lists no models: is it mlx serve?`,
     );
   return models as RunningModel[];
 }

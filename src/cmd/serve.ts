@@ -28,6 +28,7 @@ import { aliasAdapter, aliasCacheSettings, loadAliases } from "../store/aliases"
 import { readManifest } from "../store/manifest";
 import { locateModel, missingModelError, resolveModelPath } from "../store/resolve";
 import { openModel } from "./open-model";
+import { DEFAULT_HOST, DEFAULT_PORT, serverAddressFromEnv } from "./server-client";
 import { repeatable } from "./strict-flags";
 
 /** --adapter NAME=DIR (or DIR, named after its directory): model names for the default model plus an adapter. */
@@ -107,10 +108,13 @@ export default defineCommand({
     }),
     host: {
       type: "string",
-      description: "Address to bind (0.0.0.0 exposes the server to the network)",
-      default: "127.0.0.1",
+      description: `Address to bind (0.0.0.0 exposes the server to the network; default: $MLX_HOST's, else ${DEFAULT_HOST})`,
     },
-    port: { type: "string", alias: "p", description: "Port (0: any free port)", default: "11435" },
+    port: {
+      type: "string",
+      alias: "p",
+      description: `Port (0: any free port; default: $MLX_HOST's, else ${DEFAULT_PORT})`,
+    },
     "api-key": {
       type: "string",
       description:
@@ -186,12 +190,17 @@ export default defineCommand({
     process.stderr.off("error", failLog);
     process.stderr.on("error", () => {});
     try {
+      // Where to listen: $MLX_HOST, as OLLAMA_HOST for `ollama serve` (mlx ps and stop ask there
+      // too), each of its parts unless --host or --port gives it.
+      const fromEnv = args.host === undefined || args.port === undefined ? serverAddressFromEnv() : undefined;
+      const host = args.host ?? fromEnv?.host ?? DEFAULT_HOST;
+      const portGiven = args.port ?? String(fromEnv?.port ?? DEFAULT_PORT);
       // Digits only: Number() takes "" (an unset "$PORT") as 0, any free port, and "0x10" or "1e3" as others.
-      const port = /^\d+$/.test(args.port) ? Number(args.port) : Number.NaN;
+      const port = /^\d+$/.test(portGiven) ? Number(portGiven) : Number.NaN;
       if (!Number.isInteger(port) || port < 0 || port > 65535)
-        throw new Error(`--port must be 0-65535 (got '${args.port}')`);
+        throw new Error(`--port must be 0-65535 (got '${portGiven}')`);
       // An empty one (an unset "$HOST") would listen on every interface, its URL saying localhost.
-      if (!args.host.trim()) throw new Error("--host needs an address (an empty one would listen on every interface)");
+      if (!host.trim()) throw new Error("--host needs an address (an empty one would listen on every interface)");
       // An unset variable (--api-key "$KEY") must not start a server that any request may use; nor
       // may an MLX_API_KEY set to nothing (systemd's MLX_API_KEY=, compose's unset ${KEY}); one of
       // spaces alone would start a server that refuses every request.
@@ -227,7 +236,7 @@ export default defineCommand({
         if (pipeline.rank) await openModel(args.model, { kvQuantization, maxKvSize, pipeline });
       }
       const server = startServer({
-        host: args.host,
+        host,
         port,
         defaultModel: args.model,
         apiKey,
