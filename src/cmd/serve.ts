@@ -7,7 +7,7 @@ import type { LoadSettings } from "../server/model-registry";
 import { basename, resolve } from "node:path";
 import { existsSync, readFileSync } from "node:fs";
 import { UnsupportedError } from "../errors";
-import { fail, failLog, infoEvenPiped, log, setVerbose } from "./log";
+import { fail, failLog, log, setVerbose } from "./log";
 import {
   distributedArgs,
   kvCacheArgs,
@@ -277,7 +277,7 @@ export default defineCommand({
         },
         logWarning: (message) => log.warn(message),
         // A pull may take minutes: said even where stderr is not a terminal, else the server looks idle.
-        logInfo: infoEvenPiped,
+        logInfo: (message) => log.info(message),
         onLoad: (name, path, seconds, speculationSkipped) => {
           log.info(`loaded ${name} (${path}) in ${seconds.toFixed(2)} s`);
           if (speculationSkipped) log.warn(`${name} decodes without speculation: ${speculationSkipped}`);
