@@ -28,7 +28,7 @@ import { listModels, openStoredModel } from "../src/store/store";
 import { resolveModelPath } from "../src/store/resolve";
 import { modelPooling } from "../src/models/pooling";
 import { writeTinyModel } from "./helpers/tiny-model";
-import { post, serve } from "./helpers/serve";
+import { post, serve, startServe } from "./helpers/serve";
 import {
   fakeWeights,
   serveBytes,
@@ -45,6 +45,7 @@ const main = join(import.meta.dir, "..", "src", "main.ts");
 let work: string;
 let tiny: Map<string, Uint8Array>;
 let sharded: Map<string, Uint8Array>;
+let retrainedWeights: Uint8Array;
 let servers: TestServer[] = [];
 const savedEnv = { ...process.env };
 
@@ -76,6 +77,9 @@ beforeAll(() => {
   // A stray consolidated copy that the index does not name: it must not be downloaded.
   writeFileSync(join(shardDir, "consolidated.safetensors"), "not needed");
   sharded = filesOf(shardDir);
+  // Weights of their own, for a branch moved to a new commit.
+  writeTinyModel(join(work, "retrained"), { seed: 7 });
+  retrainedWeights = new Uint8Array(readFileSync(join(work, "retrained", "model.safetensors")));
 });
 
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -101,11 +105,13 @@ afterEach(async () => {
  * The hub and its storage (two origins); the requests of both, in order, are on the hub's list.
  * `expireLinks` expires the signed storage links given so far (of repositories with signedLinks).
  */
-async function startHub(repos: Parameters<typeof startHfHub>[0]): Promise<TestServer & { expireLinks(): void }> {
-  const { hub, storage, expireLinks } = await startHfHub(repos);
+async function startHub(
+  repos: Parameters<typeof startHfHub>[0],
+): Promise<TestServer & Pick<Awaited<ReturnType<typeof startHfHub>>, "expireLinks" | "repos">> {
+  const { hub, storage, expireLinks, repos: served } = await startHfHub(repos);
   servers = [hub, storage];
   process.env.HF_ENDPOINT = hub.url;
-  return Object.assign(hub, { expireLinks });
+  return Object.assign(hub, { expireLinks, repos: served });
 }
 
 const pull = (spec: string) => pullModel(modelRequest(spec), {});
@@ -1159,6 +1165,155 @@ describe("pull from the hub", () => {
       await expect(pull("hf:org/broken")).rejects.toThrow(
         "hf:org/broken: model.safetensors.index.json names files the repository lacks: model-00002-of-00002.safetensors",
       );
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
+describe("mlx pull of a stored model whose hub branch moved", () => {
+  const A = "a".repeat(40);
+  const B = "b".repeat(40);
+  // -v: what pull did is logged on a terminal, or with it.
+  const cli = async (...args: string[]) => {
+    const proc = Bun.spawn([process.execPath, main, ...args, ...(args[0] === "pull" ? ["-v"] : [])], {
+      env: { ...process.env, NO_COLOR: "1" },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [stdout, stderr, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
+    return { stdout, stderr, code };
+  };
+  /** The branch moved to commit B: new weights, its config and tokenizer as they were. */
+  const moveBranch = (hub: Awaited<ReturnType<typeof startHub>>) => {
+    const repo = hub.repos.get("org/tiny")!;
+    repo.sha = B;
+    repo.files = new Map([...repo.files, ["model.safetensors", retrainedWeights]]);
+  };
+  const oldWeights = () => join(process.env.MLX_HOME!, "blobs", `sha256-${sha256Hex(tiny.get("model.safetensors")!)}`);
+  const storedWeights = () =>
+    readFileSync(join(process.env.MLX_HOME!, "models", modelKey("org/tiny"), "model.safetensors"));
+
+  test(
+    "is updated to the new commit, fetching only the changed file; up to date says so; offline keeps it",
+    async () => {
+      const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });
+      expect((await cli("pull", "hf:org/tiny")).stderr).toContain("pulled org/tiny (rev aaaaaaa)");
+      let asked = hub.requests.length;
+      const upToDate = await cli("pull", "hf:org/tiny");
+      expect(upToDate.stderr).toContain("org/tiny is up to date (rev aaaaaaa)");
+      // One look at the branch's commit, no file asked for.
+      expect(paths(hub).slice(asked)).toEqual(["GET /api/models/org/tiny/revision/main"]);
+
+      moveBranch(hub);
+      asked = hub.requests.length;
+      const updated = await cli("pull", "hf:org/tiny");
+      expect(updated.code).toBe(0);
+      const size = formatBytes(retrainedWeights.length);
+      expect(updated.stderr).toContain(`org/tiny updated aaaaaaa → bbbbbbb: 1 file, ${size}`);
+      // The new weights downloaded; config.json and tokenizer.json known unchanged by their git blob ids.
+      const downloads = paths(hub)
+        .slice(asked)
+        .filter((p) => p.startsWith("GET ") && !p.startsWith("GET /api/"));
+      expect(downloads).toEqual([`GET /lfs/${sha256Hex(retrainedWeights)}`]);
+      expect(readManifest("org/tiny")!.revision).toBe(B);
+      expect(sha256Hex(storedWeights())).toBe(sha256Hex(retrainedWeights));
+      // No process used the old revision: its weights went with it.
+      expect(existsSync(oldWeights())).toBe(false);
+      load(await resolveModelPath("org/tiny"));
+      releaseModel("org/tiny");
+
+      const list = await cli("list");
+      expect(list.stdout).toMatch(/^NAME +FORMAT +QUANTIZATION +SIZE +LAST USED +REVISION$/m);
+      expect(list.stdout).toMatch(/^org\/tiny +mlx +.* +bbbbbbb$/m);
+      expect((await cli("show", "org/tiny")).stdout).toMatch(/revision +b{40}/);
+
+      process.env.HF_HUB_OFFLINE = "1";
+      asked = hub.requests.length;
+      const kept = await cli("pull", "hf:org/tiny");
+      expect(kept.code).toBe(0);
+      expect(kept.stderr).toContain(
+        "org/tiny is in the store: kept its stored revision (rev bbbbbbb): HF_HUB_OFFLINE is set, so the hub was not asked",
+      );
+      expect(hub.requests.length).toBe(asked);
+      // A hub out of reach keeps it too, as huggingface_hub falls back to its cache.
+      delete process.env.HF_HUB_OFFLINE;
+      await Promise.all(servers.map((server) => server.close()));
+      servers = [];
+      const unreachable = await cli("pull", "hf:org/tiny");
+      expect(unreachable.code).toBe(0);
+      expect(unreachable.stderr).toContain("kept its stored revision (rev bbbbbbb): cannot reach the Hugging Face hub");
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "pinned to a commit, it never asks the hub again",
+    async () => {
+      const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });
+      expect((await cli("pull", `hf:org/tiny@${A}`)).code).toBe(0);
+      moveBranch(hub);
+      const asked = hub.requests.length;
+      const again = await cli("pull", `hf:org/tiny@${A}`);
+      expect(again.stderr).toContain(`org/tiny@${A} is up to date (rev aaaaaaa)`);
+      expect(hub.requests.length).toBe(asked);
+      expect(readManifest(`org/tiny@${A}`)!.revision).toBe(A);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "an update that fails midway leaves the stored revision whole and usable; the next pull completes it",
+    async () => {
+      const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });
+      await pull("hf:org/tiny");
+      releaseModel("org/tiny");
+      moveBranch(hub);
+      // The new weights arrive wrong (their hash not the one the hub claimed): the update fails after config and tokenizer.
+      hub.repos.get("org/tiny")!.lieAbout = "model.safetensors";
+      await expect(pullModel(modelRequest("hf:org/tiny"), { update: true })).rejects.toThrow("model.safetensors");
+      expect(readManifest("org/tiny")!.revision).toBe(A);
+      expect(sha256Hex(storedWeights())).toBe(sha256Hex(tiny.get("model.safetensors")!));
+      const path = await openStoredModel("org/tiny");
+      load(path!);
+      releaseModel("org/tiny");
+
+      delete hub.repos.get("org/tiny")!.lieAbout;
+      const updated = await pullModel(modelRequest("hf:org/tiny"), { update: true });
+      expect(updated.updated).toEqual({ from: A, files: 1, bytes: retrainedWeights.length });
+      expect(sha256Hex(storedWeights())).toBe(sha256Hex(retrainedWeights));
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a server that loaded the old revision keeps answering, its files kept until it stops",
+    async () => {
+      const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });
+      await pull("hf:org/tiny");
+      releaseModel("org/tiny");
+      const asked = hub.requests.length;
+      const { proc, url } = await startServe("hf:org/tiny");
+      try {
+        // Serving a stored model asks nothing of the hub.
+        expect(hub.requests.length).toBe(asked);
+        const ask = () => post(`${url}/v1/completions`, { model: "hf:org/tiny", prompt: "Hi", max_tokens: 2 });
+        expect((await ask()).status).toBe(200);
+        moveBranch(hub);
+        const updated = await pullModel(modelRequest("hf:org/tiny"), { update: true });
+        releaseModel("org/tiny");
+        expect(updated.updated?.from).toBe(A);
+        expect(readManifest("org/tiny")!.revision).toBe(B);
+        // The server's revision's weights are still on disk, and it answers as before.
+        expect(existsSync(oldWeights())).toBe(true);
+        for (let i = 0; i < 3; i++) expect((await ask()).status).toBe(200);
+      } finally {
+        proc.kill();
+        await proc.exited;
+      }
     },
     TEST_TIMEOUT_MS,
   );

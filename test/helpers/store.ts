@@ -286,8 +286,11 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
   const busyAnswers = new Map<string, number>();
   // A signed link names the generation it was given in; expiring links starts a new one.
   let linkGeneration = 0;
-  const stored = new Map<string, Uint8Array>();
-  for (const repo of repos.values()) for (const data of repo.files.values()) stored.set(sha256Hex(data), data);
+  // Asked at each download: a test may move a repository's branch to new files meanwhile.
+  const stored = (sha256: string) => {
+    for (const repo of repos.values())
+      for (const data of repo.files.values()) if (sha256Hex(data) === sha256) return data;
+  };
   const handle = (request: RecordedRequest): Reply => {
     const [path = "", query = ""] = decodeURIComponent(request.path).split("?");
     const askedName = path.match(/^\/(?:api\/models\/)?([^/]+\/[^/]+)\//)?.[1] ?? "";
@@ -337,7 +340,7 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
           },
         };
       }
-      const etag = { ETag: `"${sha256Hex(data).slice(0, 40)}"` }; // a git sha1, not a sha256
+      const etag = { ETag: `"${gitBlobId(data)}"` }; // the file's git blob id (a sha1), not a sha256
       const gzip = repo.compresses && /\bgzip\b/.test(request.headers["accept-encoding"] ?? "");
       const sent = gzip ? new Uint8Array(gzipSync(data)) : data;
       const headers = { ...etag, ...(gzip ? { "Content-Encoding": "gzip" } : {}) };
@@ -346,7 +349,7 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
       return { status: 200, headers, body: sent };
     }
     const lfs = path.match(/^\/lfs\/([0-9a-f]{64})$/);
-    const data = lfs && stored.get(lfs[1]!);
+    const data = lfs && stored(lfs[1]!);
     const expires = query.match(/^expires=(\d+)$/);
     if (data && expires && Number(expires[1]) < linkGeneration)
       return {
@@ -367,6 +370,11 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
   return { handle, expireLinks: () => void linkGeneration++ };
 }
 
+/** What git names a file's content by, and the hub's ETag of a git-stored file is. */
+function gitBlobId(data: Uint8Array): string {
+  return new Bun.CryptoHasher("sha1").update(`blob ${data.length}\0`).update(data).digest("hex");
+}
+
 /** What the hub answers a request for a private repository without its token. */
 function refusal(repo: Repo | undefined, request: RecordedRequest): Reply | undefined {
   const authorization = request.headers.authorization;
@@ -379,7 +387,7 @@ function refusal(repo: Repo | undefined, request: RecordedRequest): Reply | unde
 /** A Hugging Face hub serving `repos` on loopback, LFS files from a second origin (its storage). */
 export async function startHfHub(
   repos: Record<string, Omit<Repo, "sha"> & { sha?: string }>,
-): Promise<{ hub: TestServer; storage: TestServer; expireLinks: () => void }> {
+): Promise<{ hub: TestServer; storage: TestServer; expireLinks: () => void; repos: Map<string, Repo> }> {
   const table = new Map(Object.entries(repos).map(([name, r]) => [name, { sha: "a".repeat(40), ...r }]));
   let storageUrl = "";
   const { handle, expireLinks } = hub(table, () => storageUrl);
@@ -389,5 +397,6 @@ export async function startHfHub(
     return handle(request);
   });
   storageUrl = storage.url;
-  return { hub: hubServer, storage, expireLinks };
+  // The repositories as served: a test moves a branch by giving one a new sha and files.
+  return { hub: hubServer, storage, expireLinks, repos: table };
 }
