@@ -230,26 +230,39 @@ export class Model {
     );
   }
 
-  /** Normalised embeddings of `texts` (pooled final hidden states; see README), optionally cut to `dimensions`. */
-  async embed(texts: string[], options: { dimensions?: number } = {}): Promise<number[][]> {
+  /**
+   * Normalised embeddings of `texts` (pooled final hidden states; see README), optionally cut to
+   * `dimensions`; an aborted `signal` stops the work between two passes and rejects with its reason.
+   */
+  async embed(texts: string[], options: { dimensions?: number; signal?: AbortSignal } = {}): Promise<number[][]> {
     this.#checkOpen();
     if (!Array.isArray(texts) || texts.some((t) => typeof t !== "string"))
       throw new InvalidParameterError("embed() takes an array of strings", "texts");
-    checkOptionNames(options, ["dimensions"]);
+    checkOptionNames(options, ["dimensions", "signal"]);
     // The engine checks the range only: "8" or 1.5 were "must be between 1 and the model's 576".
-    const { dimensions } = options as { dimensions?: unknown };
+    const { dimensions, signal } = options as { dimensions?: unknown; signal?: unknown };
     if (dimensions !== undefined && !Number.isInteger(dimensions))
       throw new InvalidParameterError(
         `dimensions must be a whole number (got ${JSON.stringify(dimensions)})`,
         "dimensions",
       );
+    if (signal !== undefined && !(signal instanceof AbortSignal))
+      throw new InvalidParameterError("signal must be an AbortSignal", "signal");
+    signal?.throwIfAborted();
     try {
       // Errors about a text name it as the caller wrote it ("texts.1"), not as the server's "input".
-      const embedding = await embed(this.lm, texts, { ...options, param: "texts", signal: this.#closing.signal });
+      const embedding = await embed(this.lm, texts, {
+        dimensions: options.dimensions,
+        param: "texts",
+        signal: eitherSignal(signal, this.#closing.signal),
+      });
       return embedding.vectors;
     } catch (error) {
-      // Vectors are all or nothing: an embedding that close() cut short has none to give.
-      if (error instanceof EmbeddingCancelled) this.#checkOpen();
+      // Vectors are all or nothing: an embedding that close() or the caller cut short has none to give.
+      if (error instanceof EmbeddingCancelled) {
+        this.#checkOpen();
+        signal?.throwIfAborted();
+      }
       throw error;
     }
   }

@@ -159,7 +159,7 @@ describe("the library's options", () => {
       "options: the options must be an object (got null)",
     );
     expect(await errorOf(() => model.embed(["Hi"], bad({ dimension: 8 })))).toBe(
-      "dimension: unknown option dimension (the options are dimensions)",
+      "dimension: unknown option dimension (the options are dimensions, signal)",
     );
     expect(await errorOf(async () => model.chat(bad(null)))).toBe("options: the options must be an object (got null)");
     // The text at fault is named as the caller wrote the argument, not as the server's `input`.
@@ -407,6 +407,20 @@ describe("the library's close() and clear()", () => {
     const again = await load();
     expect((await again.embed(["The first sentence."]))[0]?.length).toBe(again.lm.config.hiddenSize);
     again.close();
+  }, 120_000);
+  test("embed()'s signal stops it part way with the signal's reason, and the model embeds on", async () => {
+    const controller = new AbortController();
+    const embedding = model.embed(["The first sentence.", "The second sentence."], { signal: controller.signal });
+    // embed() has started and waits for its first pass.
+    controller.abort();
+    expect(await errorOf(() => embedding)).toStartWith("AbortError: ");
+    expect(await errorOf(() => model.embed(["Hi"], { signal: AbortSignal.abort(new Error("gone")) }))).toBe(
+      "Error: gone",
+    );
+    expect(await errorOf(() => model.embed(["Hi"], { signal: "no" as never }))).toBe(
+      "signal: signal must be an AbortSignal",
+    );
+    expect((await model.embed(["The first sentence."]))[0]?.length).toBe(model.lm.config.hiddenSize);
   }, 120_000);
   test("close() gives the model's memory back: its weights and MLX's cache, as serve's unload does", async () => {
     const before = memoryFigures().active;
