@@ -8,6 +8,7 @@
 //   for await (const piece of model.stream("Tell me a story.")) process.stdout.write(piece);
 //   const chat = model.chat({ system: "Be brief." });
 //   await chat.send("Hi!"); await chat.send("And then?"); // the second turn reuses the first's cache
+//   model.detokenize(model.tokenize("Hi"));            // the model's token ids, and their text
 //   model.close();
 import { Conversation } from "./engine/conversation";
 import { clearMemoryCache } from "./engine/device";
@@ -265,6 +266,35 @@ export class Model {
       }
       throw error;
     }
+  }
+
+  /**
+   * The token ids of `text` as the model reads it, with the tokens its tokenizer adds (a BOS)
+   * unless `addSpecialTokens` is false; no chat template (generate()'s `raw` prompt).
+   */
+  tokenize(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
+    this.#checkOpen();
+    if (typeof text !== "string") throw new InvalidParameterError("tokenize() takes a string", "text");
+    checkOptionNames(options, ["addSpecialTokens"]);
+    const { addSpecialTokens } = options as { addSpecialTokens?: unknown };
+    if (addSpecialTokens !== undefined && typeof addSpecialTokens !== "boolean")
+      throw new InvalidParameterError("addSpecialTokens must be true or false", "addSpecialTokens");
+    return this.lm.tokenizer.encode(text, { addSpecialTokens });
+  }
+
+  /** The text of token ids (a result's `tokenIds`, or tokenize()'s), special tokens included. */
+  detokenize(ids: readonly number[]): string {
+    this.#checkOpen();
+    if (!Array.isArray(ids)) throw new InvalidParameterError("detokenize() takes an array of token ids", "ids");
+    // The tokenizer would drop an id it has no token for without a word, and read 1.5 or "7" as it could.
+    const vocab = this.lm.config.vocabSize;
+    const bad = ids.findIndex((id) => !(Number.isInteger(id) && id >= 0 && id < vocab));
+    if (bad >= 0)
+      throw new InvalidParameterError(
+        `token id ${JSON.stringify(ids[bad])} is not one of the model's (whole numbers from 0 to ${vocab - 1})`,
+        `ids.${bad}`,
+      );
+    return this.lm.tokenizer.decode(ids);
   }
 
   /** A conversation whose turns reuse the keys and values of the turns before. */

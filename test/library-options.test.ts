@@ -328,6 +328,31 @@ test("an alias's stop strings, num_predict and num_ctx (a Modelfile's PARAMETERs
   }
 }, 120_000);
 
+describe("tokenize() and detokenize()", () => {
+  test("give the ids a raw prompt is read as and the text of an answer's ids; a bad id or option is refused", async () => {
+    const text = "Name three colours.";
+    const answer = await model.generate(text, { raw: true, maxTokens: 8 });
+    expect(model.tokenize(text)).toEqual(answer.promptTokenIds);
+    expect(model.detokenize(answer.tokenIds)).toBe(answer.text);
+    expect(model.detokenize(model.tokenize(text, { addSpecialTokens: false }))).toBe(text);
+    const vocab = model.lm.config.vocabSize;
+    // Each would be dropped or read as some other id without a word.
+    expect(await errorOf(async () => model.detokenize([1, vocab]))).toBe(
+      `ids.1: token id ${vocab} is not one of the model's (whole numbers from 0 to ${vocab - 1})`,
+    );
+    expect(await errorOf(async () => model.detokenize([-1]))).toStartWith("ids.0: token id -1 is not");
+    expect(await errorOf(async () => model.detokenize(["7" as never]))).toStartWith('ids.0: token id "7" is not');
+    expect(await errorOf(async () => model.tokenize(text, { add_special_tokens: false } as never))).toBe(
+      "add_special_tokens: unknown option add_special_tokens (did you mean addSpecialTokens?)",
+    );
+    expect(await errorOf(async () => model.tokenize(7 as never))).toBe("text: tokenize() takes a string");
+    const own = await load();
+    own.close();
+    expect(await errorOf(async () => own.tokenize(text))).toStartWith("ClosedError: ");
+    expect(await errorOf(async () => own.detokenize([1]))).toStartWith("ClosedError: ");
+  }, 120_000);
+});
+
 describe("a model without a chat template", () => {
   test("refuses a list of messages and a chat in the library's own terms, and answers a text prompt", async () => {
     const dir = join(mkdtempSync(join(tmpdir(), "mlx-library-template-")), "model");
