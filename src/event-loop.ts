@@ -19,11 +19,15 @@ export function runSteps<T>(steps: Steps<T>): T {
   }
 }
 
-/** Runs `steps` to the end, giving the event loop a turn at each pause. */
-export async function runStepsAsync<T>(steps: Steps<T>): Promise<T> {
+/**
+ * Runs `steps` to the end, giving the event loop a turn at each pause; a `signal` aborted
+ * meanwhile stops them at the next pause (its reason thrown).
+ */
+export async function runStepsAsync<T>(steps: Steps<T>, signal?: AbortSignal): Promise<T> {
   for (;;) {
     const step = steps.next();
     if (step.done) return step.value;
     await nextTurn();
+    signal?.throwIfAborted();
   }
 }

@@ -447,6 +447,31 @@ describe("the library's close() and clear()", () => {
     );
     expect((await model.embed(["The first sentence."]))[0]?.length).toBe(model.lm.config.hiddenSize);
   }, 120_000);
+  test("a generation aborted while its long prompt is tokenized ends there, cancelled", async () => {
+    // About 200,000 tokens, far more than the context: read to the end, it was a ContextLengthError.
+    const prompt = "The quick brown fox jumps over the lazy dog. ".repeat(20_000);
+    for (const call of [
+      (signal: AbortSignal) => model.generate(prompt, { maxTokens: 3, signal }),
+      async (signal: AbortSignal) => {
+        const stream = model.stream(prompt, { maxTokens: 3, signal });
+        // Its first next() starts it (and reads the prompt); cancelled, it ends with no piece.
+        const step = await stream.next();
+        if (!step.done) throw new Error(`a piece came: ${step.value}`);
+        return step.value;
+      },
+    ]) {
+      const controller = new AbortController();
+      const answer = call(controller.signal);
+      // The call has read the first piece of the prompt and waits for its next turn.
+      controller.abort();
+      const { finishReason, promptTokenIds, tokenIds } = await answer;
+      expect({ finishReason, promptTokenIds, tokenIds }).toEqual({
+        finishReason: "cancelled",
+        promptTokenIds: [],
+        tokenIds: [],
+      });
+    }
+  }, 120_000);
   test("close() gives the model's memory back: its weights and MLX's cache, as serve's unload does", async () => {
     const before = memoryFigures().active;
     const own = await load();

@@ -6,7 +6,7 @@ import type { LoadedModel } from "../models/load";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
 import { memoryFigures, resetPeakMemory } from "./device";
 import type { PrefixCache } from "./prefix-cache";
-import { prepareGeneration, type GenerationSpec } from "./request";
+import { prepareGeneration, type GenerationSpec, type PreparedGeneration } from "./request";
 import { Scheduler, type FinishReason, type GenerationUsage } from "./scheduler";
 
 export interface CompletionStats {
@@ -66,10 +66,16 @@ export async function* streamCompletion(
   spec: GenerationSpec,
 ): AsyncGenerator<CompletionPiece, CompletionResult> {
   const reading = followSignal(spec.signal);
-  const prepared = await prepareGeneration(scheduler.lm, { ...spec, signal: reading.signal }).catch((error) => {
+  let prepared: PreparedGeneration;
+  try {
+    prepared = await prepareGeneration(scheduler.lm, { ...spec, signal: reading.signal });
+  } catch (error) {
+    // Aborted while its prompt was read: cancelled, as once it runs (not the error of a prompt
+    // it had no need to read to the end, such as one longer than the context).
+    if (reading.signal.aborted && error === reading.signal.reason) return cancelledBeforeStart();
     reading.abort();
     throw error;
-  });
+  }
   resetPeakMemory();
   let text = "";
   let reasoning = "";

@@ -212,7 +212,8 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const promptIds = truncatedPrompt(
     withPrefix(
       spec.prefixIds ?? [],
-      await runStepsAsync(tokenize(lm.tokenizer, prompt, template, offered, thinking?.templateVars)),
+      // A megabyte's tokenizing takes seconds: a request aborted meanwhile stops there.
+      await runStepsAsync(tokenize(lm.tokenizer, prompt, template, offered, thinking?.templateVars), spec.signal),
       lm.tokenizer,
     ),
     spec.controls?.truncatePromptTokens,
