@@ -422,6 +422,7 @@ export class Chat {
           modelMaxTokens(this.conversation.lm) ??
           this.conversation.lm.config.maxPositionEmbeddings,
         maxTokensParam: "maxTokens",
+        promptParam: "text",
         stop: stopList(options),
         format: options.format && { format: options.format, param: "format" },
         thinking: { enabled: options.think, budget: options.thinkingBudget, param: "think" },
@@ -658,7 +659,7 @@ function spec(lm: LoadedModel, prompt: Prompt, o: GenerateOptions): GenerationSp
   const input: PromptInput =
     typeof prompt === "string"
       ? { kind: "text", text: prompt, template: !o.raw, system: o.system }
-      : { kind: "chat", messages: prompt };
+      : { kind: "chat", messages: prompt, param: "prompt" };
   return {
     prompt: input,
     sampling: sampling(o, lm.sampling),

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import {
   BudgetError,
   ConfigError,
+  ContextLengthError,
   InvalidParameterError,
   load,
   UnsupportedError,
@@ -471,6 +472,20 @@ describe("the library's close() and clear()", () => {
         tokenIds: [],
       });
     }
+  }, 120_000);
+  test("a prompt longer than the context is a ContextLengthError naming the argument as the library calls it", async () => {
+    const long = "word ".repeat(9000);
+    const paramOf = (call: () => Promise<unknown>) =>
+      call().then(
+        () => "no error",
+        (error) => (error instanceof ContextLengthError ? error.param : `${error}`),
+      );
+    // They said "messages", the server's field, which no library call takes.
+    expect(await paramOf(() => model.generate([{ role: "user", content: long }], { maxTokens: 3 }))).toBe("prompt");
+    expect(await paramOf(() => model.generate(long, { maxTokens: 3 }))).toBe("prompt");
+    const chat = model.chat();
+    expect(await paramOf(() => chat.send(long, { maxTokens: 3 }))).toBe("text");
+    chat.close();
   }, 120_000);
   test("close() gives the model's memory back: its weights and MLX's cache, as serve's unload does", async () => {
     const before = memoryFigures().active;

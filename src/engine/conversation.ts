@@ -19,6 +19,8 @@ export interface TurnOptions {
   maxTokens: number;
   /** The caller's own name for maxTokens, in its errors (default max_tokens). */
   maxTokensParam?: string;
+  /** The caller's own name for what it said, in its errors about the prompt (default messages). */
+  promptParam?: string;
   /** Strings that end the answer (not included). */
   stop?: string[];
   /** JSON the answer must be. */
@@ -121,7 +123,7 @@ export class Conversation {
     try {
       droppedMessages = this.#fitContext(o.maxTokens);
       result = yield* streamCompletion(this.#scheduler, {
-        prompt: { kind: "chat", messages: this.#withSystem() as ConversationMessage[] },
+        prompt: { kind: "chat", messages: this.#withSystem() as ConversationMessage[], param: o.promptParam },
         sampling: o.sampling,
         maxTokens: o.maxTokens,
         maxTokensParam: o.maxTokensParam,
