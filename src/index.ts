@@ -24,7 +24,7 @@ import type { JsonFormat } from "./engine/grammar";
 import { modelMaxTokens, type GenerationSpec, type PromptInput } from "./engine/request";
 import { validateSampling, type SamplingParams } from "./engine/sampling";
 import { Scheduler } from "./engine/scheduler";
-import { loadModel, type LoadedModel } from "./models/load";
+import { loadModelAsync, type LoadedModel } from "./models/load";
 import { aliasSettings, applySettings, settleSampling } from "./engine/model-settings";
 import type { SamplingDefaults } from "./models/generation-config";
 import type { DownloadProgress } from "./store/download";
@@ -61,7 +61,7 @@ export interface LoadOptions {
   onProgress?: (progress: DownloadProgress) => void;
   /** Generations decoded together when calls overlap (default 4). */
   maxBatch?: number;
-  /** Stops the load: a first-use download at once, else before the weights are read (load() then rejects with its reason). */
+  /** Stops the load: a first-use download at once, weights being read once read (then freed); load() rejects with its reason. */
   signal?: AbortSignal;
 }
 
@@ -151,18 +151,29 @@ export async function load(name?: string, options: LoadOptions = {}): Promise<Mo
   const onProgress = options.onProgress ?? (() => {});
   signal?.throwIfAborted();
   const path = await resolveModelPath(name, { onProgress, signal });
-  // Reading the weights cannot be stopped part way: an abort during the download is seen here, before it starts.
-  signal?.throwIfAborted();
-  const lm = loadModel(path);
+  const lm = await loadWeights(path, signal);
   // An alias is that model everywhere, as in `mlx run -m`: its KV cache, adapter and speculation.
-  await applySettings(lm, aliasSettings(name), async (draft) => {
-    const draftPath = await resolveModelPath(draft, { onProgress, signal });
-    signal?.throwIfAborted();
-    return loadModel(draftPath);
-  });
+  await applySettings(lm, aliasSettings(name), async (draft) =>
+    loadWeights(await resolveModelPath(draft, { onProgress, signal }), signal),
+  );
   const model = new Model(lm, maxBatch);
   waitForMlxAtExit();
   return model;
+}
+
+/**
+ * The model at `path`, the event loop served between its pieces (seconds for a large model: the
+ * caller's timers, sockets and UI go on meanwhile). A load is not stopped part way: one whose
+ * `signal` aborted meanwhile is freed once read, and the signal's reason thrown.
+ */
+async function loadWeights(path: string, signal: AbortSignal | undefined): Promise<LoadedModel> {
+  signal?.throwIfAborted();
+  const lm = await loadModelAsync(path);
+  if (signal?.aborted) {
+    lm.free();
+    throw signal.reason;
+  }
+  return lm;
 }
 
 let waitsForMlxAtExit = false;

@@ -487,6 +487,33 @@ describe("the library's close() and clear()", () => {
     expect(await paramOf(() => chat.send(long, { maxTokens: 3 }))).toBe("text");
     chat.close();
   }, 120_000);
+  test("load() serves the event loop while it reads the weights, and a signal aborted meanwhile frees them", async () => {
+    // Turns of the event loop while load() runs (a caller's timers, sockets, UI): none when it read them in one go.
+    let turns = 0;
+    let loading = true;
+    const turn = () => {
+      if (!loading) return;
+      turns++;
+      setImmediate(turn);
+    };
+    setImmediate(turn);
+    const own = await load();
+    loading = false;
+    expect(turns).toBeGreaterThan(0);
+    own.close();
+    const before = memoryFigures().active;
+    const controller = new AbortController();
+    const loaded = load(undefined, { signal: controller.signal });
+    // At the load's first pause (the stored model is found without one): the weights are being read.
+    setImmediate(() => controller.abort());
+    expect(
+      await loaded.then(
+        () => "loaded",
+        (error: Error) => error.name,
+      ),
+    ).toBe("AbortError");
+    expect(memoryFigures().active).toBeLessThanOrEqual(before);
+  }, 120_000);
   test("close() gives the model's memory back: its weights and MLX's cache, as serve's unload does", async () => {
     const before = memoryFigures().active;
     const own = await load();
