@@ -8,7 +8,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
 import { readHostfile } from "../src/cmd/launch-plan";
-import { defaultSplit, headLayers, layerRange, layerRoom, parseLayers, splitLayers } from "../src/engine/pipeline";
+import {
+  defaultSplit,
+  headLayers,
+  layerRange,
+  layerRoom,
+  parseLayers,
+  splitLayers,
+  weightsWords,
+} from "../src/engine/pipeline";
 import { readLayout } from "../src/models/layout";
 import { loadModel } from "../src/models/load";
 import { computesOnCpu } from "../src/engine/device";
@@ -33,6 +41,8 @@ const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-
 const mlx = cliRunner(home);
 let dir: string;
 let tiny: string;
+/** tiny's shapes, other weights: another revision of the same model. */
+let tinyOther: string;
 /** Heads of 32 values: a quantized KV cache's smallest group. */
 let wide: string;
 
@@ -41,6 +51,8 @@ beforeAll(() => {
   tiny = join(dir, "tiny5");
   // An odd number of layers: no split is even.
   writeTinyModel(tiny, { layers: 5, seed: 5 });
+  tinyOther = join(dir, "tiny5-other");
+  writeTinyModel(tinyOther, { layers: 5, seed: 6 });
   wide = join(dir, "wide3");
   writeTinyModel(wide, { layers: 3, seed: 3, headDim: 32 });
 });
@@ -230,6 +242,9 @@ describe("mlx launch -- run", () => {
     for (const [zeroArgs, oneArgs, zeroSplit] of [
       [["--layers", "0-1,2-4"], ["--layers", "0-2,3-4"], "layers 0-1,2-4 of 5 layers, hidden size 64, float KV cache"],
       [[], ["-m", wide], "layers 0,1-4 of 5 layers, hidden size 64, float KV cache"],
+      // The same shapes with other weights (another revision on that machine): rank 1 took rank
+      // 0's hidden states for its own and the answer was garbage.
+      [[], ["-m", tinyOther], "layers 0,1-4 of 5 layers, hidden size 64, float KV cache"],
       [["--kv-bits", "8"], [], "layers 0,1-4 of 5 layers, hidden size 64, 8-bit KV cache, group 64"],
       // Tensor parallel's ranks too (they only waited for each other), and one rank without it.
       [
@@ -251,7 +266,7 @@ describe("mlx launch -- run", () => {
       const [zeroErr, oneErr] = await Promise.all([new Response(zero.stderr).text(), new Response(one.stderr).text()]);
       expect([await zero.exited, await one.exited]).toEqual([1, 1]);
       expect(zeroErr).toBe(
-        `error: rank 1 split the model otherwise than rank 0 (${zeroSplit}): start every rank with the same model, --layers and KV cache flags\n`,
+        `error: rank 1 split the model otherwise than rank 0 (${zeroSplit}, ${weightsWords(tiny)}): start every rank with the same model, --layers and KV cache flags\n`,
       );
       // One line on each rank, not the ring's lost connection.
       expect(oneErr).toMatch(

@@ -537,14 +537,17 @@ export function promptCacheOwner(lm: LoadedModel): PromptCacheOwner {
  * store blob is named by its sha256 already; anything else is hashed, once per load. Other files
  * in a directory are not the model: a prompt cache saved beside the weights would otherwise
  * change the digest it was saved under, and be refused as another model's.
+ * With `sampleBytes`, a file not named by its digest is hashed by its size and its first and last
+ * `sampleBytes` only (its header and some of its tensors): cheap enough for every start of a
+ * large model, and still another for other weights of the same shapes (another revision).
  */
-export function modelDigest(path: string): string {
+export function modelDigest(path: string, sampleBytes?: number): string {
   const real = realpathSync(path);
   if (statSync(real).isDirectory()) {
     const hasher = new Bun.CryptoHasher("sha256");
     const weights = directoryWeightFiles(real).map((file) => basename(file));
     for (const name of neededOf(readdirSync(real), weights).sort())
-      hasher.update(`${name}\0${modelDigest(join(real, name))}\n`);
+      hasher.update(`${name}\0${modelDigest(join(real, name), sampleBytes)}\n`);
     return hasher.digest("hex");
   }
   const named = basename(real).match(/^sha256-([0-9a-f]{64})$/)?.[1];
@@ -553,7 +556,13 @@ export function modelDigest(path: string): string {
   const chunk = Buffer.alloc(16 * 1024 * 1024);
   const fd = openSync(real, "r");
   try {
-    for (let n = readSync(fd, chunk); n > 0; n = readSync(fd, chunk)) hasher.update(chunk.subarray(0, n));
+    const size = statSync(real).size;
+    if (sampleBytes !== undefined && size > 2 * sampleBytes) {
+      const sample = chunk.subarray(0, sampleBytes);
+      hasher.update(`${size}\0`);
+      hasher.update(sample.subarray(0, readSync(fd, sample, 0, sampleBytes, 0)));
+      hasher.update(sample.subarray(0, readSync(fd, sample, 0, sampleBytes, size - sampleBytes)));
+    } else for (let n = readSync(fd, chunk); n > 0; n = readSync(fd, chunk)) hasher.update(chunk.subarray(0, n));
   } finally {
     closeSync(fd);
   }

@@ -8,6 +8,7 @@ import { constants, freemem } from "node:os";
 import * as mx from "../../mlx";
 import { readLayout } from "../../models/layout";
 import { loadModelAsync, type LoadedModel } from "../../models/load";
+import { modelDigest } from "../prompt-cache-file";
 import type { CacheOptions } from "./cache-sets";
 import { PipelineFront } from "./front";
 import { checkRingAddresses, defaultSplit, layerRange, layerRoom, parseLayers } from "./plan";
@@ -56,6 +57,7 @@ export async function openPipeline(
   caches: CacheOptions = {},
 ): Promise<LoadedModel | undefined> {
   const layout = readLayout(path); // before joining: a missing or unreadable model fails at once
+  const weights = weightsWords(path);
   const group = await joinRing(spec);
   if (group.size < 2) throw new Error("a pipeline needs at least 2 ranks (the hostfile lists one)");
   const { rank, size } = group;
@@ -92,7 +94,7 @@ export async function openPipeline(
   // by hand with other KV cache flags, or without --tensor-parallel, answered otherwise or hung).
   await expectOneSplit(
     group,
-    `${split} of ${layout.numLayers} layers, hidden size ${layout.hiddenSize}, ${cacheWords(caches)}`,
+    `${split} of ${layout.numLayers} layers, hidden size ${layout.hiddenSize}, ${cacheWords(caches)}, ${weights}`,
   );
   if (rank > 0) {
     try {
@@ -118,6 +120,14 @@ export async function openPipeline(
   });
   return { ...lm, model: front };
 }
+
+/**
+ * The model's weights in words every rank compares: the same name or path on another machine may
+ * hold another revision or quantization of the same shapes, whose hidden states the other ranks
+ * would take for their own and answer garbage. Store blobs are named by their digest; any other
+ * file is sampled (modelDigest), not read whole on every start.
+ */
+export const weightsWords = (path: string) => `weights ${modelDigest(path, 2 ** 20).slice(0, 12)}`;
 
 /** A rank's KV cache settings, in words: ranks with other ones would answer otherwise than one process. */
 function cacheWords({ kvQuantization: q, maxKvSize }: CacheOptions): string {
