@@ -156,6 +156,28 @@ describe("mlx launch: the ranks' split flags", () => {
     }
   }, 60_000);
 
+  test("a flag given twice is checked as the ranks read it, the last; a prompt after the command's own -- is no flag", async () => {
+    const twice = await mlx([
+      "launch",
+      "-n",
+      "2",
+      "--",
+      "run",
+      "-m",
+      tiny,
+      "--layers",
+      "0,1-2",
+      "--layers",
+      "0-1,1-2",
+      "hi",
+    ]);
+    expect(twice.stderr).toBe("error: --layers: rank 1's range '1-2' should start at layer 2 (contiguous, in order)\n");
+    expect(twice.code).toBe(1);
+    const prompt = await mlx(["launch", "-n", "2", "--", "run", "-m", tiny, "--max-tokens", "2", "--", "-m"]);
+    expect(prompt.stderr).toBe("");
+    expect(prompt.code).toBe(0);
+  }, 60_000);
+
   const runWithPeerTimeout = (seconds: string) => [
     "run",
     "-m",

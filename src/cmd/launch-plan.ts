@@ -124,15 +124,22 @@ function isLocal(host: string): boolean {
   return ["localhost", "::1", hostname()].includes(host) || host.startsWith("127.") || mine.includes(host);
 }
 
-/** The value of a flag among a command's arguments (--name value, --name=value, or its alias). */
+/**
+ * The value of a flag among a command's arguments (--name value, --name=value, or its alias): the
+ * last one given, as the command itself reads a flag given twice; none past the command's own
+ * "--", where a prompt may say anything.
+ */
 export function flag(command: string[], names: string[]): string | undefined {
-  for (const [i, arg] of command.entries()) {
+  const end = command.indexOf("--");
+  const flags = end >= 0 ? command.slice(0, end) : command;
+  let value: string | undefined;
+  for (const [i, arg] of flags.entries()) {
     for (const name of names) {
-      if (arg === name) return command[i + 1];
-      if (arg.startsWith(`${name}=`)) return arg.slice(name.length + 1);
+      if (arg === name) value = flags[i + 1];
+      else if (arg.startsWith(`${name}=`)) value = arg.slice(name.length + 1);
     }
   }
-  return undefined;
+  return value;
 }
 
 export async function describePlan(hosts: Host[], command: string[]): Promise<string> {
