@@ -178,6 +178,27 @@ describe("mlx launch: the ranks' split flags", () => {
     expect(prompt.code).toBe(0);
   }, 60_000);
 
+  test("split flags every rank would refuse, or a model that is not there, are one line before any rank starts", async () => {
+    for (const [flags, refusal] of [
+      [["--peer-timeout", "0"], "--peer-timeout must be a number of seconds > 0 and at most 2147483 (got '0')"],
+      [["--micro-batches", "0"], "--micro-batches must be a whole number > 0 (got '0')"],
+      [
+        ["--tensor-parallel", "--micro-batches", "2"],
+        "--micro-batches splits the batch between runs of layers; --tensor-parallel has none to fill",
+      ],
+      [
+        ["--tensor-parallel", "--layers", "0,1-2"],
+        "--layers splits the model into runs of layers; --tensor-parallel splits every layer: give one",
+      ],
+      [["-m", join(dir, "nowhere")], `model not found: ${join(dir, "nowhere")} (mlx list shows the stored models)`],
+    ] as const) {
+      const { stdout, stderr, code } = await mlx(["launch", "-n", "2", "--", "run", "-m", tiny, ...flags, "hi"]);
+      expect(stdout).toBe("");
+      expect(stderr).toBe(`error: ${refusal}\n`);
+      expect(code).toBe(1);
+    }
+  }, 60_000);
+
   const runWithPeerTimeout = (seconds: string) => [
     "run",
     "-m",

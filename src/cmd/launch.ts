@@ -17,10 +17,10 @@ import { createInterface } from "node:readline";
 import { parseLayers, splitLayers } from "../engine/pipeline";
 import { readLayout } from "../models/layout";
 import { remoteModel } from "../providers";
-import { locateModel } from "../store/resolve";
+import { locateModel, missingModelError } from "../store/resolve";
 import { describePlan, flag, readHostfile, ringHostfile, type Host } from "./launch-plan";
 import { fail } from "./log";
-import { positiveInteger } from "./options";
+import { pipelineFrom, positiveInteger } from "./options";
 
 export default defineCommand({
   meta: {
@@ -73,11 +73,12 @@ export default defineCommand({
           ? readHostfile(args.hostfile, positiveInteger("starting-port", args["starting-port"]), perIp)
           : await loopbackHosts(positiveInteger("n", args.n), 1, perIp);
       if (hosts.length < 2) throw new Error(`a pipeline needs at least 2 ranks (got ${hosts.length})`);
+      refuseSplitFlags(command);
       if (args.plan) {
         process.stdout.write(await describePlan(hosts, command));
         return;
       }
-      refuseSplitThatDoesNotFit(hosts, command);
+      await refuseSplitThatDoesNotFit(hosts, command);
       process.exitCode = await launch(hosts, command, args["ssh-config"]);
     } catch (error) {
       fail(error, false);
@@ -122,15 +123,33 @@ function refuseWholeOnEveryRank(command: string[]): void {
 }
 
 /**
- * A split that does not fit the model, refused once before any rank starts (each rank would
- * refuse it in the same words, and the launcher say it again): a --layers that does not fit the
- * ranks or the model, more ranks than layers. Only when every rank is on this machine, and the
- * model they load is here already (nothing pulled or opened).
+ * The command's split flags, checked as every rank checks them (pipelineFrom) once before any
+ * rank starts: a bad --peer-timeout or --micro-batches, --layers with --tensor-parallel. Each
+ * rank refused them in the same words, and the launcher said it again.
  */
-function refuseSplitThatDoesNotFit(hosts: Host[], command: string[]): void {
-  if (hosts.some((h) => h.ssh) || command.includes("--tensor-parallel")) return;
-  const { path } = locateModel(flag(command, ["--model", "-m"]));
-  if (!path) return;
+function refuseSplitFlags(command: string[]): void {
+  pipelineFrom({
+    hostfile: "(mlx launch's)",
+    rank: "0",
+    layers: flag(command, ["--layers"]),
+    "tensor-parallel": command.includes("--tensor-parallel"),
+    "peer-timeout": flag(command, ["--peer-timeout"]),
+    "micro-batches": flag(command, ["--micro-batches"]),
+  });
+}
+
+/**
+ * A split that does not fit the model, refused once before any rank starts (each rank would
+ * refuse it in the same words, and the launcher say it again): a model that is not there, a
+ * --layers that does not fit the ranks or the model, more ranks than layers. Only when every
+ * rank is on this machine, and the model they load is here already (nothing pulled or opened).
+ */
+async function refuseSplitThatDoesNotFit(hosts: Host[], command: string[]): Promise<void> {
+  if (hosts.some((h) => h.ssh)) return;
+  const location = locateModel(flag(command, ["--model", "-m"]));
+  if (location.kind === "missing") throw await missingModelError(location);
+  const { path } = location;
+  if (!path || command.includes("--tensor-parallel")) return;
   const { numLayers } = readLayout(path);
   const layers = flag(command, ["--layers"]);
   if (layers !== undefined) parseLayers(layers, numLayers, hosts.length);
