@@ -331,6 +331,28 @@ async function freePortPair(): Promise<number> {
   }
 }
 
+describe("mlx launch: a middle rank killed mid-answer (kill -9)", () => {
+  test("the launch names it, not the next rank that lost its connection to it, whichever ends first", async () => {
+    // Rank 2 exits at once when rank 1 is gone: the launcher named whichever exit it saw first.
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const proc = Bun.spawn(
+        [process.execPath, mainScript, "launch", "-n", "3", "--", "run", "-m", tiny, "--max-tokens", "400", "hi"],
+        { stdout: "pipe", stderr: "pipe", env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" } },
+      );
+      const stderr = new Response(proc.stderr).text();
+      // The answer has begun: every rank is in the ring.
+      await proc.stdout.getReader().read();
+      const ranks = rankPids(proc.pid);
+      process.kill(ranks.get(1)!, "SIGKILL");
+      expect(await proc.exited).toBe(1);
+      const lines = (await stderr).split("\n");
+      expect(lines).toContain("error: rank 1 was killed by SIGKILL");
+      expect(lines.filter((line) => line.startsWith("error: rank "))).toHaveLength(1);
+      expect(await allGone([...ranks.values()], 5000)).toBe(true);
+    }
+  }, 60_000);
+});
+
 describe("mlx launch: a rank that fails after rank 0 answered", () => {
   test("its connection dropping at the end is a failed launch, named, not a success", async () => {
     // An ssh that runs the rank here as sshd would, then reports the connection lost (status 255).

@@ -315,11 +315,23 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
       // A rank that is stopped (SIGSTOP: often the silent peer the others gave up on) takes the
       // stop only once continued: now, not when it is killed 2 s later.
       stopAll("SIGCONT");
-      const forced = setTimeout(() => stopAll("SIGKILL"), 2000);
-      await Promise.all(ranks.map((r) => r.exit));
+      let forcedOut = false;
+      const forced = setTimeout(() => {
+        forcedOut = true;
+        stopAll("SIGKILL");
+      }, 2000);
+      const statuses = await Promise.all(ranks.map((r) => r.exit));
       clearTimeout(forced);
-      reportFailure(first.r, first.status);
-      return first.r.rank === 0 && first.status.code ? first.status.code : 1;
+      // The first exit seen is not always the cause: a rank killed from outside (kill -9, a crash)
+      // and its neighbour, which lost its connection to it, end together and are reaped in either
+      // order. A rank ended by a signal we did not send is the one named.
+      const killed = statuses.findIndex(
+        (s) => s.signal !== null && s.signal !== "SIGTERM" && !(forcedOut && s.signal === "SIGKILL"),
+      );
+      const failed =
+        first.status.signal === null && killed >= 0 ? { r: ranks[killed]!, status: statuses[killed]! } : first;
+      reportFailure(failed.r, failed.status);
+      return failed.r.rank === 0 && failed.status.code ? failed.status.code : 1;
     }
     // Serve's rank 0 stopped as asked told the others, unless they were still joining it: those
     // are stopped now, not left to find the ring gone (or killed 10 s later).
