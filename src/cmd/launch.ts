@@ -369,12 +369,19 @@ function sharedCoreThreads(hosts: Host[], command: string[]): { MLX_CPU_THREADS?
 }
 
 /**
+ * MLX's ring backend's own lines ("[ring] Socket 8 was closed by the peer", a dozen of them when a
+ * rank is lost), unless the user asked for them (MLX_RING_VERBOSE): the ranks' error lines and
+ * the launcher's say what happened, in words.
+ */
+const ringChatter = (line: string) => line.startsWith("[ring] ") && !process.env.MLX_RING_VERBOSE;
+
+/**
  * Copies a rank's output to our stderr line by line, prefixed, keeping its last error line;
  * none while `quiet` says so.
  */
 function relay(stream: NodeJS.ReadableStream, prefix: string, r: Rank, quiet: () => boolean): void {
   createInterface({ input: stream, crlfDelay: Infinity }).on("line", (line) => {
-    if (quiet()) return;
+    if (quiet() || ringChatter(line)) return;
     if (line.startsWith("error:")) r.lastError = line.slice("error:".length).trim();
     if (line.trim()) r.lastLine = line.trim();
     process.stderr.write(`${prefix}${line}\n`);
