@@ -9,13 +9,15 @@
 // and when it closes (the launcher gone, the connection lost) the remote rank is stopped.
 import { defineCommand } from "citty";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { availableParallelism, constants, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { parseLayers, splitLayers } from "../engine/pipeline";
 import { readLayout } from "../models/layout";
+import { readDirectoryConfig } from "../models/load";
+import { checkShardable } from "../models/shard";
 import { remoteModel } from "../providers";
 import { locateModel, missingModelError } from "../store/resolve";
 import { describePlan, flag, readHostfile, ringHostfile, type Host } from "./launch-plan";
@@ -149,7 +151,12 @@ async function refuseSplitThatDoesNotFit(hosts: Host[], command: string[]): Prom
   const location = locateModel(flag(command, ["--model", "-m"]));
   if (location.kind === "missing") throw await missingModelError(location);
   const { path } = location;
-  if (!path || command.includes("--tensor-parallel")) return;
+  if (!path) return;
+  if (command.includes("--tensor-parallel")) {
+    // An MLX directory's config says it at once; a GGUF's is its metadata, left to the ranks.
+    if (statSync(path).isDirectory()) checkShardable(readDirectoryConfig(path), hosts.length);
+    return;
+  }
   const { numLayers } = readLayout(path);
   const layers = flag(command, ["--layers"]);
   if (layers !== undefined) parseLayers(layers, numLayers, hosts.length);

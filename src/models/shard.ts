@@ -41,6 +41,21 @@ export function evenRange(units: number, parts: number, part: number): [number, 
 }
 
 /**
+ * Refuses a model that --tensor-parallel cannot split over `size` ranks: another architecture,
+ * or fewer key-value heads than ranks (attention stays local to a rank, a head whole on one).
+ */
+export function checkShardable(config: ModelConfig, size: number): void {
+  if (!shardable.has(config.modelType))
+    throw new UnsupportedError(
+      `--tensor-parallel supports ${[...shardable].join(", ")} models; this one is ${config.modelType}`,
+    );
+  if (config.numKeyValueHeads < size)
+    throw new UnsupportedError(
+      `--tensor-parallel over ${size} ranks needs at least ${size} key-value heads; the model has ${config.numKeyValueHeads}`,
+    );
+}
+
+/**
  * Cuts the projections in `tensors` down to the shard's slice, in place (each full tensor is read,
  * copied from and freed in turn), and returns the config of the layers the shard holds (its heads
  * and MLP width). Refuses, with one line, a model whose heads or quantization groups do not split.
@@ -53,15 +68,8 @@ export function shardTensors(
   cuts?: Map<string, ShardCut>,
 ): ModelConfig {
   const { rank, size } = shard;
-  if (!shardable.has(config.modelType))
-    throw new UnsupportedError(
-      `--tensor-parallel supports ${[...shardable].join(", ")} models; this one is ${config.modelType}`,
-    );
+  checkShardable(config, size);
   const kvHeads = config.numKeyValueHeads;
-  if (kvHeads < size)
-    throw new UnsupportedError(
-      `--tensor-parallel over ${size} ranks needs at least ${size} key-value heads; the model has ${kvHeads}`,
-    );
   // Whole groups of query heads with their key-value head: attention stays local to a rank.
   const perKv = config.numAttentionHeads / kvHeads;
   const [kv0, kv1] = evenRange(kvHeads, size, rank);
