@@ -93,6 +93,7 @@ if (name !== undefined && Object.hasOwn(subCommands, name)) {
   argv = [...argv.slice(0, at + 1), ...withNegativeValues(args, argv.slice(at + 1))];
   const problem = flagProblem(name, args, argv.slice(at + 1));
   if (problem) fail(new Error(problem));
+  if (name === "launch") await checkLaunchedFlags(argv.slice(at + 1));
   const normalized = withEmptyValuesApart(args, withLastValues(args, argv.slice(at + 1)));
   argv = [...argv.slice(0, at + 1), ...withSwitchesJoined(args, normalized)];
 } else if (name !== undefined) {
@@ -100,6 +101,20 @@ if (name !== undefined && Object.hasOwn(subCommands, name)) {
   const close = closeMatches(name, Object.keys(subCommands), 2);
   const hint = close.length > 0 ? ` (did you mean ${close.join(" or ")}?)` : "";
   fail(new Error(`unknown command '${name}'${hint}; mlx --help lists the commands`));
+}
+
+/**
+ * `mlx launch ... -- <command> ...`: the command's flags checked once here, as each rank checks
+ * its own (a misspelt flag was every rank's line and the launcher's again).
+ */
+async function checkLaunchedFlags(launchArgv: string[]): Promise<void> {
+  const end = launchArgv.indexOf("--");
+  const [command, ...flags] = end >= 0 ? launchArgv.slice(end + 1) : [];
+  const { commandsThatSplit } = await import("./cmd/launch");
+  if (command === undefined || !commandsThatSplit.includes(command)) return; // launch says so
+  const args = (await loadCommand(command as Name)).args as ArgsDef;
+  const problem = flagProblem(command, args, withNegativeValues(args, flags));
+  if (problem) fail(new Error(problem));
 }
 
 const environmentProblem = kernelEnvironmentProblem();

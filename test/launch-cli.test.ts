@@ -115,6 +115,33 @@ describe("mlx launch: the command after --", () => {
     expect(remote.code).toBe(1);
   }, 60_000);
 
+  test("a misspelt flag of the command is one line before any rank starts, not every rank's and the launcher's", async () => {
+    for (const [command, hint] of [
+      ["run", " (did you mean --temp?)"],
+      ["serve", ""],
+    ]) {
+      const { stdout, stderr, code } = await mlx([
+        "launch",
+        "-n",
+        "2",
+        "--",
+        command!,
+        "-m",
+        tiny,
+        "--temprature",
+        "0",
+      ]);
+      expect(stdout).toBe("");
+      expect(stderr).toBe(
+        `error: unknown option --temprature for mlx ${command}${hint}; mlx ${command} --help lists them\n`,
+      );
+      expect(code).toBe(1);
+    }
+    // Past the command's own --, a word of the prompt.
+    const prompt = await mlx(["launch", "-n", "2", "--", "run", "-m", tiny, "--max-tokens", "1", "--", "--temprature"]);
+    expect(prompt.code).toBe(0);
+  }, 60_000);
+
   test("-- run --help shows run's help once, not launch's", async () => {
     const { stdout, stderr, code } = await mlx(["launch", "-n", "2", "--", "run", "--help"]);
     expect(code).toBe(0);

@@ -92,7 +92,7 @@ export default defineCommand({
  * The commands that take a rank's place in the ring (--hostfile, --rank): any other would run
  * whole on every rank (pull, rm or launch itself N times at once).
  */
-const commandsThatSplit = ["run", "chat", "serve", "bench", "cache-prompt"];
+export const commandsThatSplit = ["run", "chat", "serve", "bench", "cache-prompt"];
 
 /**
  * The command's own --hostfile or --rank would win over the ring and rank launch gives each

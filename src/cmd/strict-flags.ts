@@ -72,7 +72,7 @@ export function withNegativeValues(args: ArgsDef, argv: string[]): string[] {
 /**
  * The one-line problem with `argv` (what follows `mlx <command>`) against the command's declared
  * `args`, or undefined where there is none. What follows `--` is not looked at: launch's command,
- * which its ranks check themselves.
+ * checked apart against its own flags (main.ts).
  */
 export function flagProblem(command: string, args: ArgsDef, argv: string[]): string | undefined {
   const options = declaredOptions(args);
