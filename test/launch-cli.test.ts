@@ -226,6 +226,21 @@ describe("mlx launch: the ranks' split flags", () => {
     }
   }, 60_000);
 
+  test("what every rank refuses in the same words is said once, and rank 0's own error not again by the launcher", async () => {
+    // Rank 0 alone refuses it (its heads of 16 values are no quantization group): its line, as alone.
+    const kv = await mlx(["launch", "-n", "2", "--", "run", "-m", tiny, "--kv-bits", "4", "hi"]);
+    expect(kv.stderr).toBe(
+      "error: invalid option: a 4-bit KV cache needs the head size (16) to be a multiple of its group size (64); this model's KV cache cannot be quantized\n",
+    );
+    expect(kv.code).toBe(1);
+    // Every rank refuses it: one rank's line, and at most the launcher's naming the rank that ended first.
+    const temp = await mlx(["launch", "-n", "3", "--", "run", "-m", tiny, "--temp", "-1", "hi"]);
+    const lines = temp.stderr.trim().split("\n");
+    expect(lines.filter((line) => /^(\[rank \d\] )?error: --temp must be >= 0 \(got -1\)$/.test(line))).toHaveLength(1);
+    expect(lines.length).toBeLessThanOrEqual(2);
+    expect(temp.code).toBe(1);
+  }, 60_000);
+
   const runWithPeerTimeout = (seconds: string) => [
     "run",
     "-m",

@@ -236,6 +236,8 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
   // rank 0 on a terminal: it may read it (chat), which a background group may not; the
   // terminal's Ctrl-C reaches it itself.
   const rankZeroOnTerminal = !hosts[0]!.ssh && Boolean(process.stdin.isTTY);
+  // What the ranks' error lines said: one that every rank refuses in the same words is said once.
+  const errorsSaid = new Set<string>();
   const ranks: Rank[] = hosts.map((host, rank) => {
     const env = {
       ...process.env,
@@ -280,8 +282,8 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
     const quiet = () => rank > 0 && stoppingServer();
     if (rank === 0)
       child.stdout?.pipe(process.stdout); // over ssh
-    else relay(child.stdout!, prefix, r, quiet);
-    relay(child.stderr!, prefix, r, quiet);
+    else relay(child.stdout!, prefix, r, quiet, errorsSaid);
+    relay(child.stderr!, prefix, r, quiet, errorsSaid);
     return r;
   });
   const stopAll = (signal: NodeJS.Signals) => {
@@ -337,7 +339,8 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
       );
       const failed =
         first.status.signal === null && killed >= 0 ? { r: ranks[killed]!, status: statuses[killed]! } : first;
-      reportFailure(failed.r, failed.status);
+      // Rank 0 that said why it failed has said it as one process would: not said again.
+      if (!(failed.r.rank === 0 && failed.r.lastError)) reportFailure(failed.r, failed.status);
       return failed.r.rank === 0 && failed.status.code ? failed.status.code : 1;
     }
     // Serve's rank 0 stopped as asked told the others, unless they were still joining it: those
@@ -384,12 +387,16 @@ const ringChatter = (line: string) => line.startsWith("[ring] ") && !process.env
 
 /**
  * Copies a rank's output to our stderr line by line, prefixed, keeping its last error line;
- * none while `quiet` says so.
+ * none while `quiet` says so, nor an error line another rank has said already (`said`).
  */
-function relay(stream: NodeJS.ReadableStream, prefix: string, r: Rank, quiet: () => boolean): void {
+function relay(stream: NodeJS.ReadableStream, prefix: string, r: Rank, quiet: () => boolean, said: Set<string>): void {
   createInterface({ input: stream, crlfDelay: Infinity }).on("line", (line) => {
     if (quiet() || ringChatter(line)) return;
-    if (line.startsWith("error:")) r.lastError = line.slice("error:".length).trim();
+    if (line.startsWith("error:")) {
+      r.lastError = line.slice("error:".length).trim();
+      if (said.has(r.lastError)) return;
+      said.add(r.lastError);
+    }
     if (line.trim()) r.lastLine = line.trim();
     process.stderr.write(`${prefix}${line}\n`);
   });
