@@ -1,8 +1,9 @@
 // Best-effort file operations for caches: on a disk that refuses them (read-only, full, gone) a
 // cache is only not kept or not ordered, never an error of what uses it. And the room a disk has
-// left, asked before writing much to it.
-import { existsSync, rmSync, statfsSync, utimesSync } from "node:fs";
+// left, asked before writing much to it. And a text file read up to a bound.
+import { closeSync, existsSync, openSync, readSync, rmSync, statfsSync, utimesSync } from "node:fs";
 import { dirname, resolve } from "node:path";
+import { formatBytes } from "./format";
 
 /** Removes `path` if the disk lets us. */
 export function removeQuietly(path: string): void {
@@ -53,4 +54,35 @@ export function requireFreeSpace(dir: string, bytes: number, what: string): void
 export class NotEnoughSpaceError extends Error {
   override name = "NotEnoughSpaceError";
   readonly code = "ENOSPC";
+}
+
+/**
+ * The text of a file the user named, read only up to `maxBytes`: a device that never ends
+ * (/dev/zero, /dev/urandom) or a huge file is refused with a FileTooLargeError once that much is
+ * read, where a whole read held the event loop and filled memory for good. A pipe
+ * (`<(command)`) is read to its end as a file is.
+ */
+export function readTextAtMost(path: string, maxBytes: number): string {
+  const fd = openSync(path, "r");
+  try {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(Math.min(1 << 20, maxBytes + 1 - total));
+      const read = readSync(fd, chunk, 0, chunk.length, null);
+      if (read === 0) break;
+      chunks.push(chunk.subarray(0, read));
+      total += read;
+      if (total > maxBytes) throw new FileTooLargeError(`larger than ${formatBytes(maxBytes)}`);
+    }
+    return Buffer.concat(chunks, total).toString("utf8");
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** readTextAtMost's refusal: its message says how large a file may be. */
+export class FileTooLargeError extends Error {
+  override name = "FileTooLargeError";
+  readonly code = "EFBIG";
 }

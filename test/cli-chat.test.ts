@@ -10,6 +10,7 @@ import {
   openSync,
   readFileSync,
   statSync,
+  truncateSync,
   writeFileSync,
   writeSync,
 } from "node:fs";
@@ -614,6 +615,30 @@ describe("mlx chat with piped input", () => {
     expect(stderr).toContain("error: /set repeat_penalty must be > 0 (got 0)\n");
     expect(stderr).toContain("error: /set top_p must be in (0, 1] (got 2)\n");
     expect(stderr).toMatch(/max_tokens 2, seed random,/); // nothing was changed
+  });
+
+  test("/load and /set format read a file only up to a bound: one far too large is one line, and the chat goes on", async () => {
+    const piped = join(root, "piped-huge");
+    writeTinyModel(piped);
+    // Sparse, a byte over each bound: read whole, /load /dev/zero (a file without an end) held
+    // the chat for good, its memory growing.
+    const huge = join(root, "huge.json");
+    const hugeSchema = join(root, "huge-schema.json");
+    for (const [file, bytes] of [
+      [huge, 64e6 + 1],
+      [hugeSchema, 16e6 + 1],
+    ] as const) {
+      writeFileSync(file, "");
+      truncateSync(file, bytes);
+    }
+    const { stdout, stderr, code } = await chatCli(
+      ["-m", piped, "--max-tokens", "2"],
+      `/load ${huge}\n/set format ${hugeSchema}\nhi\n`,
+    );
+    expect(code).toBe(0);
+    expect(stderr).toContain(`error: cannot read '${huge}': larger than 64.0 MB\n`);
+    expect(stderr).toContain(`error: cannot read schema file '${hugeSchema}': larger than 16.0 MB\n`);
+    expect(stdout.trim().split("\n").length).toBe(1); // "hi" answered
   });
 
   test("--stats with a rotating cache names what bounds it, not the model's length the conversation outgrows", async () => {

@@ -1,7 +1,7 @@
 // Arguments shared by the commands that generate text, and their translation into the
 // engine's sampling parameters.
 import type { ArgsDef } from "citty";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { validateSampling } from "../engine/sampling";
 import type { SamplingInput } from "../api/common";
 import { settleSampling } from "../engine/model-settings";
@@ -19,6 +19,7 @@ import type { LoadedModel, SpeculationChoice } from "../models/load";
 import { modelMaxTokens } from "../engine/request";
 import type { PipelineSpec } from "../engine/pipeline";
 import { fileErrorReason } from "../format";
+import { readTextAtMost } from "../files";
 import { InvalidParameterError } from "../errors";
 import { MAX_TIMER_MS } from "../event-loop";
 
@@ -353,12 +354,18 @@ export async function formatFrom(args: Record<string, unknown>): Promise<OutputF
   return readFormat("json");
 }
 
+/**
+ * The most bytes of a schema file read: far over what constrained decoding compiles (its own
+ * limit says so), and a bound on a file that never ends (/set format /dev/zero held the chat).
+ */
+const schemaFileBytes = 16e6;
+
 /** "json", or a JSON Schema file: read, parsed and validated, with a one-line error naming what is wrong. */
 export async function readFormat(spec: string): Promise<OutputFormat> {
   if (spec === "json") return { format: "json", label: "json" };
   let text: string;
   try {
-    text = readFileSync(spec, "utf8");
+    text = readTextAtMost(spec, schemaFileBytes);
   } catch (error) {
     throw new Error(`cannot read schema file '${spec}': ${fileErrorReason(error)}`);
   }

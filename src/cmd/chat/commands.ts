@@ -1,7 +1,7 @@
 // The slash commands of `mlx chat`. Each gets the session and its argument text, and
 // returns false when the chat should end.
 import { errorLine } from "../errors";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import * as p from "@clack/prompts";
 import type { ChatSession } from "./session";
 import type { KeyLender } from "./input";
@@ -19,6 +19,13 @@ import { settleSampling } from "../../engine/model-settings";
 import { fileErrorReason, writeErrorReason } from "../../format";
 import { Conversation } from "../../engine/conversation";
 import { loadAliases } from "../../store/aliases";
+import { readTextAtMost } from "../../files";
+
+/**
+ * The most bytes /load reads: a conversation holds at most a context's worth of text (a million
+ * tokens is a few MB), so more is not one (/load /dev/zero read for good, its memory growing).
+ */
+const savedConversationBytes = 64e6;
 
 /** `lendKeys` lends the terminal's keys to a prompt of the command's own; absent without a terminal. */
 type Handler = (session: ChatSession, args: string, lendKeys?: KeyLender) => Promise<boolean | void> | boolean | void;
@@ -138,7 +145,7 @@ const commands: Record<string, Handler> = {
 function readSaved(file: string) {
   let text: string;
   try {
-    text = readFileSync(file, "utf8");
+    text = readTextAtMost(file, savedConversationBytes);
   } catch (error) {
     throw new Error(`cannot read '${file}': ${fileErrorReason(error)}`);
   }
