@@ -641,6 +641,23 @@ describe("mlx chat with piped input", () => {
     expect(stdout.trim().split("\n").length).toBe(1); // "hi" answered
   });
 
+  test("/set parameter takes Ollama's names (temperature, num_predict), and /set verbose|quiet turn the stats on and off", async () => {
+    const piped = join(root, "piped-ollama-set");
+    writeTinyModel(piped);
+    const { stderr, code } = await chatCli(
+      ["-m", piped, "--max-tokens", "2"],
+      "/set parameter temperature 0.5\n/set parameter num_predict 3\n/set parameter top_k 4\n/set parameter num_ctx 9\n/set parameter\n/set verbose\nhi\n/set quiet\nhi\n/show\n",
+    );
+    expect(code).toBe(0);
+    expect(stderr).toContain("temp = 0.5\nmax_tokens = 3\ntop_k = 4\n");
+    expect(stderr).toContain("error: unknown setting 'num_ctx'");
+    expect(stderr).toContain("error: usage: /set parameter <name> <value> (names: temperature, num_predict, temp,");
+    expect(stderr).toMatch(/settings: +temp 0\.5, top_p 1, top_k 4, min_p 0, repeat_penalty 1, max_tokens 3,/);
+    // The stats line after the first "hi" alone: verbose, then quiet.
+    expect(stderr).toContain("stats on\n");
+    expect(stderr.match(/tokens\/s/g)?.length).toBe(1);
+  });
+
   test("--stats with a rotating cache names what bounds it, not the model's length the conversation outgrows", async () => {
     const piped = join(root, "piped-rotating");
     writeTinyModel(piped, { contextLength: 64 });

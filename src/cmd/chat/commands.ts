@@ -10,6 +10,7 @@ import {
   applySetting,
   describeModel,
   describeRemoteModel,
+  parameterSetting,
   settingNames,
   type ChatSettings,
 } from "./settings";
@@ -33,6 +34,7 @@ type Handler = (session: ChatSession, args: string, lendKeys?: KeyLender) => Pro
 const help = `commands:
   /set <name> <value>   change a setting: ${settingNames.join(", ")}
                         (/set format json|<schema file>|off: answers as JSON, or JSON matching a schema)
+                        (as in Ollama: /set parameter temperature|num_predict|top_k|... <value>, /set verbose|quiet)
   /show                 the model (architecture, parameters, quantization, context, template) and settings
   /clear                forget the conversation
   /save <file>          save the conversation as JSON
@@ -57,8 +59,12 @@ const commands: Record<string, Handler> = {
   },
   set: async (s, args) => {
     // The value as typed: a system prompt keeps its spacing.
-    const [, name = "", value = ""] = /^(\S*)\s*([\s\S]*)$/.exec(args) ?? [];
+    let [, name = "", value = ""] = /^(\S*)\s*([\s\S]*)$/.exec(args) ?? [];
     if (!name) return s.say(`usage: /set <name> <value> (names: ${settingNames.join(", ")})`);
+    // As ollama run takes them: /set parameter temperature 0.7, and /set verbose|quiet for the stats.
+    if (name === "parameter") [name, value] = parameterSetting(value);
+    if ((name === "verbose" || name === "quiet") && !value.trim())
+      return commands.stats!(s, name === "verbose" ? "on" : "off");
     if (name === "format") return s.say(await applyFormat(s.settings, value));
     s.say(applySetting(s.settings, name, value));
     if (name === "system") s.conversation.system = s.settings.system;

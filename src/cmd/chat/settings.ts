@@ -58,6 +58,28 @@ export async function applyFormat(s: ChatSettings, value: string): Promise<strin
     : `format = ${spec}: answers follow this JSON Schema`;
 }
 
+/** Ollama's names for what /set parameter sets, where /set names it otherwise. */
+const ollamaParameterNames: Record<string, (typeof settingNames)[number]> = {
+  temperature: "temp",
+  num_predict: "max_tokens",
+};
+
+/**
+ * `/set parameter <name> <value>`, as `ollama run` takes it (temperature, num_predict, top_k, ...):
+ * the setting's name as /set takes it, and its value. It was "unknown setting 'parameter'".
+ */
+export function parameterSetting(args: string): [name: string, value: string] {
+  const [, name = "", value = ""] = /^(\S*)\s*([\s\S]*)$/.exec(args) ?? [];
+  if (!name) throw new Error(`usage: /set parameter <name> <value> (names: ${parameterNames.join(", ")})`);
+  return [ollamaParameterNames[name] ?? name, value];
+}
+
+/** The names /set parameter takes: Ollama's, then /set's own for the same settings. */
+const parameterNames = [
+  ...Object.keys(ollamaParameterNames),
+  ...settingNames.filter((name) => name !== "system" && name !== "format"),
+];
+
 const unknownSetting = (name: string) => new Error(`unknown setting '${name}' (settings: ${settingNames.join(", ")})`);
 
 /** Applies `/set <name> <value>`; returns a confirmation line, or throws with what is wrong. */
