@@ -658,6 +658,28 @@ describe("mlx chat with piped input", () => {
     expect(stderr.match(/tokens\/s/g)?.length).toBe(1);
   });
 
+  test("/show <part> shows that part alone, as in Ollama; an unknown part is one line naming the parts", async () => {
+    const piped = join(root, "piped-show-part");
+    writeTinyModel(piped);
+    const show = async (command: string) => {
+      const { stderr, code } = await chatCli(["-m", piped, "--max-tokens", "2"], `/set system be brief\n${command}\n`);
+      expect(code).toBe(0);
+      return stderr.replace("system prompt set\n", "");
+    };
+    expect(await show("/show system")).toBe("system prompt:  be brief\n");
+    expect(await show("/show parameters")).toMatch(/^settings: +temp 0, [^\n]*format off\n$/);
+    expect(await show("/show info")).toMatch(/^model: [^\n]*\n(?:.+\n)*speculation: +off\n$/);
+    expect(await show("/show info")).not.toContain("settings:");
+    expect(await show("/show template")).toMatch(/^chat template:\n\{%/);
+    expect(await show("/show license")).toBe(
+      "error: unknown part 'license' to show; /show alone shows all, or /show info|parameters|system|template\n",
+    );
+    // Alone, all of them, as before.
+    const all = await show("/show");
+    for (const line of ["model:", "settings:", "system prompt:  be brief", "chat template:"])
+      expect(all).toContain(line);
+  });
+
   test("--stats with a rotating cache names what bounds it, not the model's length the conversation outgrows", async () => {
     const piped = join(root, "piped-rotating");
     writeTinyModel(piped, { contextLength: 64 });

@@ -11,6 +11,8 @@ import {
   describeModel,
   describeRemoteModel,
   parameterSetting,
+  showPart,
+  showParts,
   settingNames,
   type ChatSettings,
 } from "./settings";
@@ -35,7 +37,8 @@ const help = `commands:
   /set <name> <value>   change a setting: ${settingNames.join(", ")}
                         (/set format json|<schema file>|off: answers as JSON, or JSON matching a schema)
                         (as in Ollama: /set parameter temperature|num_predict|top_k|... <value>, /set verbose|quiet)
-  /show                 the model (architecture, parameters, quantization, context, template) and settings
+  /show [part]          the model (architecture, parameters, quantization, context, template) and settings;
+                        one part of it: /show ${showParts.join("|")}
   /clear                forget the conversation
   /save <file>          save the conversation as JSON
   /load <file>          load a conversation saved with /save
@@ -53,9 +56,14 @@ const commands: Record<string, Handler> = {
     s.conversation.clear();
     s.say("conversation cleared");
   },
-  show: (s) => {
+  show: (s, args) => {
     const c = s.conversation;
-    s.say(c instanceof Conversation ? describeModel(c.lm, s.settings) : describeRemoteModel(c.remote, s.settings));
+    const part = showPart(args);
+    s.say(
+      c instanceof Conversation
+        ? describeModel(c.lm, s.settings, part)
+        : describeRemoteModel(c.remote, s.settings, part),
+    );
   },
   set: async (s, args) => {
     // The value as typed: a system prompt keeps its spacing.

@@ -176,11 +176,42 @@ function speculationOf(lm: LoadedModel): string {
   return `${s.draft ? `draft model ${s.draft.path}` : "prompt lookup"}, ${s.numDraft} tokens drafted per step`;
 }
 
-export function describeModel(lm: LoadedModel, s: ChatSettings): string {
+/** What /show shows of the model and settings, one part at a time, as `ollama run`'s /show takes them. */
+export const showParts = ["info", "parameters", "system", "template"] as const;
+export type ShowPart = (typeof showParts)[number];
+
+/** `/show [part]`: the part named, or all of them; an unknown part throws with the parts /show takes. */
+export function showPart(args: string): ShowPart | undefined {
+  const part = args.trim();
+  if (!part) return undefined;
+  if (!(showParts as readonly string[]).includes(part))
+    throw new Error(`unknown part '${part}' to show; /show alone shows all, or /show ${showParts.join("|")}`);
+  return part as ShowPart;
+}
+
+/** The parts asked for (all without `part`), each a block of lines. */
+const describe = (parts: Partial<Record<ShowPart, string[]>>, part: ShowPart | undefined) =>
+  (part ? (parts[part] ?? []) : showParts.flatMap((name) => parts[name] ?? [])).join("\n");
+
+export function describeModel(lm: LoadedModel, s: ChatSettings, part?: ShowPart): string {
+  const template = lm.tokenizer.chatTemplate ?? "(none)";
+  return describe(
+    {
+      info: part === undefined || part === "info" ? modelInfo(lm) : [],
+      parameters: [describeSampling(s, samplingFor(s, lm))],
+      system: describeSystem(s, lm.prompt),
+      // Whole where it alone is asked for.
+      template: [`chat template:\n${template.length > 600 && !part ? `${template.slice(0, 600)}…` : template}`],
+    },
+    part,
+  );
+}
+
+/** The model's own figures (counting a split model's parameters reads its files: only asked for). */
+function modelInfo(lm: LoadedModel): string[] {
   const c = lm.config;
   // Split across processes, this one holds only its share of the weights: the files tell the whole.
   const params = lm.stage || lm.weights.shard ? readLayout(lm.path).parameters : parameterCount(lm);
-  const template = lm.tokenizer.chatTemplate ?? "(none)";
   return [
     `model:          ${lm.path} (${lm.format})`,
     `architecture:   ${c.modelType}, ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, ${c.numAttentionHeads} heads (${c.numKeyValueHeads} kv)`,
@@ -189,21 +220,28 @@ export function describeModel(lm: LoadedModel, s: ChatSettings): string {
     `context length: ${c.maxPositionEmbeddings}`,
     `kv cache:       ${kvCacheOf(lm)}`,
     `speculation:    ${speculationOf(lm)}`,
-    ...describeSettings(s, samplingFor(s, lm), lm.prompt),
-    `chat template:\n${template.length > 600 ? `${template.slice(0, 600)}…` : template}`,
-  ].join("\n");
+  ];
 }
 
-export function describeRemoteModel(remote: RemoteModel, s: ChatSettings): string {
-  return [
-    `model:          ${remote.config.model} (remote, ${remote.config.kind} provider at ${remote.config.baseUrl})`,
-    ...describeSettings(s, samplingFor(s, remote)),
-  ].join("\n");
+export function describeRemoteModel(remote: RemoteModel, s: ChatSettings, part?: ShowPart): string {
+  return describe(
+    {
+      info: [
+        `model:          ${remote.config.model} (remote, ${remote.config.kind} provider at ${remote.config.baseUrl})`,
+      ],
+      parameters: [describeSampling(s, samplingFor(s, remote))],
+      system: describeSystem(s),
+      template: ["chat template:  the provider's (a remote model is sent messages, not a rendered prompt)"],
+    },
+    part,
+  );
 }
+
+const describeSampling = (s: ChatSettings, sampling: SamplingParams) =>
+  `settings:       temp ${sampling.temperature}, top_p ${sampling.topP}, top_k ${sampling.topK}, min_p ${sampling.minP}, repeat_penalty ${sampling.repetitionPenalty}, max_tokens ${s.maxTokens}, seed ${sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`;
 
 /** `model`: the turns the model's alias puts first (models.toml's system and messages), where /set system has not replaced them. */
-const describeSettings = (s: ChatSettings, sampling: SamplingParams, model: ModelPrompt = {}) => [
-  `settings:       temp ${sampling.temperature}, top_p ${sampling.topP}, top_k ${sampling.topK}, min_p ${sampling.minP}, repeat_penalty ${sampling.repetitionPenalty}, max_tokens ${s.maxTokens}, seed ${sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`,
+const describeSystem = (s: ChatSettings, model: ModelPrompt = {}) => [
   `system prompt:  ${s.system ?? (model.system === undefined ? "(none)" : `${model.system} (the alias's, in models.toml)`)}`,
   ...(model.messages?.length
     ? [`first turns:    ${model.messages.length} messages (the alias's, in models.toml)`]
