@@ -246,6 +246,36 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal, leaving from inside a block",
   });
 });
 
+describe.skipIf(!hasTmux)("mlx chat in a dumb terminal (TERM=dumb)", () => {
+  const dumb = `${session}-dumb`;
+  const dumbModel = join(root, "dumb-model");
+  beforeAll(() => writeTinyModel(dumbModel));
+  afterAll(() => {
+    if (tmux("has-session", "-t", dumb).exitCode === 0) tmux("kill-session", "-t", dumb);
+  });
+
+  test('Ctrl-C clears a half-typed line and a """ block\'s: the next line typed goes alone (a /bye leaves)', async () => {
+    const status = join(root, "dumb-status");
+    const command = `TERM=dumb MLX_HOME='${home}' ${mlxCommand} chat -m '${dumbModel}' --max-tokens 4 --stats; echo $? > '${status}'`;
+    tmux("new-session", "-d", "-s", dumb, "-x", "150", "-y", "50", command);
+    const view = () => tmux("capture-pane", "-p", "-t", dumb).stdout.toString();
+    const deadline = Date.now() + 20_000;
+    const until = async (done: () => boolean) => {
+      while (!done() && Date.now() < deadline) await Bun.sleep(100);
+    };
+    await until(() => /^>>>\s*$/m.test(view()));
+    tmux("send-keys", "-t", dumb, "half typed", "C-c");
+    await until(() => /half typed\^C\n>>>\s*$/m.test(view()));
+    tmux("send-keys", "-t", dumb, '"""', "Enter", "in the block", "Enter", "half a line", "C-c");
+    await until(() => (view().match(/\^C/g) ?? []).length === 2);
+    // Readline edits nothing in a dumb terminal: the text was kept and sent with /bye, as a message.
+    tmux("send-keys", "-t", dumb, "/bye", "Enter");
+    await until(() => existsSync(status) && readFileSync(status, "utf8").trim() !== "");
+    expect(existsSync(status) ? readFileSync(status, "utf8").trim() : `still running:\n${view()}`).toBe("0");
+    expect(view()).not.toContain("tokens/s"); // nothing was answered
+  });
+});
+
 describe.skipIf(!hasTmux)("mlx chat in a terminal, suspended with Ctrl-Z", () => {
   const suspended = `${session}-suspend`;
   const suspendModel = join(root, "suspend-model");

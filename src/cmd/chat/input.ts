@@ -114,13 +114,21 @@ export class LineInput {
   #ctrlCAtPrompt(): void {
     if (this.#inBlock) {
       process.stdout.write("^C\n");
-      this.#rl.write(null, { ctrl: true, name: "u" });
+      this.#clearLine();
       this.#push(cancelBlock);
     } else if (this.#rl.line.length > 0) {
       process.stdout.write("^C\n");
-      this.#rl.write(null, { ctrl: true, name: "u" });
+      this.#clearLine();
       this.#rl.prompt();
     } else this.#rl.close();
+  }
+
+  /** Empties the line being typed (Ctrl-U), before the prompt is drawn again. */
+  #clearLine(): void {
+    this.#rl.write(null, { ctrl: true, name: "u" });
+    // readline in a dumb terminal (TERM=dumb) takes no editing keys, Ctrl-U included: its line is
+    // emptied by hand. Left, the text a Ctrl-C cleared from the screen went out with the next line.
+    if (this.#rl.line.length > 0) Object.assign(this.#rl, { line: "", cursor: 0 });
   }
 
   /** Whether a Ctrl-C came right after the line last read (see #ctrlCAfterLine); it is taken. */
