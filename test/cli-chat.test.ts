@@ -710,6 +710,14 @@ describe("mlx chat with piped input", () => {
       expect(all).toContain(line);
   });
 
+  test("--verbose shows the figures after each answer, as mlx run --verbose and ollama run --verbose do", async () => {
+    const piped = join(root, "piped-verbose");
+    writeTinyModel(piped);
+    const { stderr, code } = await chatCli(["-m", piped, "--max-tokens", "2", "--verbose"], "hi\nagain\n");
+    expect(code).toBe(0);
+    expect(stderr.match(/tokens\/s · first token [^\n]* · prompt \d+ new \+ \d+ cached tokens/g)?.length).toBe(2);
+  });
+
   test("--stats with a rotating cache names what bounds it, not the model's length the conversation outgrows", async () => {
     const piped = join(root, "piped-rotating");
     writeTinyModel(piped, { contextLength: 64 });

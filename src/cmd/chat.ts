@@ -44,7 +44,11 @@ export default defineCommand({
     ...speculationArgs,
     ...distributedArgs,
     stats: { type: "boolean", description: "Show tokens/s, time to first token and context use after each answer" },
-    verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
+    verbose: {
+      type: "boolean",
+      alias: "v",
+      description: "Show the --stats figures after each answer, and stack traces on errors",
+    },
   },
   async run({ args }) {
     const verbose = Boolean(args.verbose);
@@ -56,7 +60,8 @@ export default defineCommand({
       const settings = {
         sampling: samplingFrom(args),
         system: args.system,
-        stats: Boolean(args.stats),
+        // --verbose as mlx run's and ollama run's: the speed figures after each answer.
+        stats: Boolean(args.stats || args.verbose),
         thinking: thinkingFrom(args),
         hideThinking: Boolean(args["hide-thinking"]),
       };
