@@ -18,6 +18,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { cliRunner } from "./helpers/cli";
+import { startServe } from "./helpers/serve";
 
 const hasTmux = Bun.spawnSync(["which", "tmux"]).exitCode === 0;
 const root = mkdtempSync(join(tmpdir(), "mlx-chat-"));
@@ -917,5 +918,34 @@ describe("mlx chat /model", () => {
     const { stdout, stderr } = await chat([], `/model ${untemplated}\nhello\n`, { errors: true });
     expect(stderr).toBe(refusal);
     expect(stdout.trim()).not.toBe(""); // answered by the model it had
+  });
+});
+
+describe("mlx chat with a remote model", () => {
+  test("a conversation past the provider's context drops its oldest exchanges and goes on, as a local one does", async () => {
+    const far = join(root, "remote-model");
+    writeTinyModel(far, { contextLength: 512 });
+    const { proc, url } = await startServe(far, [], { MLX_HOME: join(root, "serve-home") });
+    try {
+      const remoteHome = join(root, "remote-home");
+      mkdirSync(remoteHome, { recursive: true });
+      writeFileSync(
+        join(remoteHome, "models.toml"),
+        `[models.far]\nprovider = "openai"\nbase_url = "${url}/v1"\nmodel = "${far}"\n`,
+      );
+      // Each exchange some 85 tokens: ten outgrow the 512 the server's model holds.
+      const lines = Array.from({ length: 10 }, (_, i) => `message number ${i} with some words to fill the context\n`);
+      const { stderr, code } = await cliRunner(remoteHome)(
+        ["chat", "-m", "far", "--max-tokens", "60", "--temp", "0"],
+        lines.join(""),
+      );
+      // Every message was refused once the conversation outgrew the context, until /clear.
+      expect(stderr).not.toContain("error:");
+      expect(stderr).toContain("(context full: dropped the ");
+      expect(code).toBe(0);
+    } finally {
+      proc.kill();
+      await proc.exited;
+    }
   });
 });
