@@ -348,8 +348,9 @@ describe("mlx launch -- serve", () => {
       const unknown = await ask("gemma");
       expect(unknown.status).toBe(404);
       expect(((await unknown.json()) as any).error.message).toEndWith("; known models: plain, same");
+      // Listed under each name it was asked by (the alias of the same weights and settings too).
       const ps = (await (await fetch(`${server.url}/api/ps`)).json()) as any;
-      expect(ps.models.map((m: { name: string }) => m.name)).toEqual(["plain"]);
+      expect(ps.models.map((m: { name: string }) => m.name)).toEqual(["plain", "same"]);
       // The model's size as one process holds it, not rank 0's share of it.
       const whole = loadModel(tiny);
       expect(ps.models[0]).toMatchObject({
@@ -366,7 +367,7 @@ describe("mlx launch -- serve", () => {
       expect(stop.status).toBe(200);
       await Bun.sleep(100);
       const after = (await (await fetch(`${server.url}/api/ps`)).json()) as any;
-      expect(after.models.map((m: { name: string }) => m.name)).toEqual(["plain"]);
+      expect(after.models.map((m: { name: string }) => m.name)).toEqual(["plain", "same"]);
     } finally {
       server.proc.kill("SIGTERM");
       await server.proc.exited;
