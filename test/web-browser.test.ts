@@ -932,6 +932,23 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 30_000);
 
+  test("the dashboard's time axis spans a minute from its first point, not years", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/dashboard`);
+    const chart = page.locator(".chart[data-title='Output tokens'][data-points='1']");
+    await chart.waitFor();
+    // uPlot draws on a canvas: the page keeps the time axis' range in data attributes.
+    const [from, to] = [
+      Number(await chart.getAttribute("data-time-from")),
+      Number(await chart.getAttribute("data-time-to")),
+    ];
+    const time = ((await page.evaluate("Date.now()")) as number) / 1000;
+    // The first point is the server's time now: the axis starts there and spans a minute, not the
+    // years uPlot padded a range of one point by (2027, 2028, 2029 on the axis).
+    expect(Math.abs(from - time)).toBeLessThan(120);
+    expect(to - from).toBe(60);
+    expect(errors).toEqual([]);
+  }, 30_000);
+
   test("behind a proxy that serves the server under /mlx/, the chat answers and the dashboard follows", async () => {
     // A reverse proxy as nginx's `location /mlx/ { proxy_pass http://server/; }`: the prefix
     // is cut off on the way in; responses, streams among them, pass through unchanged.

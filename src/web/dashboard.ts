@@ -35,6 +35,8 @@ interface Frame {
 
 /** Points kept per series (five minutes at one frame a second). */
 const KEEP = 300;
+/** The least time the time axis spans, in seconds (one point, or a few, at the start). */
+const MIN_SPAN_SECONDS = 60;
 const palette = ["#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea"];
 const css = (name: string) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
@@ -88,7 +90,31 @@ class Chart {
           })),
         ],
         axes: [axis, { ...axis, size: 60 }],
-        scales: { y: { range: (_u, _min, max) => [0, Math.max((max ?? 0) * 1.1, 1)] } },
+        scales: {
+          // From the first point to the last, a minute at least. uPlot widens a single point's
+          // range itself (by 86400 / ms: 1000 days for times in seconds), before this sees it, and
+          // the axis showed years (2027, 2028, …): the range is taken from the times themselves.
+          x: {
+            time: true,
+            range: (u, min, max) => {
+              const times = u.data[0];
+              if (times.length === 0) return [min, max];
+              const first = times[0]!;
+              return [first, Math.max(times.at(-1)!, first + MIN_SPAN_SECONDS)];
+            },
+          },
+          y: { range: (_u, _min, max) => [0, Math.max((max ?? 0) * 1.1, 1)] },
+        },
+        hooks: {
+          // The time axis' range, in the page (uPlot draws on a canvas): what the axis spans.
+          setScale: [
+            (u, key) => {
+              if (key !== "x") return;
+              this.element.dataset.timeFrom = String(u.scales.x!.min);
+              this.element.dataset.timeTo = String(u.scales.x!.max);
+            },
+          ],
+        },
         cursor: { drag: { x: false, y: false } },
         legend: { live: false },
       },
