@@ -447,6 +447,45 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("a conversation whose model the server no longer has says so, and is not answered by another model", async () => {
+    const gone = "gone-model-since-exported";
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await importConversation(page, {
+      title: "Its model is gone",
+      model: gone,
+      messages: [
+        { role: "user", content: "Hi" },
+        { role: "assistant", content: "Hello" },
+      ],
+    } as { title: string; messages: unknown[] });
+    await page.locator("#conversations li.current .open", { hasText: "Its model is gone" }).waitFor();
+    expect(await page.locator(".model-missing").textContent()).toBe(
+      `This conversation's model, ${gone}, is not on this server: pick another one to go on.`,
+    );
+    // Still its model in the picker (was: the first model listed, silently).
+    expect(await page.locator("#model").inputValue()).toBe(gone);
+    expect(await page.locator("#model option:checked").textContent()).toBe(`${gone} (not on this server)`);
+    // A question goes to that model, which the server refuses: no other model answers it unasked.
+    await setMaxTokens(page, "4");
+    const request = page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions"));
+    await send(page, "Still there?");
+    expect((await request).postDataJSON().model).toBe(gone);
+    await page
+      .locator(".message.assistant")
+      .nth(1)
+      .locator(".figures", { hasText: /^error: / })
+      .waitFor();
+    expect(await page.locator(".model-missing").count()).toBe(1);
+    // Another model picked: the line goes, and the next question is answered by it.
+    await page.selectOption("#model", longTinyModel());
+    expect(await page.locator(".model-missing").count()).toBe(0);
+    expect(await page.locator("#model option", { hasText: gone }).count()).toBe(0);
+    await page.click(".message.assistant .regenerate");
+    await page.locator(".message.assistant .figures", { hasText: /^4 tokens/ }).waitFor();
+    expect(errors.filter((e) => !e.includes("404"))).toEqual([]);
+  }, 60_000);
+
   test("after each answer the picker lists the models as the server now has them, loaded or not", async () => {
     const load = (model: string) =>
       fetch(`${server.url}/v1/completions`, {

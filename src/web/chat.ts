@@ -73,6 +73,8 @@ function blankConversation(): Conversation {
 
 /** The context of each loaded model, as the server lists it (max_model_len). */
 const modelContexts = new Map<string, number>();
+/** The models as the server last listed them (undefined until it has). */
+let listed: { id: string; loaded: boolean }[] | undefined;
 
 async function loadModels(): Promise<void> {
   const [models, loaded] = await Promise.all([
@@ -83,14 +85,29 @@ async function loadModels(): Promise<void> {
   modelContexts.clear();
   for (const m of models.data as { id: string; max_model_len?: number }[])
     if (m.max_model_len) modelContexts.set(m.id, m.max_model_len);
+  listed = (models.data as { id: string }[]).map((m) => ({ id: m.id, loaded: loadedNames.has(m.id) }));
+  fillPicker();
+}
+
+/**
+ * The open conversation's model when the server no longer has it (removed, or another server):
+ * it stays picked, said so, rather than another model answering the conversation unasked.
+ */
+function missingModel(): string | undefined {
+  const name = current.model;
+  if (!listed || !name || current.messages.length === 0) return undefined;
+  return listed.some((m) => m.id === name) ? undefined : name;
+}
+
+/** The picker: the models listed, the open conversation's picked (or the last one picked). */
+function fillPicker(): void {
   const wanted = current.model || localStorage.getItem("mlx.model") || "";
-  ui.model.replaceChildren(
-    ...models.data.map((m: { id: string }) => {
-      const option = new Option(loadedNames.has(m.id) ? `${m.id} (loaded)` : m.id, m.id);
-      option.selected = m.id === wanted;
-      return option;
-    }),
+  const options = (listed ?? []).map(
+    (m) => new Option(m.loaded ? `${m.id} (loaded)` : m.id, m.id, false, m.id === wanted),
   );
+  const missing = missingModel();
+  if (missing) options.push(new Option(`${missing} (not on this server)`, missing, false, true));
+  ui.model.replaceChildren(...options);
 }
 const NO_MODELS =
   "This server has no model to chat with: store one (mlx pull smollm2), or start mlx serve with -m MODEL.";
@@ -105,7 +122,7 @@ async function refreshModels(): Promise<void> {
     await loadModels();
     // Said now, rather than by the server's "'model' must not be empty" at the first question.
     ui.notice.textContent = NO_MODELS;
-    ui.notice.hidden = ui.model.options.length > 0;
+    ui.notice.hidden = (listed?.length ?? 0) > 0;
   } catch (error) {
     ui.notice.textContent = `Cannot list the models: ${(error as Error).message}`;
     ui.notice.hidden = false;
@@ -114,6 +131,11 @@ async function refreshModels(): Promise<void> {
 ui.model.addEventListener("change", () => {
   localStorage.setItem("mlx.model", ui.model.value);
   current.model = ui.model.value;
+  // Another model picked for a conversation whose own is gone: the line saying so goes with it.
+  if (!missingModel()) {
+    fillPicker();
+    ui.messages.querySelector(".model-missing")?.remove();
+  }
 });
 
 // ---- the conversation list ----
@@ -184,14 +206,9 @@ ui.importFile.addEventListener("change", async () => {
   current = imported;
   await saveConversation(current);
   localStorage.setItem("mlx.conversation", current.id);
-  selectModel(current.model);
+  fillPicker();
   await showConversation();
 });
-
-/** Picks a conversation's model in the picker, when the server has it. */
-function selectModel(name: string): void {
-  if (name && [...ui.model.options].some((o) => o.value === name)) ui.model.value = name;
-}
 
 async function openConversation(id: string): Promise<void> {
   stop();
@@ -199,7 +216,7 @@ async function openConversation(id: string): Promise<void> {
   if (!c) return;
   current = c;
   localStorage.setItem("mlx.conversation", id);
-  selectModel(c.model);
+  fillPicker();
   document.body.classList.remove("sidebar-open");
   await showConversation();
 }
@@ -224,6 +241,9 @@ onChangeElsewhere(async (id) => {
 function newConversation(): void {
   stop();
   current = blankConversation();
+  // A model the server no longer has, picked for the conversation left, is not the new one's.
+  fillPicker();
+  current.model = ui.model.value;
   localStorage.removeItem("mlx.conversation");
   document.body.classList.remove("sidebar-open");
   void showConversation();
@@ -245,6 +265,14 @@ async function showConversation(o: { keepPlace?: boolean } = {}): Promise<void> 
   ui.messages.replaceChildren(
     ...current.messages.map((m, i) => messageView(m === last && elsewhere ? { ...m, note: WRITING_ELSEWHERE } : m, i)),
   );
+  const missing = missingModel();
+  if (missing)
+    ui.messages.append(
+      Object.assign(document.createElement("p"), {
+        className: "model-missing",
+        textContent: `This conversation's model, ${missing}, is not on this server: pick another one to go on.`,
+      }),
+    );
   ui.messages.scrollTop = place ?? ui.messages.scrollHeight;
   await showList();
 }
@@ -449,7 +477,7 @@ async function answer(): Promise<void> {
     await persist(conversation, { ...reply, note: UNFINISHED });
     // Drawn off the page when another conversation was opened meanwhile.
     const view =
-      (conversation === current && (ui.messages.lastElementChild as HTMLElement | null)) ||
+      (conversation === current && ui.messages.querySelector<HTMLElement>("article.message:last-of-type")) ||
       messageView(reply, conversation.messages.length - 1);
     view.classList.add("streaming");
     const { response, leftOut } = await requestFitting(body, controller.signal);
