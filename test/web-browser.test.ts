@@ -42,6 +42,17 @@ async function answersInEightTokens(page: Page): Promise<void> {
   expect(await page.locator(".message.assistant .figures").textContent()).toMatch(/^8 tokens/);
 }
 
+/**
+ * Run in the page: counts in window.keyQuestions each time the API key dialog opens (it is made
+ * on first use, so the whole document is watched), the one open already included.
+ */
+const countKeyQuestions = `
+  window.keyQuestions = document.querySelector("#key-dialog[open]") ? 1 : 0;
+  new MutationObserver((changes) => {
+    for (const c of changes) if (c.target.id === "key-dialog" && c.target.open) window.keyQuestions++;
+  }).observe(document, { subtree: true, attributes: true, attributeFilter: ["open"] });
+`;
+
 /** Imports `conversation` through the page's file picker, as a user does with an exported one. */
 async function importConversation(page: Page, conversation: { title: string; messages: unknown[] }): Promise<void> {
   await page.setInputFiles("#import-file", {
@@ -1410,29 +1421,38 @@ describe.skipIf(!chromiumPath)("in Chromium, with --api-key", () => {
     await server?.stop();
   });
 
-  test("the key dialog closed without a key (Esc) stays closed: the page says the key is needed, and asks again at the next request", async () => {
+  test("the key dialog closed without a key (Esc) stays closed: the page says the key is needed, and asks again only when the user acts", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.evaluate(countKeyQuestions);
     await page.waitForSelector("#key-dialog[open]");
     await page.keyboard.press("Escape");
     // Was asked again at once: a dialog that could not be closed, over the whole page.
     await page.waitForSelector("body[data-ready]");
     expect(await page.locator("#key-dialog[open]").count()).toBe(0);
     expect(await page.getByRole("alert").textContent()).toBe("Cannot list the models: this server needs an API key");
-    // A question asks for the key again; closed without one (Esc, which also stops an answer), nothing spins.
+    // A question asks for the key again; closed without one (Esc), the question fails saying why:
+    // Esc closes the dialog, and does not also stop the answer ("stopped").
     await setMaxTokens(page, "4");
     await send(page, "Hi");
     await page.waitForSelector("#key-dialog[open]");
+    await page.evaluate(`document.querySelector("#notice").textContent = ""`);
     await page.keyboard.press("Escape");
     await page.locator(".message.assistant .figures").waitFor();
-    expect(await page.locator(".message.assistant .figures").textContent()).toBe("stopped");
+    expect(await page.locator(".message.assistant .figures").textContent()).toBe("error: this server needs an API key");
     expect(await page.locator("body.running").count()).toBe(0);
-    // The models listed anew after the answer ask again: given the key, the page works.
+    // The models listed anew after the answer fail, saying why, without asking a second time.
+    await page.getByRole("alert").filter({ hasText: "Cannot list the models: this server needs an API key" }).waitFor();
+    expect(await page.locator("#key-dialog[open]").count()).toBe(0);
+    expect(await page.evaluate("window.keyQuestions")).toBe(2);
+    // Asked for by the user, with the "API key" button: given the key, the page works.
+    await page.getByRole("button", { name: "API key" }).click();
     await page.waitForSelector("#key-dialog[open]");
     await page.fill("#key-dialog input", key);
     await page.press("#key-dialog input", "Enter");
     await page.locator("#notice").waitFor({ state: "hidden" });
     await page.click(".message.assistant .regenerate");
     await page.locator(".message.assistant .figures", { hasText: /^4 tokens/ }).waitFor();
+    expect(await page.evaluate("window.keyQuestions")).toBe(3);
     expect(errors.filter((e) => !e.includes("401"))).toEqual([]);
   }, 60_000);
 

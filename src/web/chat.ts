@@ -1,5 +1,5 @@
 // The chat page: conversations in IndexedDB, answers streamed from /v1/chat/completions.
-import { api, errorMessage, events } from "./lib/api";
+import { api, errorMessage, events, keyControl } from "./lib/api";
 import { renderMarkdown, splitReasoning } from "./lib/markdown";
 import {
   deleteConversation,
@@ -570,12 +570,11 @@ async function requestFitting(
   const messages = body.messages as { role: string; content: string }[];
   const length = (list: { content: string }[]) => list.reduce((sum, m) => sum + m.content.length, 0);
   for (let leftOut = 0; ; ) {
-    const response = await api("v1/chat/completions", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-      signal,
-    });
+    const response = await api(
+      "v1/chat/completions",
+      { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal },
+      { byUser: true },
+    );
     if (response.status !== 400) return { response, leftOut };
     const error = await response
       .clone()
@@ -751,11 +750,14 @@ ui.input.addEventListener("keydown", (event) => {
   }
 });
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && running) stop();
+  // Esc in the API key dialog closes the dialog only: the question it was asked for then fails, saying why.
+  if (event.key === "Escape" && running && !(event.target as Element | null)?.closest?.("dialog")) stop();
 });
 ui.stop.addEventListener("click", stop);
 
 // ---- start ----
+
+keyControl($<HTMLButtonElement>("#api-key"), () => void refreshModels());
 
 // Said above the conversation (which is drawn after, and would wipe it from the messages).
 await refreshModels();

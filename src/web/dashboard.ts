@@ -2,7 +2,7 @@
 // generated, latency percentiles, the requests in flight), drawn as uPlot charts and tables.
 import uPlot from "uplot";
 import { formatBytes } from "../format";
-import { api, errorMessage, events } from "./lib/api";
+import { api, errorMessage, events, keyControl } from "./lib/api";
 
 interface ModelStats {
   name: string;
@@ -280,11 +280,16 @@ function fillTable(selector: string, rows: string[][], empty: string): void {
   );
 }
 
+/** Drops the feed (or the pause before connecting again) to connect anew at once. */
+let reconnect = () => {};
+
 /** Reads the feed, reconnecting after a pause if it drops. */
 async function follow(): Promise<void> {
   for (;;) {
+    const connection = new AbortController();
+    reconnect = () => connection.abort();
     try {
-      const response = await api("dashboard/events");
+      const response = await api("dashboard/events", { signal: connection.signal });
       if (!response.ok) throw new Error(await errorMessage(response));
       for await (const data of events(response)) show(JSON.parse(data));
       throw new Error("the feed ended");
@@ -301,8 +306,17 @@ async function follow(): Promise<void> {
           chart.gap(gapAt);
       }
       previous = undefined;
-      await new Promise((resolve) => setTimeout(resolve, 2000));
+      await new Promise<void>((resolve) => {
+        if (connection.signal.aborted) return resolve();
+        const pause = setTimeout(resolve, 2000);
+        connection.signal.addEventListener("abort", () => {
+          clearTimeout(pause);
+          resolve();
+        });
+      });
     }
   }
 }
+// A key given, changed or forgotten: the feed connects with it (or, forgotten, stops showing the server's figures).
+keyControl($("#api-key") as HTMLButtonElement, () => reconnect());
 void follow();

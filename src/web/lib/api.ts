@@ -5,6 +5,15 @@ import { EventSourceParserStream } from "eventsource-parser/stream";
 
 const KEY = "mlx.apiKey";
 let asking: Promise<boolean> | undefined;
+/**
+ * Set when the dialog was closed without a key (Esc): requests the page
+ * makes by itself (the model list after each answer, the dashboard's feed every 2 s) then fail
+ * saying why instead of asking again, and only what the user does asks (a question, the
+ * "API key" button).
+ */
+let declined = false;
+/** The page's "API key" button, shown once the server asked for a key or one is kept. */
+let keyButton: HTMLButtonElement | undefined;
 
 /** The dialog that asks for the key (made on first use: most servers have no key). */
 function keyDialog(): HTMLDialogElement {
@@ -26,26 +35,32 @@ function keyDialog(): HTMLDialogElement {
     required: true,
   });
   input.setAttribute("aria-label", "API key");
-  const save = Object.assign(document.createElement("button"), { type: "submit", textContent: "Save" });
+  const save = Object.assign(document.createElement("button"), { type: "submit", value: "save", textContent: "Save" });
   form.append(why, wrong, input, save);
   dialog.append(form);
   document.body.append(dialog);
   return dialog;
 }
 
-/** Asks for the API key (whether one was given: Esc closes the dialog without); concurrent callers share one question. */
+/**
+ * Asks for the API key (whether one was given: Esc closes the dialog without); concurrent
+ * callers share one question.
+ */
 function askForKey(wrong: boolean): Promise<boolean> {
   asking ??= new Promise<boolean>((resolve) => {
     const dialog = keyDialog();
     const input = dialog.querySelector("input")!;
     dialog.querySelector<HTMLElement>(".key-wrong")!.hidden = !wrong;
     input.value = "";
+    dialog.returnValue = "";
     dialog.addEventListener(
       "close",
       () => {
-        const key = input.value.trim();
+        const key = dialog.returnValue === "save" ? input.value.trim() : "";
         if (key) localStorage.setItem(KEY, key);
+        declined = key === "";
         asking = undefined;
+        if (keyButton) keyButton.hidden = false;
         resolve(key !== "");
       },
       { once: true },
@@ -56,13 +71,25 @@ function askForKey(wrong: boolean): Promise<boolean> {
 }
 
 /**
+ * Makes `button` the page's way to give or change the API key: shown once the server
+ * asked for one or one is kept (most servers have none); `changed` runs once the dialog closes
+ * (the page asks the server anew, with the key).
+ */
+export function keyControl(button: HTMLButtonElement, changed: () => void): void {
+  keyButton = button;
+  button.hidden = localStorage.getItem(KEY) === null;
+  button.addEventListener("click", () => void askForKey(false).then(changed));
+}
+
+/**
  * fetch() with the API key; a 401 asks for the key and tries again. `path` is relative to the
  * page (no leading slash), so the pages also work behind a proxy that serves them under a sub-path.
  * Asked for the key, one who has none closes the dialog: the request fails, saying why, rather than
  * ask again at once (a dialog that could not be closed, over the conversations kept in this browser).
+ * After that only a request the user made (`byUser`: a question) asks again.
  */
-export async function api(path: string, init: RequestInit = {}): Promise<Response> {
-  for (;;) {
+export async function api(path: string, init: RequestInit = {}, o: { byUser?: boolean } = {}): Promise<Response> {
+  for (let asked = false; ; asked = true) {
     const key = localStorage.getItem(KEY);
     const headers = new Headers(init.headers);
     if (key) headers.set("Authorization", `Bearer ${key}`);
@@ -70,7 +97,9 @@ export async function api(path: string, init: RequestInit = {}): Promise<Respons
       throw networkFailure(error, "cannot reach the server (is mlx serve running?)");
     });
     if (response.status !== 401) return response;
-    if (!(await askForKey(key !== null))) throw new Error("this server needs an API key");
+    if (keyButton) keyButton.hidden = false;
+    const ask = !declined || (o.byUser && !asked);
+    if (!ask || !(await askForKey(key !== null))) throw new Error("this server needs an API key");
   }
 }
 
