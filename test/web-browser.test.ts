@@ -1456,6 +1456,54 @@ describe.skipIf(!chromiumPath)("in Chromium, with --api-key", () => {
     expect(errors.filter((e) => !e.includes("401"))).toEqual([]);
   }, 60_000);
 
+  test("the key kept in this browser can be changed and forgotten, on the chat page and on the dashboard", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("#key-dialog[open]");
+    await page.fill("#key-dialog input", key);
+    await page.press("#key-dialog input", "Enter");
+    await page.locator("#notice").waitFor({ state: "hidden" });
+    // Changed, to a wrong key: the server refuses it, and the page says so.
+    await page.getByRole("button", { name: "API key" }).click();
+    await page.fill("#key-dialog input", "wrong-key");
+    await page.press("#key-dialog input", "Enter");
+    await page.locator("#key-dialog[open] .key-wrong").waitFor();
+    await page.fill("#key-dialog input", key);
+    await page.press("#key-dialog input", "Enter");
+    await page.locator("#notice").waitFor({ state: "hidden" });
+    expect(await page.evaluate(() => localStorage.getItem("mlx.apiKey"))).toBe(key);
+    // Forgotten (a shared machine): gone from this browser, and the page says the key is needed.
+    await page.getByRole("button", { name: "API key" }).click();
+    await page.getByRole("button", { name: "Forget the key kept in this browser" }).click();
+    await page.getByRole("alert").filter({ hasText: "Cannot list the models: this server needs an API key" }).waitFor();
+    expect(await page.evaluate(() => localStorage.getItem("mlx.apiKey"))).toBeNull();
+    expect(await page.locator("#key-dialog[open]").count()).toBe(0);
+
+    // The dashboard: closed without a key, it does not ask again at each reconnection (every 2 s).
+    await page.goto(`${server.url}/dashboard`);
+    await page.evaluate(countKeyQuestions);
+    let refused = 0;
+    page.on("response", (r) => {
+      if (r.url().endsWith("/dashboard/events") && r.status() === 401) refused++;
+    });
+    await page.waitForSelector("#key-dialog[open]");
+    await page.keyboard.press("Escape");
+    await eventually(async () => refused >= 3, 15_000);
+    await page.locator("#status", { hasText: "this server needs an API key" }).waitFor();
+    expect(await page.locator("#key-dialog[open]").count()).toBe(0);
+    expect(await page.evaluate("window.keyQuestions")).toBe(1);
+    // Given with the "API key" button, it follows the server; forgotten, it stops.
+    await page.getByRole("button", { name: "API key" }).click();
+    await page.fill("#key-dialog input", key);
+    await page.press("#key-dialog input", "Enter");
+    await page.locator("#status", { hasText: /^up \d+ s$/ }).waitFor();
+    await page.getByRole("button", { name: "API key" }).click();
+    await page.getByRole("button", { name: "Forget the key kept in this browser" }).click();
+    await page.locator("#status", { hasText: "this server needs an API key" }).waitFor();
+    expect(await page.evaluate(() => localStorage.getItem("mlx.apiKey"))).toBeNull();
+    expect(await page.locator("#key-dialog[open]").count()).toBe(0);
+    expect(errors.filter((e) => !e.includes("401") && !e.includes("aborted"))).toEqual([]);
+  }, 90_000);
+
   test("the page asks for the key once, works after, and never puts it in a URL", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     const urls: string[] = [];

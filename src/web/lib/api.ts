@@ -6,7 +6,7 @@ import { EventSourceParserStream } from "eventsource-parser/stream";
 const KEY = "mlx.apiKey";
 let asking: Promise<boolean> | undefined;
 /**
- * Set when the dialog was closed without a key (Esc): requests the page
+ * Set when the dialog was closed without a key (Esc), or the key forgotten: requests the page
  * makes by itself (the model list after each answer, the dashboard's feed every 2 s) then fail
  * saying why instead of asking again, and only what the user does asks (a question, the
  * "API key" button).
@@ -36,21 +36,30 @@ function keyDialog(): HTMLDialogElement {
   });
   input.setAttribute("aria-label", "API key");
   const save = Object.assign(document.createElement("button"), { type: "submit", value: "save", textContent: "Save" });
-  form.append(why, wrong, input, save);
+  // Closes without the (required) key: on a shared machine, the key kept in this browser goes.
+  const forget = Object.assign(document.createElement("button"), {
+    type: "submit",
+    value: "forget",
+    formNoValidate: true,
+    className: "key-forget",
+    textContent: "Forget the key kept in this browser",
+  });
+  form.append(why, wrong, input, save, forget);
   dialog.append(form);
   document.body.append(dialog);
   return dialog;
 }
 
 /**
- * Asks for the API key (whether one was given: Esc closes the dialog without); concurrent
- * callers share one question.
+ * Asks for the API key (whether one was given: Esc closes the dialog without, and Forget drops
+ * the one kept); concurrent callers share one question.
  */
 function askForKey(wrong: boolean): Promise<boolean> {
   asking ??= new Promise<boolean>((resolve) => {
     const dialog = keyDialog();
     const input = dialog.querySelector("input")!;
     dialog.querySelector<HTMLElement>(".key-wrong")!.hidden = !wrong;
+    dialog.querySelector<HTMLElement>(".key-forget")!.hidden = localStorage.getItem(KEY) === null;
     input.value = "";
     dialog.returnValue = "";
     dialog.addEventListener(
@@ -58,6 +67,7 @@ function askForKey(wrong: boolean): Promise<boolean> {
       () => {
         const key = dialog.returnValue === "save" ? input.value.trim() : "";
         if (key) localStorage.setItem(KEY, key);
+        if (dialog.returnValue === "forget") localStorage.removeItem(KEY);
         declined = key === "";
         asking = undefined;
         if (keyButton) keyButton.hidden = false;
@@ -71,9 +81,9 @@ function askForKey(wrong: boolean): Promise<boolean> {
 }
 
 /**
- * Makes `button` the page's way to give or change the API key: shown once the server
+ * Makes `button` the page's way to give, change or forget the API key: shown once the server
  * asked for one or one is kept (most servers have none); `changed` runs once the dialog closes
- * (the page asks the server anew, with the key).
+ * (the page asks the server anew, with the key or without it).
  */
 export function keyControl(button: HTMLButtonElement, changed: () => void): void {
   keyButton = button;
