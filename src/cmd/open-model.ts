@@ -13,7 +13,7 @@ import {
   aliasPrompt,
   aliasSampling,
 } from "../store/aliases";
-import { log } from "./log";
+import { infoWaitingForPull, log } from "./log";
 
 /**
  * The KV cache settings and adapter default to the alias's (kv_bits, max_kv_size, adapter);
@@ -41,7 +41,7 @@ export async function openModel(
     pipeline,
   }: OpenOptions = {},
 ): Promise<LoadedModel> {
-  const path = await resolveModelPath(spec);
+  const path = await resolveModelPath(spec, { onWait: infoWaitingForPull });
   const started = performance.now();
   let lm: LoadedModel;
   try {

@@ -11,7 +11,7 @@ import { isRemoteSource, pullModel, weightsRequest, type ModelRequest, type Pull
 import { looksLikePath, refuseRemoteAlias, unknownModelError } from "../store/resolve";
 import { openMadeHere, unreadableManifestError } from "../store/store";
 import { formatBytes, shellWord } from "../format";
-import { fail, infoEvenPiped, log, setVerbose, warnEvicted } from "./log";
+import { fail, infoWaitingForPull, log, setVerbose, warnEvicted } from "./log";
 
 /**
  * A local directory or file is stored under its own name (`./smollm2` as smollm2): never over
@@ -95,7 +95,7 @@ export default defineCommand({
       const reporter = createProgressReporter(`pulling ${request.name}`);
       const result = await pullModel(request, {
         onProgress: reporter.update,
-        onWait: (pid) => infoEvenPiped(`waiting for process ${pid}, which is pulling ${request.name}`),
+        onWait: (pid) => infoWaitingForPull(pid, request.name),
         update: true,
       }).finally(() => reporter.finish());
       warnEvicted(result.evicted);

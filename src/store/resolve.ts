@@ -35,6 +35,8 @@ export interface ResolveOptions extends LocateOptions {
   onEvicted?: (name: string) => void;
   /** A server's log of a first-use download: its start and end (PullOptions.log). */
   pullLog?: (line: string) => void;
+  /** Told once that another process is pulling the model `name`, which this waits for (PullOptions.onWait). */
+  onWait?: (holderPid: number, name: string) => void;
   /** Which names the caller serves (a server holding one model split across ranks): an unknown name's hints are among them. */
   offered?: (name: string) => boolean;
   /** Stops a first-use download: the call then fails with the signal's reason, as fetch() does. */
@@ -236,6 +238,7 @@ async function pullSource(request: ModelRequest, options: ResolveOptions, stored
       onProgress: options.onProgress ?? reporter!.update,
       log: options.pullLog,
       signal: options.signal,
+      onWait: options.onWait && ((pid) => options.onWait!(pid, request.name)),
     });
   } catch (error) {
     // The caller's own abort, not a failed pull.
