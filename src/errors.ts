@@ -100,7 +100,10 @@ export class ProviderError extends Error {
   override name = "ProviderError";
   constructor(
     message: string,
-    /** rejected: the provider refused the request itself (its 400); rate_limited: still so after the retries. */
+    /**
+     * rejected: the provider refused the request itself (its 400); rate_limited: still so after
+     * the retries; overloaded: it said so (Anthropic's 529, or an overloaded_error event in its stream).
+     */
     readonly kind:
       | "unavailable"
       | "timeout"
@@ -108,7 +111,8 @@ export class ProviderError extends Error {
       | "queue_full"
       | "invalid_answer"
       | "rejected"
-      | "rate_limited",
+      | "rate_limited"
+      | "overloaded",
     /** Seconds after which trying again makes sense (circuit open, queue full, rate limited). */
     readonly retryAfterS?: number,
     /** The request's parameter the provider named, where it refused one. */

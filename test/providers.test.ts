@@ -272,6 +272,34 @@ beforeAll(async () => {
         { status: 404, headers: { "Content-Type": "text/html" } },
       ),
   });
+  // Anthropic overloaded: mid-stream, an error event after some text (as its streams fail under
+  // load); asked for the model "refused", before any, its 529 status.
+  const overloaded = Bun.serve({
+    port: 0,
+    async fetch(req) {
+      const body = (await req.json()) as { model: string };
+      const error = { type: "error", error: { type: "overloaded_error", message: "Overloaded" } };
+      if (body.model === "refused") return Response.json(error, { status: 529 });
+      const events = [
+        {
+          type: "message_start",
+          message: {
+            id: "msg_3",
+            type: "message",
+            role: "assistant",
+            content: [],
+            usage: { input_tokens: 5, output_tokens: 1 },
+          },
+        },
+        { type: "content_block_start", index: 0, content_block: { type: "text", text: "" } },
+        { type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "Once upon" } },
+        error,
+      ];
+      return new Response(events.map((e) => `event: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`).join(""), {
+        headers: { "Content-Type": "text/event-stream" },
+      });
+    },
+  });
   // No real mlx serve signs its thinking, nor writes a prompt cache apart: as Anthropic's thinking
   // models stream a tool call (the event sequence of its documentation), a signed thinking block
   // and a redacted one before it, its prompt's first 1,500 tokens written to its cache. Asked for
@@ -355,6 +383,7 @@ beforeAll(async () => {
     },
   });
   helpers.push(
+    overloaded,
     signing,
     recording,
     limited,
@@ -546,6 +575,18 @@ model = "anything"
 retry_base = 0.01
 circuit_failures = 2
 circuit_cooldown = 60
+
+[models.overloaded]
+provider = "anthropic"
+base_url = "http://127.0.0.1:${overloaded.port}"
+model = "streamed"
+max_retries = 0
+
+[models.overloaded529]
+provider = "anthropic"
+base_url = "http://127.0.0.1:${overloaded.port}"
+model = "refused"
+max_retries = 0
 
 [models.down]
 provider = "openai"
@@ -1708,6 +1749,44 @@ describe("failures", () => {
     const m = await metrics();
     expect(metric(m, "mlx_provider_retries_total", `provider="[^"]+",model="limited",reason="429"`)).toBe(1);
     expect(metric(m, "mlx_provider_requests_total", `provider="[^"]+",model="limited",outcome="ok"`)).toBe(1);
+  });
+
+  test("an Anthropic provider's overloaded_error, mid-stream or as its 529, keeps its type (clients retry on it)", async () => {
+    const messages = [{ role: "user" as const, content: "Hi" }];
+    const failure = (p: Promise<unknown>) =>
+      p.then(
+        () => undefined,
+        (error: unknown) => error as any,
+      );
+    // Mid-stream, to an Anthropic client streaming: the error event with the provider's type.
+    const streamed = await failure(
+      (async () => {
+        const stream = await anthropic.messages.create({ model: "overloaded", max_tokens: 8, messages, stream: true });
+        for await (const _ of stream);
+      })(),
+    );
+    expect(streamed).toBeInstanceOf(Anthropic.APIError);
+    expect(streamed.error.error.type).toBe("overloaded_error");
+    // Read whole, the same as a status of Anthropic's own.
+    const whole = await failure(anthropic.messages.create({ model: "overloaded", max_tokens: 8, messages }));
+    expect([whole.status, whole.error.error.type]).toEqual([529, "overloaded_error"]);
+    // Before any text, its 529: the same.
+    const refused = await failure(anthropic.messages.create({ model: "overloaded529", max_tokens: 8, messages }));
+    expect([refused.status, refused.error.error.type]).toEqual([529, "overloaded_error"]);
+    // To an OpenAI client streaming: a server error it can tell by its code.
+    const openaiStreamed = await failure(
+      (async () => {
+        const stream = await openai.chat.completions.create({
+          model: "overloaded",
+          max_tokens: 8,
+          messages,
+          stream: true,
+        });
+        for await (const _ of stream);
+      })(),
+    );
+    expect(openaiStreamed).toBeInstanceOf(OpenAI.APIError);
+    expect([openaiStreamed.error.type, openaiStreamed.code]).toEqual(["server_error", "provider_overloaded"]);
   });
 
   test("the pool: one connection in use, one request queued, the next refused; connections are kept alive", async () => {

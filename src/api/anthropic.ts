@@ -476,18 +476,27 @@ export const toolUseBlock = (call: ToolCall): ContentBlock => ({
 export const messageId = () => `msg_${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`;
 
 /** The error types Anthropic's clients know, by status. */
+const ERROR_TYPES: Record<number, string> = {
+  400: "invalid_request_error",
+  401: "authentication_error",
+  403: "permission_error",
+  404: "not_found_error",
+  413: "request_too_large",
+  429: "rate_limit_error",
+  504: "timeout_error",
+  529: "overloaded_error",
+};
+
+/** A status's Anthropic error type (its clients retry on overloaded_error, 529, as on a 500). */
 export function anthropicErrorType(status: number): string {
-  const types: Record<number, string> = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-  };
-  return types[status] ?? (status >= 500 ? "api_error" : "invalid_request_error");
+  return ERROR_TYPES[status] ?? (status >= 500 ? "api_error" : "invalid_request_error");
+}
+
+/** The status an Anthropic error type stands for (an error event in a stream has no status of its own); undefined for one it does not document. */
+export function anthropicErrorStatus(type: unknown): number | undefined {
+  if (type === "api_error") return 500;
+  const found = Object.entries(ERROR_TYPES).find(([, t]) => t === type);
+  return found && Number(found[0]);
 }
 
 /** A model as Anthropic's models API describes one, from OpenAI's description of it. */

@@ -11,6 +11,7 @@ import {
   type ToolRequest,
   type ToolSpec,
 } from "../engine/tools";
+import { anthropicErrorStatus } from "../api/anthropic";
 import type { FormatInput, SamplingInput } from "../api/common";
 import type { ThinkingRequest } from "../engine/reasoning";
 import { ANSWER_CONTROL_PARAMS, type AnswerControls } from "../engine/request";
@@ -148,8 +149,12 @@ export const anthropicAdapter: ProviderAdapter = {
         case "message_stop":
           stopped = true;
           break;
+        // Its type too: a client retries an overloaded_error, which a plain failure would hide.
         case "error":
-          throw new StreamFailure(errorBodyMessage(message.data));
+          throw new StreamFailure(
+            errorBodyMessage(message.data),
+            anthropicErrorStatus((event.error as { type?: unknown } | undefined)?.type),
+          );
       }
       if (stopped) break;
     }

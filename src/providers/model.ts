@@ -328,6 +328,7 @@ class StatusFailure extends Error {
  */
 function statusKind(status: number): ProviderError["kind"] {
   if (status === 400 || status === 422) return "rejected";
+  if (status === 529) return "overloaded";
   return status === 429 ? "rate_limited" : "unavailable";
 }
 
@@ -363,7 +364,10 @@ function classify(error: unknown, label: string): Failure {
     return { error, retryable: error.kind === "timeout", unhealthy: true, reason: error.kind };
   if (error instanceof StreamFailure)
     return {
-      error: new ProviderError(`provider ${label}: ${error.message}`, "unavailable"),
+      error: new ProviderError(
+        `provider ${label}: ${error.message}`,
+        error.status !== undefined ? statusKind(error.status) : "unavailable",
+      ),
       retryable: true,
       unhealthy: true,
       reason: "stream",

@@ -82,6 +82,13 @@ export interface ProviderAdapter {
 /** A stream that broke off or said it failed, in the provider's words. */
 export class StreamFailure extends Error {
   override name = "StreamFailure";
+  constructor(
+    message: string,
+    /** The status the provider's error event stands for (Anthropic's overloaded_error: 529), where it named one. */
+    readonly status?: number,
+  ) {
+    super(message);
+  }
 }
 
 /**

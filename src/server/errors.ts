@@ -171,6 +171,10 @@ function providerError(e: ProviderError): ApiError {
       return new ApiError(400, e.message, "invalid_request_error", e.param ?? null, "provider_rejected");
     case "rate_limited":
       return new ApiError(429, e.message, "rate_limit_error", null, "provider_rate_limited", retryAfter);
+    // Anthropic's own status for it, whose type (overloaded_error) its clients retry on; OpenAI's
+    // clients retry any 5xx, and read the code.
+    case "overloaded":
+      return new ApiError(529, e.message, "server_error", null, "provider_overloaded", retryAfter);
   }
 }
 
