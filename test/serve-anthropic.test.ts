@@ -784,4 +784,22 @@ describe("prefix cache", () => {
     expect(second.usage.cache_read_input_tokens!).toBeGreaterThan(shared - 10);
     expect(second.usage.input_tokens).toBeLessThan(40);
   });
+
+  test("streamed, message_start already splits the prompt between the cache and the rest, as message_delta does", async () => {
+    const system = Array.from({ length: 40 }, (_, i) => `Rule ${i + 1}: keep every answer short.`).join("\n");
+    await client.messages.create({ model, max_tokens: 2, system, messages: ask });
+    const stream = client.messages.stream({ model, max_tokens: 2, system, messages: ask });
+    let start: Anthropic.Usage | undefined;
+    let end: Anthropic.MessageDeltaUsage | undefined;
+    for await (const event of stream) {
+      // A copy: the stream updates its message (this object) with message_delta's usage.
+      if (event.type === "message_start") start = { ...event.message.usage };
+      if (event.type === "message_delta") end = event.usage;
+    }
+    expect(start!.cache_read_input_tokens!).toBeGreaterThan(100);
+    expect([start!.input_tokens, start!.cache_read_input_tokens]).toEqual([
+      end!.input_tokens!,
+      end!.cache_read_input_tokens,
+    ]);
+  });
 });

@@ -51,6 +51,8 @@ export interface GenerationRequest {
    */
   closedEarly?: () => boolean;
   signal?: AbortSignal;
+  /** Told when its prefill begins, with the prompt tokens the prefix cache gave (Anthropic's message_start tells them). */
+  onStart?: (cachedTokens: number) => void;
   /** A LoRA/DoRA adapter of this model for this request alone (default: the model's own, if any). */
   adapter?: Adapter;
 }
@@ -216,6 +218,7 @@ export class Scheduler {
         if (!s) return;
         s.startedAt = performance.now();
         s.cachedTokens = cachedTokens;
+        s.request.onStart?.(cachedTokens);
       },
     });
   }

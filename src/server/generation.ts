@@ -101,6 +101,14 @@ export interface Generation {
   /** The sampling it runs with, defaults settled (none for a remote model: its provider settles them). */
   sampling?: SamplingParams;
   events: AsyncIterable<GenerationEvent>;
+  /**
+   * Resolves once the engine began its prefill, when the prefix cache's share of the prompt is
+   * known (`cachedTokens`); at once for a remote model. It may never resolve for a generation
+   * that ends first: wait on it together with its first event.
+   */
+  admitted: Promise<void>;
+  /** The prompt tokens the prefix cache gave, once admitted (0 before; 0 for a remote model, whose provider tells them at the end). */
+  cachedTokens: () => number;
   /** Set once the server ended it (its timeout, its shutdown); a client gone is not. */
   cutShort: () => CutShort | undefined;
   /** Stops the generation (client gone). */
@@ -242,10 +250,16 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       signal: controller.signal,
     });
     beforeSubmitMs = performance.now() - arrived;
+    const admitted = Promise.withResolvers<void>();
+    let cachedTokens = 0;
+    const onStart = (cached: number) => {
+      cachedTokens = cached;
+      admitted.resolve();
+    };
     const tracked = ctx.inflight.track(
       input.model,
       prepared.promptIds.length,
-      lease.entry.scheduler.submit({ ...prepared.request, adapter: lease.adapter }),
+      lease.entry.scheduler.submit({ ...prepared.request, adapter: lease.adapter, onStart }),
     );
     flight = tracked.flight;
     const constraint = prepared.constraint;
@@ -257,6 +271,8 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       toolFormat: prepared.toolFormat,
       sampling,
       events: tracked.events,
+      admitted: admitted.promise,
+      cachedTokens: () => cachedTokens,
       cutShort: deadline.cutShort,
       abort: () => controller.abort(),
       closedEarly: () => constraint?.closedEarly() ?? false,

@@ -178,6 +178,8 @@ export async function startRemoteGeneration(
     promptIds: [],
     toolFormat: offeredTools(input.tools) && remoteCalls,
     events: tracked.events,
+    admitted: Promise.resolve(),
+    cachedTokens: () => 0,
     cutShort: deadline.cutShort,
     abort: () => controller.abort(),
     closedEarly: () => false,

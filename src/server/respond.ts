@@ -76,6 +76,8 @@ export const eventStreamHeaders = {
 export interface StreamWriter {
   /** Before any text (e.g. OpenAI's role chunk). */
   start?(send: Send): void;
+  /** Whether start waits until the engine admitted the generation (what it writes tells the prompt's cached share). */
+  startAdmitted?: boolean;
   text(event: TextEvent, send: Send): void;
   /** The generation finished (it was not cancelled). */
   done(event: DoneEvent, send: Send): void;
@@ -102,8 +104,14 @@ export function generationStream(
         }
       };
       try {
+        // Read by hand, as start may wait for the first event: a generation may end before its
+        // prefill begins. Left early, it needs no return(): finish ends what it holds.
+        const events = gen.events[Symbol.asyncIterator]();
+        const first = events.next();
+        if (writer.startAdmitted) await Promise.race([gen.admitted, first]);
         writer.start?.(send);
-        for await (const event of gen.events) {
+        for (let read = await first; !read.done; read = await events.next()) {
+          const event = read.value;
           if (event.type === "text") writer.text(event, send);
           else if (event.type === "error") throw event.error;
           else {

@@ -219,9 +219,11 @@ function streamed(
   const body = generationStream(
     gen,
     {
+      // Sent once the engine admitted the request, when its prompt's split between the prefix
+      // cache and the rest is known, as Anthropic's message_start tells it.
+      startAdmitted: true,
       start: (send) => {
-        // Cached tokens are known once prefill is done: message_delta carries the final usage.
-        const usage = anthropicUsage(gen.promptIds.length, 0, 0);
+        const usage = anthropicUsage(gen.promptIds.length, 0, gen.cachedTokens());
         send(
           namedEvent({
             type: "message_start",
