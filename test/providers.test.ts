@@ -1251,6 +1251,13 @@ test("the prompt tokens an Anthropic provider wrote to its cache count in the pr
   const usage = { input_tokens: 40, cache_creation_input_tokens: 1500, cache_read_input_tokens: 0, output_tokens: 30 };
   expect((await anthropic.messages.create(ask)).usage).toMatchObject(usage);
   expect((await anthropic.messages.stream(ask).finalMessage()).usage).toMatchObject(usage);
+  // Streamed, message_start passes the provider's own on (before, input_tokens 0 there).
+  let start: Anthropic.Usage | undefined;
+  // A copy: the stream updates its message (this object) with message_delta's usage.
+  for await (const event of anthropic.messages.stream(ask))
+    if (event.type === "message_start") start = { ...event.message.usage };
+  const { output_tokens: _, ...prompt } = usage;
+  expect(start).toMatchObject(prompt);
   const chat = await openai.chat.completions.create({
     model: "rasigned",
     max_tokens: 2048,

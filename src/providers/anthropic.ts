@@ -102,7 +102,10 @@ export const anthropicAdapter: ProviderAdapter = {
       switch (event.type) {
         case "message_start": {
           const u = (event.message as { usage?: AnthropicUsage } | undefined)?.usage;
-          if (u) usage = readUsage(u, usage);
+          if (u) {
+            usage = readUsage(u, usage);
+            yield { type: "start", usage };
+          }
           break;
         }
         case "content_block_start": {

@@ -63,7 +63,7 @@ export async function* streamRemoteCompletion(
           completionTokens: event.usage.completionTokens || deltas,
         });
       // Only a client that sends the conversation back has a use for a thinking block's signature.
-      if (event.type === "thinking_block") continue;
+      if (event.type === "thinking_block" || event.type === "start") continue;
       firstAt ??= performance.now();
       if (event.text) deltas++;
       if (event.type === "reasoning") {

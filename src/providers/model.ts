@@ -213,7 +213,8 @@ export class RemoteModel {
         }
         const messages = serverSentEvents(response.body!, limits.readTimeoutMs, label);
         for await (const event of adapter.events(messages)) {
-          handedOn = true;
+          // Its usage at the start is no part of the answer: a failure after it is retried still.
+          if (event.type !== "start") handedOn = true;
           // The answer is whole once its end arrives, also for a reader that stops there (the CLI).
           if (event.type === "done") {
             verdict = true;

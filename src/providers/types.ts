@@ -40,6 +40,8 @@ export interface RemoteUsage {
 }
 
 export type RemoteEvent =
+  /** The provider's usage as its answer starts (Anthropic's message_start: the prompt, split between its cache and the rest). */
+  | { type: "start"; usage: RemoteUsage }
   | { type: "text"; text: string }
   /** A thinking model's reasoning, apart from its answer. */
   | { type: "reasoning"; text: string }

@@ -103,12 +103,16 @@ export interface Generation {
   events: AsyncIterable<GenerationEvent>;
   /**
    * Resolves once the engine began its prefill, when the prefix cache's share of the prompt is
-   * known (`cachedTokens`); at once for a remote model. It may never resolve for a generation
+   * known (promptUsage); at once for a remote model. It may never resolve for a generation
    * that ends first: wait on it together with its first event.
    */
   admitted: Promise<void>;
-  /** The prompt tokens the prefix cache gave, once admitted (0 before; 0 for a remote model, whose provider tells them at the end). */
-  cachedTokens: () => number;
+  /**
+   * The prompt's tokens and those a cache gave (or a provider's cache took), as known once
+   * admitted: a local model's prefix cache, or a remote provider's usage as its answer started
+   * (an Anthropic provider's; else 0, told at the end).
+   */
+  promptUsage: () => { promptTokens: number; cachedTokens: number; cacheWriteTokens?: number };
   /** Set once the server ended it (its timeout, its shutdown); a client gone is not. */
   cutShort: () => CutShort | undefined;
   /** Stops the generation (client gone). */
@@ -251,6 +255,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     });
     beforeSubmitMs = performance.now() - arrived;
     const admitted = Promise.withResolvers<void>();
+    const promptTokens = prepared.promptIds.length;
     let cachedTokens = 0;
     const onStart = (cached: number) => {
       cachedTokens = cached;
@@ -272,7 +277,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       sampling,
       events: tracked.events,
       admitted: admitted.promise,
-      cachedTokens: () => cachedTokens,
+      promptUsage: () => ({ promptTokens, cachedTokens }),
       cutShort: deadline.cutShort,
       abort: () => controller.abort(),
       closedEarly: () => constraint?.closedEarly() ?? false,

@@ -98,6 +98,8 @@ export async function startRemoteGeneration(
     throw deadline.cutShort()?.error ?? error;
   }
   const firstAt = performance.now();
+  // The provider's usage as its answer started, where it tells one (an Anthropic provider's message_start).
+  const startUsage = !first.done && first.value.type === "start" ? first.value.usage : undefined;
   m.providerFirstByte.observe((firstAt - started) / 1000, labels);
 
   async function* events(): AsyncGenerator<GenerationEvent> {
@@ -126,7 +128,9 @@ export async function startRemoteGeneration(
         // A delta a token, as `mlx chat` counts them: what a stream its client left generated
         // (its usage never comes), until the provider's usage says.
         if ((event.type === "text" || event.type === "reasoning") && event.text) completionTokens++;
-        if (event.type === "text") yield { type: "text", text: event.text, tokens: [] };
+        if (event.type === "start") {
+          // Told on as the stream starts (promptUsage), and again in its end's usage.
+        } else if (event.type === "text") yield { type: "text", text: event.text, tokens: [] };
         else if (event.type === "reasoning") yield { type: "text", text: "", reasoning: event.text, tokens: [] };
         else if (event.type === "thinking_block")
           yield { type: "text", text: "", thinkingBlock: event.block, tokens: [] };
@@ -179,7 +183,7 @@ export async function startRemoteGeneration(
     toolFormat: offeredTools(input.tools) && remoteCalls,
     events: tracked.events,
     admitted: Promise.resolve(),
-    cachedTokens: () => 0,
+    promptUsage: () => startUsage ?? { promptTokens: 0, cachedTokens: 0 },
     cutShort: deadline.cutShort,
     abort: () => controller.abort(),
     closedEarly: () => false,

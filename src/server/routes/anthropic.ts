@@ -223,7 +223,8 @@ function streamed(
       // cache and the rest is known, as Anthropic's message_start tells it.
       startAdmitted: true,
       start: (send) => {
-        const usage = anthropicUsage(gen.promptIds.length, 0, gen.cachedTokens());
+        const u = gen.promptUsage();
+        const usage = anthropicUsage(u.promptTokens, 0, u.cachedTokens, u.cacheWriteTokens);
         send(
           namedEvent({
             type: "message_start",
