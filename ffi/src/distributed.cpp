@@ -11,6 +11,7 @@
 #include <netinet/tcp.h>
 #endif
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -376,15 +377,25 @@ Joining& joining() {
 }
 
 // A closed connection of the ring's, said as the error that ends an evaluation; none while
-// every connection is open.
+// every connection is open, or while a closed one still holds bytes to read: a peer that
+// finished its part (the answer's last step) exits with its last bytes sent, and the
+// evaluation may still complete from them.
 std::optional<std::string> closed_connection() {
   std::vector<pollfd> fds;
   for (int fd : group_sockets) fds.push_back({fd, POLLRDHUP, 0});
   if (fds.empty() || poll(fds.data(), fds.size(), 0) <= 0) return std::nullopt;
-  for (const auto& p : fds)
-    if (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) return "a peer closed its connection to the ring";
+  for (const auto& p : fds) {
+    if (!(p.revents & (POLLRDHUP | POLLHUP | POLLERR))) continue;
+    int unread = 0;
+    if (!(p.revents & POLLERR) && ioctl(p.fd, FIONREAD, &unread) == 0 && unread > 0) continue;
+    return "a peer closed its connection to the ring";
+  }
   return std::nullopt;
 }
+
+// How long an evaluation may go on after a connection of the ring closed with nothing left
+// to read: the work after its last transfer (the answer's last step), which needs no peer.
+constexpr auto kAfterClosedGrace = std::chrono::milliseconds(1000);
 
 // Whether ops are built on a stream any thread may encode (mlxs_distributed_share_stream).
 bool shared_stream = false;
@@ -549,9 +560,12 @@ int mlxs_eval_unless_peer_lost(mlxs_array* const* arrays, int n) {
     e.arrays = std::move(outputs);
     e.asked++;
     e.posted.notify_one();
-    // A lost peer shows within a few milliseconds; the watchdog times a silent one.
+    // A lost peer shows within a second (kAfterClosedGrace); the watchdog times a silent one.
+    std::optional<std::chrono::steady_clock::time_point> closed_at;
     while (!e.finished.wait_for(lock, std::chrono::milliseconds(10), [&e] { return e.asked == e.answered; }))
       if (auto closed = closed_connection()) {
+        if (!closed_at) closed_at = std::chrono::steady_clock::now();
+        if (std::chrono::steady_clock::now() - *closed_at < kAfterClosedGrace) continue;
         // The evaluator is blocked for good: at an exit that runs them, MLX's static destructors
         // would wait for the stream it blocks. The process ends before them, as the watchdog ends it.
         if (!abandoned.exchange(true)) std::atexit([] { std::_Exit(3); });
