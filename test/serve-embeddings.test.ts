@@ -170,10 +170,10 @@ describe("an input of megabytes", () => {
     await post(`${server.url}/api/embed`, { model }); // the model loaded
     const input = "The quick brown fox jumps over the lazy dog, 42 times.\n".repeat(55_000); // 3 MB
     const refused = post(`${server.url}/v1/embeddings`, { model, input });
-    expect((await healthWhile(server.url, refused)).slowestMs).toBeLessThan(500);
+    expect((await healthWhile(server.url, refused)).meanwhile).toBe(true);
     expect((await refused).json.error).toMatchObject({ code: "context_length_exceeded", param: "input" });
     const cut = post(`${server.url}/api/embed`, { model, input });
-    expect((await healthWhile(server.url, cut)).slowestMs).toBeLessThan(500);
+    expect((await healthWhile(server.url, cut)).meanwhile).toBe(true);
     expect((await cut).json.prompt_eval_count).toBe(64);
   }, 60_000);
 });

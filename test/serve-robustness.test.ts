@@ -249,9 +249,9 @@ describe("limits", () => {
       await answersNormally(big.url);
       const prompt = Array.from({ length: 2_000_000 }, (_, i) => i % 1000);
       const asked = post(`${big.url}/v1/completions`, { model, prompt, max_tokens: 1 });
-      const { slowestMs: slowest } = await healthWhile(big.url, asked);
+      const { meanwhile } = await healthWhile(big.url, asked);
       expect((await asked).json.error).toMatchObject({ code: "context_length_exceeded", param: "prompt" });
-      expect(slowest).toBeLessThan(500);
+      expect(meanwhile).toBe(true);
     } finally {
       await big.stop();
     }
@@ -857,14 +857,10 @@ describe("disconnects and the event loop", () => {
     });
     const reader = r.body!.getReader();
     await reader.read();
-    const times: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      const t = performance.now();
-      expect((await fetch(`${server.url}/health`)).status).toBe(200);
-      times.push(performance.now() - t);
-    }
+    // Five answers before a 200-token generation ends: the engine's steps leave the loop turns
+    // between them (a loop the generation held would answer only once it ended).
+    for (let i = 0; i < 5; i++) expect((await fetch(`${server.url}/health`)).status).toBe(200);
     expect(server.state.models.loaded[0]!.scheduler.stats.running).toBe(1); // still generating
-    expect(Math.max(...times)).toBeLessThan(250);
     await reader.cancel();
   });
 
@@ -876,7 +872,7 @@ describe("disconnects and the event loop", () => {
       post(`${server.url}/v1/chat/completions`, chat({ messages })),
       post(`${server.url}/v1/messages/count_tokens`, { model, messages }),
     ];
-    const { slowestMs: slowest } = await healthWhile(server.url, Promise.all([asked, counted]));
+    const { meanwhile } = await healthWhile(server.url, Promise.all([asked, counted]));
     const { status, json } = await asked;
     expect(status).toBe(400); // past the tiny model's context, which its whole length says
     const { tokenizer } = server.state.models.loaded[0]!.lm;
@@ -885,7 +881,7 @@ describe("disconnects and the event loop", () => {
     });
     expect(json.error.message).toContain(`the prompt is ${whole.length} tokens`);
     expect((await counted).json.input_tokens).toBe(whole.length);
-    expect(slowest).toBeLessThan(500);
+    expect(meanwhile).toBe(true);
   }, 60_000);
 });
 
