@@ -3,6 +3,7 @@
 // and a generation test (g tokens after a one-token prompt, end-of-sequence ignored), each
 // on a fresh KV cache with MLX's peak-memory counter reset before it. As llama-bench does, with
 // its -d too: the generation test after a context of d tokens, prefilled before the clock starts.
+import { nextTurn } from "../event-loop";
 import type { LoadedModel } from "../models/load";
 import type { QuantConfig } from "../models/config";
 import type { KvQuantization } from "../models/cache";
@@ -168,7 +169,7 @@ async function* steps(lm: LoadedModel, promptIds: number[], maxTokens: number): 
   for (const events of loop) {
     yield events;
     if (performance.now() - lastTurn < TURN_EVERY_MS) continue;
-    await new Promise((resolve) => setImmediate(resolve));
+    await nextTurn();
     lastTurn = performance.now();
   }
 }

@@ -2,6 +2,7 @@
 // the HTTP side and come back as async streams of text; the loop runs the BatchGenerator one
 // step at a time, giving the event loop a turn between steps (all MLX calls stay on this
 // thread), applies EOS and stop strings per sequence, and lets the tuner adjust the limits.
+import { nextTurn } from "../event-loop";
 import type { LoadedModel } from "../models/load";
 import { createDetokenizer, type StreamingDetokenizer, withoutUnfinishedCharacter } from "../tokenizer/detokenizer";
 import { BatchGenerator, type SequenceEvent } from "./batch";
@@ -339,7 +340,7 @@ export class Scheduler {
           // A failed step leaves the batch in an unknown state: end the streams it held with the
           // error; those still queued go on in a new batch.
           this.#failStep(error as Error);
-          await new Promise((resolve) => setImmediate(resolve));
+          await nextTurn();
           continue;
         }
         const turn = this.#generator.lastTurn;
@@ -358,7 +359,7 @@ export class Scheduler {
         }
         for (const event of events) this.#deliver(event);
         // Let HTTP handlers run (new requests, disconnects) between engine steps.
-        await new Promise((resolve) => setImmediate(resolve));
+        await nextTurn();
       }
     } finally {
       this.#looping = false;
