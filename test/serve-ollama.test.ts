@@ -576,17 +576,32 @@ describe("Ollama model management", () => {
     );
   });
 
-  test("OpenAI's name for a setting, sent beside 'options', is a 400 naming the option Ollama reads", async () => {
+  test("OpenAI's names for num_predict beside 'options' (the AI SDK's Ollama provider's max_output_tokens, max_tokens) limit the answer; num_predict wins", async () => {
     for (const [path, field] of [
       ["/api/chat", "max_output_tokens"],
       ["/api/generate", "max_tokens"],
     ] as const) {
-      const input = path === "/api/chat" ? { messages: [{ role: "user", content: "x" }] } : { prompt: "x" };
-      const r = await post(`${server.url}${path}`, { model, stream: false, ...input, [field]: 1 });
-      expect([path, r.status]).toEqual([path, 400]);
-      expect(r.json).toEqual({
-        error: `'${field}' is not an Ollama request field: Ollama reads it as 'options.num_predict'`,
-      });
+      const input =
+        path === "/api/chat"
+          ? { messages: [{ role: "user", content: "Tell me a story" }] }
+          : { prompt: "Tell me a story" };
+      const ask = (fields: Record<string, unknown>) =>
+        post(`${server.url}${path}`, { model, stream: false, temperature: 0, ...input, ...fields });
+      // Before, each was a 400 naming 'options.num_predict'.
+      const limited = await ask({ [field]: 4 });
+      expect([path, limited.status, limited.json.eval_count, limited.json.done_reason]).toEqual([
+        path,
+        200,
+        4,
+        "length",
+      ]);
+      // Ollama's own name wins, in 'options' or beside it.
+      expect((await ask({ [field]: 4, options: { num_predict: 2 } })).json.eval_count).toBe(2);
+      expect((await ask({ [field]: 4, num_predict: 3 })).json.eval_count).toBe(3);
+      // A bad value is named where it was sent.
+      const bad = await ask({ [field]: "many" });
+      expect([path, bad.status]).toEqual([path, 400]);
+      expect(bad.json.error).toStartWith(`'${field}' must be`);
     }
   });
 

@@ -47,8 +47,8 @@ export const ollamaDefaults = {
 
 const ROLES = new Set(["system", "user", "assistant", "tool"]);
 
-// The fields each endpoint reads, besides Ollama's option names (read as options); any other is a
-// 400 naming it. Those refused with their own message (images, template, tools on /api/generate)
+// The fields each endpoint reads, besides Ollama's option names (read as options) and OpenAI's
+// names for num_predict (NUM_PREDICT_ALIASES); any other is a 400 naming it. Those refused with their own message (images, template, tools on /api/generate)
 // are listed so it is the one given.
 const COMMON_FIELDS = [
   "model",
@@ -142,35 +142,24 @@ export const IGNORED_OPTIONS = {
 } as const;
 
 /**
- * Settings sent beside `options` under OpenAI's names for them, with the option Ollama reads
- * instead: refused like any field we do not read, but naming where they belong. (Ollama's own
- * option names sent beside `options` are read as options: see requestOptions.)
+ * OpenAI's names for num_predict, sent beside `options` by the AI SDK's Ollama provider (its chat
+ * model sends maxOutputTokens as max_output_tokens, its completion model as max_tokens). Ollama
+ * ignores them, so such a client's limit does nothing there, yet its requests are answered: read
+ * here as num_predict, which wins when also sent (in `options` or beside it).
  */
-const MISPLACED_OPTIONS: Record<string, string> = {
-  max_tokens: "num_predict",
-  max_output_tokens: "num_predict",
-};
-
-function refuseMisplacedOptions(f: Fields): void {
-  for (const [field, option] of Object.entries(MISPLACED_OPTIONS))
-    if (f.has(field))
-      throw new ValidationError(
-        `'${field}' is not an Ollama request field: Ollama reads it as 'options.${option}'`,
-        field,
-        "unsupported_parameter",
-      );
-}
+const NUM_PREDICT_ALIASES = ["max_output_tokens", "max_tokens"];
 
 /** Options gathered from `options` and beside it, each named in errors where the request sent it. */
 class GatheredOptions extends Fields {
   constructor(
     body: Record<string, unknown>,
-    readonly beside: ReadonlySet<string>,
+    /** The field each option gathered from beside `options` was sent as. */
+    readonly sentAs: ReadonlyMap<string, string>,
   ) {
     super(body, "options");
   }
   override name(field: string): string {
-    return this.beside.has(field) ? field : super.name(field);
+    return this.sentAs.get(field) ?? super.name(field);
   }
 }
 
@@ -182,9 +171,11 @@ class GatheredOptions extends Fields {
  */
 function requestOptions(f: Fields): Fields {
   const nested = f.object("options");
-  const beside = new Set(OPTIONS.filter((name) => f.has(name) && !nested?.has(name)));
-  const body = { ...nested?.body, ...Object.fromEntries([...beside].map((name) => [name, f.raw(name)])) };
-  return new GatheredOptions(body, beside);
+  const sentAs = new Map(OPTIONS.filter((name) => f.has(name) && !nested?.has(name)).map((name) => [name, name]));
+  const alias = NUM_PREDICT_ALIASES.find((name) => f.has(name));
+  if (alias && !nested?.has("num_predict") && !sentAs.has("num_predict")) sentAs.set("num_predict", alias);
+  const beside = Object.fromEntries([...sentAs].map(([option, field]) => [option, f.raw(field)]));
+  return new GatheredOptions({ ...nested?.body, ...beside }, sentAs);
 }
 
 function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | "sampling" | "stop"> {
@@ -324,8 +315,7 @@ const imagesRefused = (param: string) =>
 
 export function parseOllamaChat(body: unknown): OllamaRequest {
   const f = Fields.of(body);
-  refuseMisplacedOptions(f);
-  f.onlyKnown([...CHAT_FIELDS, ...OPTIONS]);
+  f.onlyKnown([...CHAT_FIELDS, ...OPTIONS, ...NUM_PREDICT_ALIASES]);
   const raw = f.array("messages") ?? [];
   const messages: ConversationMessage[] = [];
   raw.forEach((item, i) => {
@@ -365,8 +355,7 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
 
 export function parseOllamaGenerate(body: unknown): OllamaRequest {
   const f = Fields.of(body);
-  refuseMisplacedOptions(f);
-  f.onlyKnown([...GENERATE_FIELDS, ...OPTIONS]);
+  f.onlyKnown([...GENERATE_FIELDS, ...OPTIONS, ...NUM_PREDICT_ALIASES]);
   if (f.string("template"))
     f.fail(
       "template",
