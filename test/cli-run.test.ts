@@ -546,6 +546,23 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     oneLineError(await mlx(["launch", "-n"]), /^error: Option '-n <value>' argument missing/m);
   });
 
+  test("a long alias is written in help as it is typed: fuse's --dequantize (not -dequantize, which is refused)", async () => {
+    const proc = Bun.spawn([process.execPath, main, "fuse", "--help"], { stdout: "pipe", env });
+    const help = { stdout: await new Response(proc.stdout).text(), code: await proc.exited };
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^ *--dequantize, --de-quantize +Write a quantized base's weights/m);
+    // Still aligned with the other flags' column.
+    const end = (flag: string) => {
+      const line = help.stdout.split("\n").find((l) => l.includes(`${flag} `))!;
+      return line.indexOf(`${flag} `) + flag.length;
+    };
+    expect(end("--de-quantize")).toBe(end("--adapter"));
+    oneLineError(
+      await mlx(["fuse", "smollm2", "--adapter", "/no/such/dir", "-dequantize"]),
+      /unknown option '-dequantize'/,
+    );
+  });
+
   test("a flag the command does not have (citty alone would ignore it): named, with the closest ones", async () => {
     oneLineError(
       await mlx(["run", "-m", model, "--temperature", "0.5", "hi"]),

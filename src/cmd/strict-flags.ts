@@ -206,11 +206,18 @@ const oneDash = (text: string) => text.replace(/(?<![\w-])--([A-Za-z])(?![\w-])/
  * itself rather than through consola, whose level drops it where TEST or NODE_ENV=test is set.
  */
 export async function showUsage<T extends ArgsDef>(cmd: CommandDef<T>, parent?: CommandDef<T>): Promise<void> {
+  // citty writes every alias with one dash, so a long one (fuse's --dequantize) would read as
+  // `-dequantize`, which the parser refuses: two dashes, one padding space fewer.
+  const args = typeof cmd.args === "function" ? await cmd.args() : await cmd.args;
+  const longAliases = Object.values(args ?? {}).flatMap((def) =>
+    (def.type !== "string" && def.type !== "boolean") || def.alias === undefined
+      ? []
+      : [def.alias].flat().filter((a) => a.length > 1),
+  );
   // The option column is right-aligned: a space in front of each shortened flag keeps it so.
   // citty pads every description to the longest one's width: trailing blanks, cut.
-  const usage = (await renderUsage(cmd, parent))
-    .replace(/ `--([A-Za-z])(?=[`=])/g, "  `-$1")
-    .replace(/ +(`?)$/gm, "$1");
+  let usage = (await renderUsage(cmd, parent)).replace(/ `--([A-Za-z])(?=[`=])/g, "  `-$1").replace(/ +(`?)$/gm, "$1");
+  for (const alias of longAliases) usage = usage.replaceAll(` \`-${alias},`, `\`--${alias},`);
   // citty marks names with backquotes for consola to colour; colors is plain where colour is off.
   // Waited for: citty exits as soon as this returns.
   await writeOutput(`${usage.replace(/`([^`]+)`/g, (_, name: string) => colors.cyan(name))}\n\n`);
