@@ -28,7 +28,7 @@ export const modelArg = {
     type: "string",
     alias: "m",
     description:
-      "Model: an alias from models.toml, a model directory, or a .gguf file (default: the models.toml default)",
+      "Model: an alias from models.toml, a stored model (mlx list), an hf:/pypi: source, a model directory, or a .gguf file (default: the models.toml default)",
   },
 } as const satisfies ArgsDef;
 
