@@ -614,6 +614,22 @@ describe("mlx chat with piped input", () => {
     expect(errors).toContain(`error: ${bad}: temperature must be >= 0 (got -1)`);
   });
 
+  test("/save names the model chatted with when -m is not given (the default's name), so /load's hint to switch to it works", async () => {
+    const ownHome = join(root, "home-default");
+    mkdirSync(ownHome, { recursive: true });
+    const piped = join(root, "piped-default");
+    writeTinyModel(piped);
+    writeFileSync(
+      join(ownHome, "models.toml"),
+      `default = "tiny-default"\n\n[models.tiny-default]\nsource = "${piped}"\n`,
+    );
+    const saved = join(root, "saved-default.json");
+    const { code } = await cliRunner(ownHome)(["chat", "--max-tokens", "2"], `hi\n/save ${saved}\n`);
+    expect(code).toBe(0);
+    // Not "default model", which /model cannot open.
+    expect(JSON.parse(readFileSync(saved, "utf8")).model).toBe("tiny-default");
+  });
+
   test("/load refuses JSON that is not a /save file (null, other roles) in one line; /set reads whole numbers as the flags do", async () => {
     const piped = join(root, "piped-strict");
     writeTinyModel(piped);

@@ -7,6 +7,7 @@ import { fail, setVerbose } from "./log";
 import { openModel, type OpenOptions } from "./open-model";
 import { remoteModel, RemoteModel } from "../providers";
 import { locateModel } from "../store/resolve";
+import { loadAliases } from "../store/aliases";
 import {
   adapterArg,
   adapterFrom,
@@ -65,7 +66,8 @@ export default defineCommand({
         thinking: thinkingFrom(args),
         hideThinking: Boolean(args["hide-thinking"]),
       };
-      const modelName = args.model ?? "default model";
+      // The default's own name: /save records it, and /load offers `/model NAME` to switch back to it.
+      const modelName = args.model ?? loadAliases().defaultModel;
       // Every model this chat opens, the first and each /model switches to, keeps the command
       // line's cache and speculation flags (else what models.toml gives that model).
       const cacheAndSpeculation = (name: string | undefined): OpenOptions => ({
