@@ -48,8 +48,8 @@ export const ollamaDefaults = {
 const ROLES = new Set(["system", "user", "assistant", "tool"]);
 
 // The fields each endpoint reads, besides Ollama's option names (read as options) and OpenAI's
-// names for num_predict (NUM_PREDICT_ALIASES); any other is a 400 naming it. Those refused with their own message (images, template, tools on /api/generate)
-// are listed so it is the one given.
+// names for num_predict (NUM_PREDICT_ALIASES); any other is a 400 naming it. Those refused with
+// their own message (images, template, tools on /api/generate) are listed so it is the one given.
 const COMMON_FIELDS = [
   "model",
   "format",
