@@ -23,8 +23,8 @@ beforeAll(() => {
   small = loadModel(join(root, "small"));
 });
 
-async function say(c: Conversation, text: string, maxTokens = 6) {
-  const turn = c.turn(text, { sampling: defaultSampling, maxTokens });
+async function say(c: Conversation, text: string, maxTokens = 6, sampling = defaultSampling) {
+  const turn = c.turn(text, { sampling, maxTokens });
   let step = await turn.next();
   while (!step.done) step = await turn.next();
   return step.value;
@@ -40,6 +40,27 @@ describe("Conversation", () => {
     expect(second.info.reusedTokens).toBeGreaterThan(first.result.promptTokenIds.length);
     expect(second.info.reusedTokens + second.info.newTokens).toBe(whole.length);
     expect(c.messages.map((m) => m.role)).toEqual(["user", "assistant", "user", "assistant"]);
+    c.dispose();
+  });
+
+  test("a sampled answer whose text tokenizes to other ids is reused whole: the next turn prefills only what follows it", async () => {
+    const c = new Conversation(lm);
+    const sampling = { ...defaultSampling, temperature: 1, seed: 3 };
+    let retokenizedOtherwise = 0;
+    let previous: { ids: number[]; unfed: number } | undefined;
+    for (const text of ["Hello", "And then?", "More"]) {
+      const { result, info } = await say(c, text, 12, sampling);
+      // The cache holds the previous prompt and every answer token it fed: all but one cut short by max_tokens.
+      if (previous) expect(info.reusedTokens).toBe(previous.ids.length - previous.unfed);
+      const retokenized = lm.tokenizer.encode(result.text, { addSpecialTokens: false });
+      if (retokenized.join() !== result.tokenIds.join()) retokenizedOtherwise++;
+      previous = {
+        ids: [...result.promptTokenIds, ...result.tokenIds],
+        unfed: result.finishReason === "length" ? 1 : 0,
+      };
+    }
+    // What the test is about: answers whose text, tokenized again, is not the ids sampled.
+    expect(retokenizedOtherwise).toBeGreaterThan(0);
     c.dispose();
   });
 

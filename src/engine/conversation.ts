@@ -8,7 +8,7 @@ import type { ChatMessage } from "../tokenizer/tokenizer";
 import { soloScheduler, streamCompletion, type CompletionPiece, type CompletionResult } from "./generate";
 import { PrefixCache } from "./prefix-cache";
 import { chatTokens } from "./prompt";
-import { withModelPrompt, type FormatInput } from "./request";
+import { withModelPrompt, type FormatInput, type TokenizedText } from "./request";
 import type { ThinkingRequest } from "./reasoning";
 import type { ConversationMessage } from "./tools";
 import type { SamplingParams } from "./sampling";
@@ -43,6 +43,13 @@ export class Conversation {
   messages: ChatMessage[] = [];
   #scheduler: Scheduler;
   #contextUsed = 0;
+  /**
+   * The last turn's prompt and answer, as text and as the ids the cache holds: the answer's ids
+   * are the ones sampled, which the next turn's prompt takes where the template writes the
+   * answer as it was said (GenerationSpec.earlierSequence), so that it reuses the cache of the
+   * whole answer rather than prefilling it again from where its text tokenized again differs.
+   */
+  #sequence?: TokenizedText;
 
   constructor(
     public lm: LoadedModel,
@@ -73,6 +80,7 @@ export class Conversation {
     this.#scheduler = scheduler;
     this.lm = lm;
     this.#contextUsed = 0;
+    this.#sequence = undefined; // another tokenizer's ids
   }
 
   dispose(): void {
@@ -83,6 +91,7 @@ export class Conversation {
     this.#scheduler.dispose();
     this.#scheduler = Conversation.#schedulerFor(this.lm);
     this.#contextUsed = 0;
+    this.#sequence = undefined;
   }
 
   #withSystem(): ChatMessage[] {
@@ -131,6 +140,7 @@ export class Conversation {
         format: o.format,
         thinking: o.thinking,
         signal: o.signal,
+        earlierSequence: this.#sequence,
       });
     } finally {
       if (!result && this.messages === asked) this.messages = before;
@@ -138,6 +148,12 @@ export class Conversation {
     if (this.messages === asked) {
       this.#contextUsed = result.stats.promptTokens + result.tokenIds.length;
       this.messages.push({ role: "assistant", content: result.text });
+      // Only ids that are the answer's text exactly: not a thinking model's reasoning, nor a stop
+      // string cut from the text, nor the bytes of a character cut short.
+      const answered = result.promptText !== undefined && this.lm.tokenizer.decode(result.tokenIds) === result.text;
+      this.#sequence = answered
+        ? { text: result.promptText + result.text, ids: [...result.promptTokenIds, ...result.tokenIds] }
+        : undefined;
     }
     const reusedTokens = result.stats.cachedTokens;
     return { result, info: { reusedTokens, newTokens: result.stats.promptTokens - reusedTokens, droppedMessages } };

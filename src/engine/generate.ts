@@ -31,6 +31,8 @@ export interface CompletionResult {
   /** A thinking model's reasoning ("" when none). */
   reasoning: string;
   promptTokenIds: number[];
+  /** The text promptTokenIds stand for, where they are that text's alone (see PreparedGeneration.promptText). */
+  promptText?: string;
   /** The answer's tokens (without the end-of-sequence token that ended it). */
   tokenIds: number[];
   finishReason: FinishReason;
@@ -94,6 +96,7 @@ export async function* streamCompletion(
         text,
         reasoning,
         promptTokenIds: prepared.promptIds,
+        promptText: prepared.promptText,
         tokenIds: event.tokenIds,
         finishReason: event.finishReason,
         closedEarly,

@@ -117,6 +117,13 @@ export interface GenerationSpec {
   modelPrompt?: ModelPrompt;
   /** Ids put before the prompt (Ollama's /api/generate context). */
   prefixIds?: number[];
+  /**
+   * An earlier sequence as text and as the ids the KV cache holds for it (a chat's last prompt
+   * and the answer sampled to it): a templated prompt whose text starts with that text takes
+   * those ids for it. Tokenized again, a sampled answer's text can come out as other tokens
+   * than the ones sampled, and the cache then matched the prompt only up to the first of them.
+   */
+  earlierSequence?: TokenizedText;
   sampling: SamplingParams;
   /** Most tokens to generate; clamped to the room the context leaves (default: all of it). */
   maxTokens?: number;
@@ -144,9 +151,17 @@ export interface GenerationSpec {
   signal?: AbortSignal;
 }
 
+/** A text and the ids that stand for it. */
+export interface TokenizedText {
+  text: string;
+  ids: number[];
+}
+
 export interface PreparedGeneration {
   request: GenerationRequest;
   promptIds: number[];
+  /** The text promptIds stand for, where they are that text's alone (not ids given, nor a prefix's, nor cut). */
+  promptText?: string;
   /** Set when the model was offered tools: how to read its calls out of the answer. */
   toolFormat?: ToolCallFormat;
   /** The grammar the answer follows, if any (to tell whether it completed). */
@@ -209,13 +224,13 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const prompt = withModelPrompt(spec.prompt, modelPrompt, lm.tokenizer);
   const thinking = settleThinking(lm.tokenizer, prompt, spec.thinking, shaped);
   const { tokens: context, whose } = contextLimit(lm, spec.contextBound ?? modelContextBound(lm));
+  // A megabyte's tokenizing takes seconds: a request aborted meanwhile stops there.
+  const tokenized = await runStepsAsync(
+    tokenize(lm.tokenizer, prompt, template, offered, thinking?.templateVars, spec.earlierSequence),
+    spec.signal,
+  );
   const promptIds = truncatedPrompt(
-    withPrefix(
-      spec.prefixIds ?? [],
-      // A megabyte's tokenizing takes seconds: a request aborted meanwhile stops there.
-      await runStepsAsync(tokenize(lm.tokenizer, prompt, template, offered, thinking?.templateVars), spec.signal),
-      lm.tokenizer,
-    ),
+    withPrefix(spec.prefixIds ?? [], tokenized.ids, lm.tokenizer),
     spec.controls?.truncatePromptTokens,
     context,
   );
@@ -323,6 +338,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       signal: spec.signal,
     },
     promptIds,
+    promptText: promptIds === tokenized.ids ? tokenized.text : undefined,
     toolFormat,
     constraint,
     dispose: () => constraint?.dispose(),
@@ -457,7 +473,7 @@ export async function countPromptTokens(
     await runStepsAsync(
       tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplateFor(offered)), offered, vars),
     )
-  ).length;
+  ).ids.length;
 }
 
 /**
@@ -518,8 +534,10 @@ function harmonyPromptTail(tokenizer: Tokenizer, promptIds: number[]): string {
 }
 
 /**
- * `template` says how the chat template handles tools; `tools` are those offered on this turn.
- * Pauses while it encodes a long text (Tokenizer.encodeSteps): a server serves others meanwhile.
+ * The prompt's ids, and the text they stand for (none for ids given). `template` says how the
+ * chat template handles tools; `tools` are those offered on this turn; `earlier`: see
+ * GenerationSpec.earlierSequence. Pauses while it encodes a long text (Tokenizer.encodeSteps): a
+ * server serves others meanwhile.
  */
 function* tokenize(
   tokenizer: Tokenizer,
@@ -527,10 +545,27 @@ function* tokenize(
   template: ToolTemplate,
   tools: ToolSpec[] | undefined,
   templateVars?: Record<string, unknown>,
-): Steps<number[]> {
-  if (prompt.kind === "ids") return prompt.ids;
+  earlier?: TokenizedText,
+): Steps<{ ids: number[]; text?: string }> {
+  if (prompt.kind === "ids") return { ids: prompt.ids };
   const { text, addSpecialTokens } = promptTextOf(tokenizer, prompt, template, tools, templateVars);
-  return yield* tokenizer.encodeSteps(text, { addSpecialTokens });
+  const ids = yield* tokenizer.encodeSteps(text, { addSpecialTokens });
+  // Text the tokenizer adds special tokens to starts with them: an earlier sequence's ids would not.
+  if (!earlier || addSpecialTokens || !text.startsWith(earlier.text)) return { ids, text };
+  return { ids: yield* withEarlierIds(tokenizer, text.slice(earlier.text.length), ids, earlier.ids), text };
+}
+
+/**
+ * The ids of a text that starts with an earlier sequence's text: that sequence's ids, then the
+ * rest of the text tokenized, where the whole text's own tokens (`ids`) end with those of the
+ * rest, so that the two meet between tokens (the end of an answer, then the template's
+ * end-of-turn token). Where they meet inside a token, the whole text's own ids.
+ */
+function* withEarlierIds(tokenizer: Tokenizer, rest: string, ids: number[], earlierIds: number[]): Steps<number[]> {
+  const restIds = yield* tokenizer.encodeSteps(rest, { addSpecialTokens: false });
+  const tail = ids.slice(ids.length - restIds.length);
+  if (restIds.length > ids.length || restIds.some((id, i) => id !== tail[i])) return ids;
+  return [...earlierIds, ...restIds];
 }
 
 /** The text a prompt not given as ids is encoded from (as chatTokens, promptTokens do). */
