@@ -191,6 +191,22 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     expect(alive()).toBe(true);
   });
 
+  test("lines typed ahead while an answer streams each come at their own prompt, in order, before their answers", async () => {
+    keys("C-l");
+    keys("tell me everything again", "Enter");
+    await Bun.sleep(1500); // into the answer
+    // Typed while the answer streams; the Ctrl-C then stops it. Before, readline took all three
+    // lines at once: each was written under the first, before any answer, and the answers came
+    // after prompts left empty.
+    keys("/set max_tokens 8", "Enter", "first ahead", "Enter", "second ahead", "Enter");
+    keys("C-c");
+    const text = await waitFor(/\(stopped\)[\s\S]*>>> second ahead\n[\s\S]*tokens\/s[^\n]*\n>>>\s*$/);
+    expect(text).toMatch(
+      /\(stopped\)\n(.*tokens\/s.*\n)?>>> \/set max_tokens 8\nmax_tokens = 8\n>>> first ahead\n[\s\S]*?tokens\/s[^\n]*\n>>> second ahead\n/,
+    );
+    expect(alive()).toBe(true);
+  });
+
   test("Ctrl-C in the middle of an answer stops it and returns to the prompt", async () => {
     keys("/set max_tokens 100000", "Enter");
     await waitFor(/max_tokens = 100000/);

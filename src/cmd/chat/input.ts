@@ -249,13 +249,19 @@ export class LineInput {
     this.#rl.pause();
   }
 
-  /** Gives readline the keys held meanwhile, and those typed from now on. */
+  /**
+   * Gives readline the keys held meanwhile up to the end of the first line they send, and, where
+   * that was all, those typed from now on. The lines after it stay held for the prompts after
+   * the answer (or command) it starts: given at once, readline wrote each of them under the
+   * first, before its answer, and the prompt they belong to was left empty.
+   */
   #releaseKeys(): void {
     const held = Buffer.concat(this.#heldKeys);
-    this.#heldKeys = [];
-    this.#keysTo = "readline";
+    const end = firstLineEnd(held);
+    this.#heldKeys = end < held.length ? [held.subarray(end)] : [];
+    if (this.#heldKeys.length === 0) this.#keysTo = "readline";
     this.#onCtrlC = undefined;
-    if (held.length > 0) this.#terminalInput?.write(held);
+    if (end > 0) this.#terminalInput?.write(held.subarray(0, end));
   }
 
   /** While an answer streams: Ctrl-C calls `stop`; other keys wait for the next prompt. */
@@ -351,6 +357,29 @@ function pasteAwareInput(): Transform {
  */
 const pastedText = (text: string) =>
   text.replace(/\r\n|\r|\n/g, pastedNewline).replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");
+
+/**
+ * Where the first line in `keys` ends (their length where none does): after its Enter (a CR LF
+ * as one), and the Ctrl-Cs typed right after it, which stop what that line starts (see
+ * #ctrlCAfterLine). A line break inside a bracketed paste ends no line.
+ */
+function firstLineEnd(keys: Buffer): number {
+  const paste = { start: Buffer.from(pasteStart), end: Buffer.from(pasteEnd) };
+  let pasting = false;
+  for (let at = 0; at < keys.length; at++) {
+    const marker = pasting ? paste.end : paste.start;
+    if (keys[at] === marker[0] && keys.subarray(at, at + marker.length).equals(marker)) {
+      pasting = !pasting;
+      at += marker.length - 1;
+    } else if (!pasting && lineEnds.includes(keys[at]!)) {
+      let end = at + 1;
+      if (keys[at] === 0x0d && keys[end] === 0x0a) end++;
+      while (keys[end] === ctrlC) end++;
+      return end;
+    }
+  }
+  return keys.length;
+}
 
 /** The end of `text` that starts `marker` (and may be finished by the next read), or "". */
 function endingMarkerStart(text: string, marker: string): string {
