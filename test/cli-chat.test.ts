@@ -721,6 +721,34 @@ describe("mlx chat with piped input", () => {
     expect(stderr.match(/tokens\/s/g)?.length).toBe(1);
   });
 
+  test("/set think|nothink switch a thinking model's reasoning, as in Ollama; /set noformat is format off", async () => {
+    const thinks = join(root, "piped-ollama-think");
+    // A template that opens the reasoning itself: a random model's answer stays inside it unless thinking is off.
+    writeTinyModel(thinks, {
+      chatTemplate:
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n<think>\n",
+    });
+    const { stdout, stderr, code } = await chatCli(
+      ["-m", thinks, "--hide-thinking", "--max-tokens", "8", "--temp", "1", "--seed", "1"],
+      "hello\n/set nothink\nhello\n/set think\nhello\n/set format json\n/set noformat\n",
+    );
+    expect(code).toBe(0);
+    expect(stderr).toBe(
+      "thinking off\nthinking on\nformat = json: answers are JSON objects\nformat off: answers are free text\n",
+    );
+    // Reasoning hidden: only the answer with thinking off shows text. Before, each /set was an unknown setting.
+    const answers = stdout.split("\n").slice(0, 3);
+    expect(answers.map((answer) => answer.trim() !== "")).toEqual([false, true, false]);
+    // A model that does not think is refused thinking in one line, as --think is; off is fine.
+    const plain = join(root, "piped-ollama-nothink");
+    writeTinyModel(plain);
+    const refused = await chatCli(["-m", plain, "--max-tokens", "2"], "/set think\n/set nothink\nhi\n");
+    expect(refused.code).toBe(0);
+    expect(refused.stderr).toBe(
+      "error: this model does not think (its chat template has no <think> section)\nthinking off\n",
+    );
+  });
+
   test("/show <part> shows that part alone, as in Ollama; an unknown part is one line naming the parts", async () => {
     const piped = join(root, "piped-show-part");
     writeTinyModel(piped);

@@ -36,7 +36,8 @@ type Handler = (session: ChatSession, args: string, lendKeys?: KeyLender) => Pro
 const help = `commands:
   /set <name> <value>   change a setting: ${settingNames.join(", ")}
                         (/set format json|<schema file>|off: answers as JSON, or JSON matching a schema)
-                        (as in Ollama: /set parameter temperature|num_predict|top_k|... <value>, /set verbose|quiet)
+                        (as in Ollama: /set parameter temperature|num_predict|top_k|... <value>, /set verbose|quiet,
+                        /set think|nothink: a thinking model's reasoning on or off, /set noformat)
   /show [part]          the model (architecture, parameters, quantization, context, template) and settings;
                         one part of it: /show ${showParts.join("|")}
   /clear                forget the conversation
@@ -73,6 +74,9 @@ const commands: Record<string, Handler> = {
     if (name === "parameter") [name, value] = parameterSetting(value);
     if ((name === "verbose" || name === "quiet") && !value.trim())
       return commands.stats!(s, name === "verbose" ? "on" : "off");
+    // And /set think|nothink for a thinking model's reasoning, /set noformat for free text again.
+    if ((name === "think" || name === "nothink") && !value.trim()) return s.say(s.setThinking(name === "think"));
+    if (name === "noformat" && !value.trim()) return s.say(await applyFormat(s.settings, "off"));
     if (name === "format") return s.say(await applyFormat(s.settings, value));
     s.say(applySetting(s.settings, name, value));
     if (name === "system") s.conversation.system = s.settings.system;

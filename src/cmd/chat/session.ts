@@ -57,6 +57,22 @@ export class ChatSession {
     this.say(`now chatting with ${name}`);
   }
 
+  /**
+   * Thinking on or off for the answers from now on (/set think|nothink, as in ollama run); on is
+   * refused for a local model that does not think, as --think is. Off drops a --thinking-budget.
+   */
+  setThinking(enabled: boolean): string {
+    const thinking = {
+      ...this.settings.thinking,
+      enabled,
+      budget: enabled ? this.settings.thinking?.budget : undefined,
+    };
+    const c = this.conversation;
+    if (c instanceof Conversation) checkThinking(c.lm, thinking);
+    this.settings.thinking = thinking;
+    return enabled ? "thinking on" : "thinking off";
+  }
+
   /** What the answers sample with: the user's values, else the alias's of the model in use (samplingFor). */
   get sampling(): SamplingParams {
     const c = this.conversation;
