@@ -912,6 +912,17 @@ describe("mlx chat /model", () => {
     expect(stderr).toContain("speculation:    off\n");
   });
 
+  test("/load <alias> switches to that model, as ollama run's /load does; a name that is neither a file nor an alias is one line", async () => {
+    const { stdout, stderr } = await chat([], "/load second-8bit\n/show info\nhello\n/load no-such-thing\n", {
+      errors: true,
+    });
+    expect(stderr).toContain("now chatting with second-8bit\n");
+    expect(stderr).toContain(`model:          ${second} (mlx)`);
+    expect(stdout.trim()).not.toBe("");
+    expect(stderr).toContain("error: cannot read 'no-such-thing': no such file\n");
+    expect(stderr.match(/error:/g)?.length).toBe(1);
+  });
+
   test("a model the KV cache flags do not fit is refused in one line, and the chat goes on with the one it had", async () => {
     const narrow = join(root, "switch-narrow");
     writeTinyModel(narrow, { headDim: 16 });

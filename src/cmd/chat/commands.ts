@@ -1,7 +1,7 @@
 // The slash commands of `mlx chat`. Each gets the session and its argument text, and
 // returns false when the chat should end.
 import { errorLine } from "../errors";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import * as p from "@clack/prompts";
 import type { ChatSession } from "./session";
 import type { KeyLender } from "./input";
@@ -42,7 +42,7 @@ const help = `commands:
                         one part of it: /show ${showParts.join("|")}
   /clear                forget the conversation
   /save <file>          save the conversation as JSON
-  /load <file>          load a conversation saved with /save
+  /load <file>          load a conversation saved with /save (as in Ollama, /load <model alias> switches model)
   /model [name]         switch model (pick from a list without a name)
   /stats on|off         show tokens/s, time to first token and context use after each answer
   /bye                  leave (also Ctrl-D, or Ctrl-C at an empty prompt)
@@ -105,9 +105,11 @@ const commands: Record<string, Handler> = {
     }
     s.say(`saved ${s.conversation.messages.length} messages to ${file}`);
   },
-  load: (s, args) => {
+  load: async (s, args) => {
     const file = args.trim();
     if (!file) return s.say("usage: /load <file>");
+    // ollama run's /load <model> switches to that model: a name that is no file here but a model's alias does so too.
+    if (!existsSync(file) && isAlias(file)) return s.switchModel(file);
     const saved = readSaved(file);
     // What /save writes: the user's messages and the answers (the system prompt is kept apart).
     // Another role would be rendered as the template pleases, a "system" one twice.
@@ -158,6 +160,16 @@ const commands: Record<string, Handler> = {
     await s.switchModel(name);
   },
 };
+
+/** Whether `name` is a model's alias, local or remote (models.toml). */
+function isAlias(name: string): boolean {
+  try {
+    const table = loadAliases();
+    return table.models.has(name) || table.remotes.has(name);
+  } catch {
+    return false; // a models.toml that cannot be read: /load says the file is missing, /model says why
+  }
+}
 
 /** A file written by /save, parsed; a one-line error naming the file when it cannot be read or is not JSON. */
 function readSaved(file: string) {
