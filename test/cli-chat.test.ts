@@ -195,14 +195,16 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     keys("C-l");
     keys("tell me everything again", "Enter");
     await Bun.sleep(1500); // into the answer
-    // Typed while the answer streams; the Ctrl-C then stops it. Before, readline took all three
-    // lines at once: each was written under the first, before any answer, and the answers came
-    // after prompts left empty.
-    keys("/set max_tokens 8", "Enter", "first ahead", "Enter", "second ahead", "Enter");
+    // Typed while the answer streams (a paste of two lines among them, one message); the Ctrl-C
+    // then stops it. Before, readline took all the lines at once: each was written under the
+    // first, before any answer, and the answers came after prompts left empty.
+    keys("/set max_tokens 8", "Enter");
+    keys("-l", "\x1b[200~first\nahead\x1b[201~");
+    keys("Enter", "second ahead", "Enter");
     keys("C-c");
     const text = await waitFor(/\(stopped\)[\s\S]*>>> second ahead\n[\s\S]*tokens\/s[^\n]*\n>>>\s*$/);
     expect(text).toMatch(
-      /\(stopped\)\n(.*tokens\/s.*\n)?>>> \/set max_tokens 8\nmax_tokens = 8\n>>> first ahead\n[\s\S]*?tokens\/s[^\n]*\n>>> second ahead\n/,
+      /\(stopped\)\n(.*tokens\/s.*\n)?>>> \/set max_tokens 8\nmax_tokens = 8\n>>> first↵ahead\n[\s\S]*?tokens\/s[^\n]*\n>>> second ahead\n/,
     );
     expect(alive()).toBe(true);
   });
