@@ -1290,6 +1290,91 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
   );
 
   test(
+    "a process reading the model while its branch moves many times never finds it missing, nor reads two revisions at once; the old revisions go once it stops",
+    async () => {
+      /** Revision i: its config and generation config both say i, its commit is i in hex. */
+      const revision = (i: number) => {
+        const files = new Map(tiny);
+        const config = JSON.parse(new TextDecoder().decode(tiny.get("config.json")!));
+        files.set("config.json", new TextEncoder().encode(JSON.stringify({ ...config, qa_revision: i })));
+        files.set("generation_config.json", new TextEncoder().encode(JSON.stringify({ qa_revision: i })));
+        return { sha: i.toString(16).padStart(40, "0"), files };
+      };
+      const hub = await startHub({ "org/tiny": revision(0) });
+      await pull("hf:org/tiny");
+      releaseModel("org/tiny");
+      const home = process.env.MLX_HOME!;
+      const [stop, ready] = [join(home, "stop"), join(home, "ready")];
+      const reader = Bun.spawn(
+        [
+          process.execPath,
+          join(import.meta.dir, "fixtures", "store-revision-reader.ts"),
+          join(home, "models", modelKey("org/tiny")),
+          "org/tiny",
+          stop,
+          ready,
+        ],
+        { env: process.env, stdout: "pipe", stderr: "inherit" },
+      );
+      try {
+        while (!existsSync(ready)) await Bun.sleep(10);
+        const UPDATES = 40;
+        for (let i = 1; i <= UPDATES; i++) {
+          Object.assign(hub.repos.get("org/tiny")!, revision(i));
+          const updated = await pullModel(modelRequest("hf:org/tiny"), { update: true });
+          expect(updated.updated?.files).toBe(2);
+        }
+        writeFileSync(stop, "");
+        const seen = JSON.parse(await new Response(reader.stdout).text());
+        expect(await reader.exited).toBe(0);
+        expect({ missing: seen.missing, mixed: seen.mixed }).toEqual({ missing: 0, mixed: 0 });
+        // It read while the updates ran: it saw more than the first and last revisions.
+        expect(seen.revisions).toBeGreaterThan(2);
+      } finally {
+        reader.kill();
+        await reader.exited;
+      }
+      // The reader gone, the next update leaves only the current revision.
+      Object.assign(hub.repos.get("org/tiny")!, revision(41));
+      await pullModel(modelRequest("hf:org/tiny"), { update: true });
+      releaseModel("org/tiny");
+      expect(readdirSync(join(home, "revisions", modelKey("org/tiny")))).toHaveLength(1);
+      expect(
+        JSON.parse(readFileSync(join(home, "models", modelKey("org/tiny"), "config.json"), "utf8")).qa_revision,
+      ).toBe(41);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a store made before revisions (the model a directory of links) is read, moved to them as it is first opened, and updated",
+    async () => {
+      const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });
+      await pull("hf:org/tiny");
+      releaseModel("org/tiny");
+      // The model's directory as an older mlx linked it: models/<key>/<file> -> ../../blobs/sha256-<hex>.
+      const home = process.env.MLX_HOME!;
+      const dir = join(home, "models", modelKey("org/tiny"));
+      rmSync(dir);
+      rmSync(join(home, "revisions"), { recursive: true });
+      mkdirSync(dir);
+      for (const f of readManifest("org/tiny")!.files)
+        symlinkSync(join("..", "..", "blobs", `sha256-${f.sha256}`), join(dir, f.name));
+      expect(await openStoredModel("org/tiny")).toBe(dir);
+      expect(lstatSync(dir).isSymbolicLink()).toBe(true);
+      load(dir);
+      releaseModel("org/tiny");
+      moveBranch(hub);
+      await pullModel(modelRequest("hf:org/tiny"), { update: true });
+      releaseModel("org/tiny");
+      expect(lstatSync(dir).isSymbolicLink()).toBe(true);
+      expect(sha256Hex(storedWeights())).toBe(sha256Hex(retrainedWeights));
+      load(dir);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a server that loaded the old revision keeps answering, its files kept until it stops",
     async () => {
       const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });

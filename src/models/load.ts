@@ -3,7 +3,7 @@
 import type { ModelLimits, ModelPrompt } from "../store/aliases";
 import type { KvQuantization } from "./cache";
 import type { SamplingDefaults } from "./generation-config";
-import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, realpathSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import { ModelLoadError } from "../errors";
@@ -149,9 +149,12 @@ function indexFiles(dir: string, indexPath: string): string[] {
 }
 
 function* loadDirectory(dir: string, stage?: Stage, shard?: Shard): Steps<LoadedModel> {
-  const { config, tensors } = yield* directoryTensorSteps(dir);
+  // Resolved once: a stored model's name is a link to its current revision, which an update
+  // swaps; every file read through the link as resolved now is of one revision.
+  const files = realpathSync(dir);
+  const { config, tensors } = yield* directoryTensorSteps(files);
   sanitize(tensors, config);
-  const tokenizer = withModelErrors(dir, () => Tokenizer.fromDirectory(dir));
+  const tokenizer = withModelErrors(dir, () => Tokenizer.fromDirectory(files));
   yield;
   return yield* assemble(tensors, config, tokenizer, "mlx", dir, [], stage, shard);
 }

@@ -6,7 +6,10 @@
 //   <root>/refs/                   small JSON records: source spec -> blob (pypi), input -> derived model
 //   <root>/manifests/<key>.json    one per model: its files (name -> blob), format, sizes, times
 //   <root>/index.json              all manifests summed up for list and eviction; rebuilt when stale
-//   <root>/models/<key>/           a model as a directory of symlinks to its blobs, for loading
+//   <root>/models/<key>            a model's name for loading: a symlink to its current revision's
+//                                  directory (a directory itself in stores made before revisions)
+//   <root>/revisions/<key>/<id>/   a revision of a model: a directory of symlinks to its blobs; an
+//                                  update links a new one and swaps models/<key> by one rename(2)
 //   <root>/in-use/<key>/<pid>      markers of processes using a model (never evicted meanwhile)
 //   <root>/locks/                  lock files (the store lock, one per model being pulled)
 //   <root>/tmp/                    files being written; anything here is garbage after a crash
@@ -49,6 +52,10 @@ export function manifestsDir(): string {
 
 export function modelsDir(): string {
   return join(storeRoot(), "models");
+}
+
+export function revisionsDir(): string {
+  return join(storeRoot(), "revisions");
 }
 
 export function inUseDir(): string {

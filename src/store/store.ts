@@ -1,8 +1,18 @@
 // Stored models as a whole: opening one for use, committing a freshly pulled one, listing,
 // removing, and evicting the least recently used ones when the store outgrows its limit.
 // Every change happens under the store lock, so two mlx processes never interleave them.
-import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync } from "node:fs";
-import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+} from "node:fs";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { NotEnoughSpaceError } from "../files";
 import { noSpaceLeft, shellWord } from "../format";
 import { loadAliases } from "./aliases";
@@ -19,7 +29,7 @@ import {
 } from "./manifest";
 import { ModelInUseError, ModelLoadError, ModelNotFoundError } from "../errors";
 import { indexEntry, loadIndex, manifestKeys, saveIndex, saveIndexIfRoom, type IndexEntry } from "./model-index";
-import { blobPath, isSha256Hex, modelKey, modelsDir, storeRoot } from "./paths";
+import { blobPath, isSha256Hex, modelKey, modelsDir, revisionsDir, storeRoot } from "./paths";
 
 export const DEFAULT_MAX_BYTES = 100e9;
 
@@ -204,7 +214,10 @@ export function commitModel(manifest: ModelManifest): Promise<{ path: string; ev
       writeManifest(manifest);
     } catch (error) {
       // Not stored: its directory goes too (a previous model's own is linked again when opened).
-      if (!previous) rmSync(join(modelsDir(), modelKey(manifest.name)), { recursive: true, force: true });
+      if (!previous) {
+        rmSync(join(modelsDir(), modelKey(manifest.name)), { recursive: true, force: true });
+        rmSync(join(revisionsDir(), modelKey(manifest.name)), { recursive: true, force: true });
+      }
       throw error;
     }
     const index = loadIndex();
@@ -212,6 +225,7 @@ export function commitModel(manifest: ModelManifest): Promise<{ path: string; ev
     // A process using the model (a server that loaded it) keeps the files of the revision it
     // loaded: they stay, unreferenced, for `mlx verify` to remove once it has stopped.
     const othersUsing = modelUsers(manifest.name).some((pid) => pid !== process.pid);
+    if (!othersUsing) removeOldRevisions(manifest.name);
     if (previous && !othersUsing)
       await removeUnreferencedBlobs(
         previous.files.map((f) => f.sha256),
@@ -307,6 +321,8 @@ export function copyModel(source: string, destination: string): Promise<void> {
     const copy = newManifest({ ...manifest, name: destination });
     writeManifest(copy);
     materialize(copy);
+    // A destination replaced was refused while in use: its earlier revision is no one's now.
+    if (previous && destination !== source) removeOldRevisions(destination);
     const index = loadIndex();
     index.set(destination, indexEntry(copy));
     if (previous)
@@ -369,6 +385,7 @@ async function deleteModel(index: Map<string, IndexEntry>, name: string): Promis
   rmSync(manifestPath(name), { recursive: true, force: true });
   index.delete(name);
   rmSync(join(modelsDir(), modelKey(name)), { recursive: true, force: true });
+  rmSync(join(revisionsDir(), modelKey(name)), { recursive: true, force: true });
   const removed = await removeUnreferencedBlobs(Object.keys(blobs), index);
   return removed.reduce((n, sha) => n + blobs[sha]!, 0);
 }
@@ -405,33 +422,81 @@ async function assertIntact(manifest: ModelManifest): Promise<void> {
 
 /**
  * The model as a directory of relative symlinks to its blobs, so loadModel reads it like any
- * model directory and the store can move with $MLX_HOME. Symlinks rather than hardlinks: a
- * removed blob must free its space, and a missing one must show as a broken link.
+ * model directory and the store can move with $MLX_HOME; symlinks rather than hardlinks: a removed
+ * blob must free its space, and a missing one must show as a broken link. One directory per
+ * revision (revisions/<key>/<id>/), the model's name (models/<key>) a symlink to the current one,
+ * replaced by a single rename(2): a process resolving the name (loadModel does, once) never finds
+ * it missing, and reads one revision's files throughout, never some of each. The revision it
+ * resolved stays until no other process uses the model (removeOldRevisions).
  */
 function materialize(manifest: ModelManifest): void {
-  const dir = join(modelsDir(), modelKey(manifest.name));
-  // From the link's own folder: the model's, or one in it (1_Pooling/).
-  const target = (file: ManifestFile) => relative(dirname(join(dir, file.name)), blobPath(file.sha256));
-  if (linksMatch(dir, manifest, target)) return;
-  const staging = `${dir}.${process.pid}.tmp`;
-  rmSync(staging, { recursive: true, force: true });
+  const name = join(modelsDir(), modelKey(manifest.name));
+  const current = currentRevision(name);
+  // A store made before revisions (models/<key> a directory) is moved to them on its first write.
+  if (current !== undefined && current !== name && revisionMatches(current, manifest)) return;
+  const revisions = join(revisionsDir(), modelKey(manifest.name));
+  const revision = join(revisions, `${Date.now().toString(36)}-${crypto.randomUUID().slice(0, 8)}`);
+  // Built beside its final place, so the links' relative targets are the same from both.
+  const staging = `${revision}.tmp`;
+  const target = (file: ManifestFile) => relative(dirname(join(revision, file.name)), blobPath(file.sha256));
   try {
     mkdirSync(staging, { recursive: true });
     for (const file of manifest.files) {
       mkdirSync(dirname(join(staging, file.name)), { recursive: true });
       symlinkSync(target(file), join(staging, file.name));
     }
+    renameSync(staging, revision);
   } catch (error) {
     rmSync(staging, { recursive: true, force: true });
     throw error;
   }
-  // The old directory set aside, not removed, before the new one takes its name: a model being
-  // updated is never without a directory but for the instant between two renames.
-  const old = `${dir}.${process.pid}.old`;
-  rmSync(old, { recursive: true, force: true });
-  if (existsSync(dir)) renameSync(dir, old);
-  renameSync(staging, dir);
-  rmSync(old, { recursive: true, force: true });
+  mkdirSync(modelsDir(), { recursive: true });
+  const link = `${name}.${process.pid}.tmp`;
+  rmSync(link, { recursive: true, force: true });
+  symlinkSync(relative(modelsDir(), revision), link);
+  if (current === name) {
+    // rename(2) does not put a link where a directory is: the old directory is set aside first,
+    // so the name is missing for the instant between two renames, once per model.
+    const legacy = `${revision}.legacy`;
+    renameSync(name, legacy);
+    renameSync(link, name);
+    rmSync(legacy, { recursive: true, force: true });
+  } else renameSync(link, name);
+}
+
+/**
+ * The directory the model's name (models/<key>) leads to: its current revision's, the name itself
+ * where it is a directory (a store made before revisions), undefined where there is none.
+ */
+function currentRevision(name: string): string | undefined {
+  const info = lstatSync(name, { throwIfNoEntry: false });
+  if (info?.isSymbolicLink()) return resolve(dirname(name), readlinkSync(name));
+  return info?.isDirectory() ? name : undefined;
+}
+
+/** Whether a revision's directory links the manifest's files to their blobs, and no others. */
+function revisionMatches(dir: string, manifest: ModelManifest): boolean {
+  return linksMatch(dir, manifest, (file) => relative(dirname(join(dir, file.name)), blobPath(file.sha256)));
+}
+
+/**
+ * Removes the model's revisions but its current one: those a process that used the model may
+ * still read, so only once no other process uses it (under the store lock).
+ */
+function removeOldRevisions(name: string): void {
+  const revisions = join(revisionsDir(), modelKey(name));
+  const current = currentRevision(join(modelsDir(), modelKey(name)));
+  for (const entry of entriesOf(revisions))
+    if (join(revisions, entry) !== current) rmSync(join(revisions, entry), { recursive: true, force: true });
+}
+
+/** A directory's entries; none when it does not exist. */
+function entriesOf(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
 }
 
 function linksMatch(dir: string, manifest: ModelManifest, target: (file: ManifestFile) => string): boolean {
