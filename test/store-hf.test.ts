@@ -26,6 +26,7 @@ import { createProgressReporter } from "../src/store/progress";
 import { releaseModel } from "../src/store/in-use";
 import { listModels, openStoredModel } from "../src/store/store";
 import { resolveModelPath } from "../src/store/resolve";
+import { verifyStore } from "../src/store/verify";
 import { modelPooling } from "../src/models/pooling";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { post, serve, startServe } from "./helpers/serve";
@@ -1395,10 +1396,21 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
         // The server's revision's weights are still on disk, and it answers as before.
         expect(existsSync(oldWeights())).toBe(true);
         for (let i = 0; i < 3; i++) expect((await ask()).status).toBe(200);
+        // mlx verify leaves them, and the revision that links them, to the server, which may read them again.
+        const revisions = join(process.env.MLX_HOME!, "revisions", modelKey("org/tiny"));
+        expect((await verifyStore()).leftovers).toEqual({ files: 0, bytes: 0 });
+        expect(existsSync(oldWeights())).toBe(true);
+        expect(readdirSync(revisions)).toHaveLength(2);
+        expect((await ask()).status).toBe(200);
       } finally {
         proc.kill();
         await proc.exited;
       }
+      // Stopped, it uses them no longer: verify removes both.
+      const report = await verifyStore();
+      expect(report.leftovers).toEqual({ files: 1, bytes: tiny.get("model.safetensors")!.length });
+      expect(existsSync(oldWeights())).toBe(false);
+      expect(readdirSync(join(process.env.MLX_HOME!, "revisions", modelKey("org/tiny")))).toHaveLength(1);
     },
     TEST_TIMEOUT_MS,
   );

@@ -392,7 +392,11 @@ async function deleteModel(index: Map<string, IndexEntry>, name: string): Promis
 
 /** The blobs a model's directory links to (sha256 -> size on disk): what is known of a model whose manifest is unreadable. */
 export function linkedBlobs(name: string): Record<string, number> {
-  const dir = join(modelsDir(), modelKey(name));
+  return blobsLinkedIn(join(modelsDir(), modelKey(name)));
+}
+
+/** The blobs a directory of a model's links (a revision's) links to, sha256 -> size on disk. */
+export function blobsLinkedIn(dir: string): Record<string, number> {
   const blobs: Record<string, number> = {};
   if (!existsSync(dir)) return blobs;
   for (const link of modelLinks(dir)) {
@@ -488,6 +492,37 @@ function removeOldRevisions(name: string): void {
   const current = currentRevision(join(modelsDir(), modelKey(name)));
   for (const entry of entriesOf(revisions))
     if (join(revisions, entry) !== current) rmSync(join(revisions, entry), { recursive: true, force: true });
+}
+
+/**
+ * Removes the revisions no process can be reading: those of models no longer named, and a
+ * model's old ones unless a process uses it (a server that loaded it before an update reads its
+ * files again: its tokenizer, its weights when it loads them anew). Returns the revision
+ * directories kept. Under the store lock.
+ */
+export function pruneRevisions(): string[] {
+  const kept: string[] = [];
+  for (const key of entriesOf(revisionsDir())) {
+    const revisions = join(revisionsDir(), key);
+    const name = modelName(key);
+    // A model's name gone (removed; or, its manifest gone, mlx verify took its link) frees its revisions.
+    if (name === undefined || !lstatSync(join(modelsDir(), key), { throwIfNoEntry: false })) {
+      rmSync(revisions, { recursive: true, force: true });
+      continue;
+    }
+    if (modelUsers(name).length === 0) removeOldRevisions(name);
+    kept.push(...entriesOf(revisions).map((entry) => join(revisions, entry)));
+  }
+  return kept;
+}
+
+/** The model a key names (modelKey's inverse); undefined for a name no key is. */
+function modelName(key: string): string | undefined {
+  try {
+    return decodeURIComponent(key);
+  } catch {
+    return undefined;
+  }
 }
 
 /** A directory's entries; none when it does not exist. */

@@ -9,7 +9,7 @@ import { hashFile, removeBlob } from "./blobs";
 import { busyLockHolders, withStoreLock } from "./lock";
 import { loadIndex } from "./model-index";
 import { blobPath, blobsDir, downloadsDir, manifestsDir, modelsDir, tmpDir } from "./paths";
-import { linkedBlobs, unreadableModels } from "./store";
+import { blobsLinkedIn, linkedBlobs, pruneRevisions, unreadableModels } from "./store";
 
 export interface VerifyReport {
   checkedBlobs: number;
@@ -105,7 +105,13 @@ function removeLeftovers(): { files: number; bytes: number } {
   const manifests = manifestFileNames();
   const orphans = manifests ? modelDirs.filter((key) => !manifests.has(`${key}.json`)) : [];
   for (const key of orphans) rmSync(join(modelsDir(), key), { recursive: true, force: true });
-  const used = usedBlobNames(modelDirs.filter((key) => !orphans.includes(key)));
+  // An old revision kept for a process that still uses the model keeps its files: that process
+  // may read them again (a server reloading the model it loaded before an update).
+  const revisions = pruneRevisions();
+  const used = usedBlobNames(
+    modelDirs.filter((key) => !orphans.includes(key)),
+    revisions,
+  );
   const leftovers = [
     ...filesIn(blobsDir()).filter((path) => !used.has(basename(path))),
     ...filesIn(downloadsDir()),
@@ -134,11 +140,12 @@ function manifestFileNames(): Set<string> | undefined {
   }
 }
 
-/** The blob file names stored models use: their manifests', and their directories' links (a model whose manifest is unreadable keeps its files until `mlx rm`). */
-function usedBlobNames(modelDirs: string[]): Set<string> {
+/** The blob file names stored models use: their manifests', their directories' links (a model whose manifest is unreadable keeps its files until `mlx rm`), and the links of the revisions kept. */
+function usedBlobNames(modelDirs: string[], revisions: string[]): Set<string> {
   const models = [
     ...[...loadIndex().values()].map((m) => m.blobs),
     ...modelDirs.map((key) => linkedBlobs(decodeURIComponent(key))),
+    ...revisions.map(blobsLinkedIn),
   ];
   return new Set(models.flatMap((blobs) => Object.keys(blobs).map((sha256) => basename(blobPath(sha256)))));
 }
