@@ -1376,6 +1376,41 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
   );
 
   test(
+    "/api/pull of a stored model updates it as mlx pull does, saying so in its status lines; up to date, it fetches nothing",
+    async () => {
+      const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });
+      await pull("hf:org/tiny");
+      releaseModel("org/tiny");
+      const server = serve();
+      const statuses = async (model: string) => {
+        const response = await fetch(`${server.url}/api/pull`, { method: "POST", body: JSON.stringify({ model }) });
+        expect(response.status).toBe(200);
+        return (await response.text())
+          .trim()
+          .split("\n")
+          .map((line) => JSON.parse(line).status);
+      };
+      try {
+        moveBranch(hub);
+        const updated = await statuses("org/tiny");
+        expect(updated).toContain(
+          `org/tiny updated aaaaaaa → bbbbbbb: 1 file, ${formatBytes(retrainedWeights.length)}`,
+        );
+        expect(updated.at(-1)).toBe("success");
+        expect(readManifest("org/tiny")!.revision).toBe(B);
+        expect(sha256Hex(storedWeights())).toBe(sha256Hex(retrainedWeights));
+        // Asked again: one look at the branch, no file fetched.
+        const asked = hub.requests.length;
+        expect((await statuses("org/tiny")).at(-1)).toBe("success");
+        expect(paths(hub).slice(asked)).toEqual(["GET /api/models/org/tiny/revision/main"]);
+      } finally {
+        await server.stop();
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a server that loaded the old revision keeps answering, its files kept until it stops",
     async () => {
       const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });

@@ -7,10 +7,10 @@ import { blobPresent } from "../store/blobs";
 import { readManifest } from "../store/manifest";
 import { createProgressReporter } from "../store/progress";
 import { loadAliases } from "../store/aliases";
-import { isRemoteSource, pullModel, weightsRequest, type ModelRequest, type PullResult } from "../store/pull";
+import { isRemoteSource, pullModel, pullNote, weightsRequest, type ModelRequest } from "../store/pull";
 import { looksLikePath, refuseRemoteAlias, unknownModelError } from "../store/resolve";
 import { openMadeHere, unreadableManifestError } from "../store/store";
-import { formatBytes, shellWord } from "../format";
+import { shellWord } from "../format";
 import { fail, infoWaitingForPull, log, setVerbose, warnEvicted } from "./log";
 
 /**
@@ -31,17 +31,6 @@ function refuseTakenName(request: ModelRequest, typed: string): void {
     throw new Error(
       `'${request.name}' is ${taken}; storing ${typed} under that name would replace it: rename it, or use it in place (mlx run -m ${shellWord(typed)})`,
     );
-}
-
-/** What the pull did: stored the model, found it up to date, or moved it to its branch's new commit. */
-function pulledNote(name: string, result: PullResult): string {
-  const rev = (sha: string | undefined) => sha?.slice(0, 7) ?? "unknown";
-  if (result.kept)
-    return `${name} is in the store: kept its stored revision (rev ${rev(result.revision)}): ${result.kept}`;
-  if (result.updated)
-    return `${name} updated ${rev(result.updated.from)} → ${rev(result.revision)}: ${result.updated.files} file${result.updated.files === 1 ? "" : "s"}, ${formatBytes(result.updated.bytes)}`;
-  if (!result.fromDisk) return `pulled ${name}${result.revision ? ` (rev ${rev(result.revision)})` : ""}`;
-  return result.revision ? `${name} is up to date (rev ${rev(result.revision)})` : `${name} is already in the store`;
 }
 
 export default defineCommand({
@@ -99,7 +88,7 @@ export default defineCommand({
         update: true,
       }).finally(() => reporter.finish());
       warnEvicted(result.evicted);
-      log.success(pulledNote(request.name, result));
+      log.success(pullNote(request.name, result));
       process.stdout.write(`${result.path}\n`);
     } catch (error) {
       fail(error, Boolean(args.verbose));

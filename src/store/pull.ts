@@ -72,6 +72,17 @@ export interface PullResult {
   kept?: string;
 }
 
+/** What the pull did: stored the model, found it up to date, or moved it to its branch's new commit (mlx pull's last line, a server's status). */
+export function pullNote(name: string, result: PullResult): string {
+  const rev = (sha: string | undefined) => sha?.slice(0, 7) ?? "unknown";
+  if (result.kept)
+    return `${name} is in the store: kept its stored revision (rev ${rev(result.revision)}): ${result.kept}`;
+  if (result.updated)
+    return `${name} updated ${rev(result.updated.from)} → ${rev(result.revision)}: ${result.updated.files} file${result.updated.files === 1 ? "" : "s"}, ${formatBytes(result.updated.bytes)}`;
+  if (!result.fromDisk) return `pulled ${name}${result.revision ? ` (rev ${rev(result.revision)})` : ""}`;
+  return result.revision ? `${name} is up to date (rev ${rev(result.revision)})` : `${name} is already in the store`;
+}
+
 // Another process pulling the same model may take as long as the download does.
 const PULL_LOCK_TIMEOUT_MS = 6 * 3600_000;
 

@@ -12,8 +12,10 @@ import {
   isRemoteSource,
   modelRequest,
   pullModel,
+  pullNote,
   weightsRequest,
   type ModelRequest,
+  type PullResult,
 } from "../../store/pull";
 import { loadAliases, userAliasFile } from "../../store/aliases";
 import { copyUserAlias, createModel, isUserAlias, removeUserAlias } from "../../store/create";
@@ -72,7 +74,7 @@ export function ollamaModelRoutes(s: ServerState): Hono {
         const waiting = (pid: number) =>
           send({ status: `waiting for process ${pid}, which is pulling ${request.name}` });
         try {
-          const evicted = await pull(s, request, signal, progress, waiting);
+          const { evicted, note } = await pull(s, request, signal, progress, waiting);
           // A model found stored reports nothing on the way: its size, complete, as Ollama reports the layers it has.
           const stored = readManifest(request.name);
           if (!reported && stored) progress(stored.totalBytes, stored.totalBytes);
@@ -81,6 +83,8 @@ export function ollamaModelRoutes(s: ServerState): Hono {
           send({ status: "writing manifest" });
           // Where Ollama says "removing any unused layers": the models that made room for this one.
           for (const name of evicted) send({ status: evictionNote(name) });
+          // A stored model moved to its branch's new commit, or kept unchecked: said as `mlx pull` says it.
+          if (note) send({ status: note });
           send({ status: "success" });
         } catch (error) {
           send({ error: toApiError(error, s.logError).message });
@@ -242,23 +246,29 @@ function pullableName(name: string): string | undefined {
   return knownName(name, (candidate) => loadAliases().models.has(candidate) || readManifest(candidate) !== undefined);
 }
 
-/** Pulls `request` into the store: the stored models it evicted to stay under the store's limit (logged too). */
+/**
+ * Pulls `request` into the store, as `mlx pull` does: a stored model from a hub branch is updated
+ * when the branch moved, as `ollama pull` re-checks a stored model. The stored models it evicted
+ * to stay under the store's limit (logged too), and what it did where it updated or kept a stored
+ * model (logged too).
+ */
 async function pull(
   s: ServerState,
   request: ModelRequest,
   signal: AbortSignal,
   onProgress?: (completed: number, total: number | undefined) => void,
   onWait?: (holderPid: number) => void,
-): Promise<string[]> {
-  let pulled: { path: string; evicted: string[] };
+): Promise<{ evicted: string[]; note?: string }> {
+  let pulled: PullResult;
   try {
     pulled = isMadeHere(request.source)
-      ? { path: await openMadeHere(request.name), evicted: [] }
+      ? { path: await openMadeHere(request.name), fromDisk: true, evicted: [] }
       : await pullModel(request, {
           signal,
           onProgress: onProgress && ((p) => onProgress(p.received, p.total)),
           onWait,
           log: s.logInfo,
+          update: true,
         });
   } catch (error) {
     // The request's own mistake (a name the store cannot hold) is not a failed pull.
@@ -269,5 +279,7 @@ async function pull(
   // model the server holds loaded should be (else `mlx rm` and eviction left it until the server stopped).
   s.models.releaseUnused([pulled.path]);
   for (const name of pulled.evicted) s.logWarning(evictionNote(name));
-  return pulled.evicted;
+  const note = pulled.updated || pulled.kept ? pullNote(request.name, pulled) : undefined;
+  if (note) s.logInfo(note);
+  return { evicted: pulled.evicted, note };
 }
