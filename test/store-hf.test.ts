@@ -614,6 +614,34 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "one model pulled under two names and from a fork by three processes at once: each file is downloaded once",
+    async () => {
+      const hub = await startHub({ "org/tiny": { files: tiny }, "org/fork": { files: tiny } });
+      const pulls = ["hf:org/tiny", `hf:org/tiny@${"a".repeat(40)}`, "hf:org/fork"].map((spec) =>
+        Bun.spawn([process.execPath, main, "pull", spec], { env: process.env, stdout: "ignore", stderr: "pipe" }),
+      );
+      for (const proc of pulls) expect(await proc.exited).toBe(0);
+      for (const name of ["org/tiny", `org/tiny@${"a".repeat(40)}`, "org/fork"])
+        expect(
+          readManifest(name)!
+            .files.map((f) => f.name)
+            .sort(),
+        ).toEqual([...tiny.keys()].sort());
+      // Each file by what it is: a git-stored file's ETag (its git blob id), an LFS file's sha256.
+      const downloads = paths(hub).filter((p) => p.startsWith("GET ") && !p.startsWith("GET /api/"));
+      const fetched = downloads.map((p) =>
+        p.startsWith("GET /lfs/") ? p : p.replace(/^GET \/[^/]+\/[^/]+\/resolve\/[^/]+\//, ""),
+      );
+      expect(fetched.sort()).toEqual(
+        [...tiny.keys()]
+          .map((name) => (name === "model.safetensors" ? `GET /lfs/${sha256Hex(tiny.get(name)!)}` : name))
+          .sort(),
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a file that does not match its checksum is rejected; nothing complete-looking is left and other models stay intact",
     async () => {
       await startHub({

@@ -26,9 +26,10 @@ import {
   type DownloadProgress,
   type DownloadResult,
 } from "./download";
-import { NO_TOKENIZER, TOKENIZER_FILE, type ManifestFile } from "./manifest";
+import { withLock } from "./lock";
+import { NO_TOKENIZER, TOKENIZER_FILE, writeJsonAtomic, type ManifestFile } from "./manifest";
 import { neededFiles, WEIGHT_INDEX } from "./model-files";
-import { blobPath, downloadsDir, isSha256Hex } from "./paths";
+import { blobPath, downloadsDir, isSha256Hex, locksDir, refsDir } from "./paths";
 
 export interface HFSpec {
   repo: string;
@@ -419,6 +420,8 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
     const result = await downloadFromStorage(file, blobPath(file.sha256), download);
     return { name: file.name, sha256: result.sha256, size: result.size };
   }
+  const gitBlob = gitBlobIdOf(file);
+  if (gitBlob) return fetchGitFile(file, gitBlob, download);
   // Named after the hub's URL, which stays the same where a storage link changes each time, and
   // the file's ETag: where the listing names no commit (a mirror's), that URL is a branch's, and a
   // file changed on it since a download was cut short must not be resumed from the old one's bytes.
@@ -443,15 +446,73 @@ async function unchangedGitFile(
   file: RemoteFile,
   previous: ManifestFile[] | undefined,
 ): Promise<ManifestFile | undefined> {
-  const etag = file.etag?.replace(/^W\//, "").replace(/"/g, "").toLowerCase();
+  const etag = gitBlobIdOf(file);
   const before = previous?.find((f) => f.name === file.name);
-  if (!before || !etag || !/^[0-9a-f]{40}$/.test(etag) || (file.size !== undefined && file.size !== before.size))
-    return undefined;
+  if (!before || !etag || (file.size !== undefined && file.size !== before.size)) return undefined;
   // Git-stored files are small (configs, tokenizers): hashing one is cheaper than asking for it.
   if (before.size > GIT_FILE_MAX_BYTES || !(await blobPresent(before))) return undefined;
-  const content = await readFile(blobPath(before.sha256));
-  const blobId = createHash("sha1").update(`blob ${content.length}\0`).update(content).digest("hex");
-  return blobId === etag ? before : undefined;
+  return (await gitBlobIdOfFile(blobPath(before.sha256))) === etag ? before : undefined;
+}
+
+/** A git-stored file's git blob id (a sha1 of its content), as the hub's ETag for it gives it; undefined for any other ETag. */
+function gitBlobIdOf(file: RemoteFile): string | undefined {
+  const etag = file.etag?.replace(/^W\//, "").replace(/"/g, "").toLowerCase();
+  return etag && /^[0-9a-f]{40}$/.test(etag) ? etag : undefined;
+}
+
+/** What git names a file's content by. */
+async function gitBlobIdOfFile(path: string): Promise<string> {
+  const content = await readFile(path);
+  return createHash("sha1").update(`blob ${content.length}\0`).update(content).digest("hex");
+}
+
+// Another process fetching the same file may take as long as its download does.
+const GIT_FILE_LOCK_TIMEOUT_MS = 6 * 3600_000;
+
+/**
+ * A git-stored file (a config, a tokenizer) by what it is, its git blob id: two pulls fetching the
+ * same content, under two names or from two repositories, download it once, the second waiting
+ * for the first and taking its blob, as two pulls of an LFS file share its blob's download. The
+ * blob a git blob id was stored as is recorded (refs/hf-git/<id>.json) once its content is checked
+ * to be what the id names.
+ */
+async function fetchGitFile(
+  file: RemoteFile,
+  gitBlob: string,
+  download: Omit<DownloadOptions, "headers">,
+): Promise<ManifestFile> {
+  const ref = join(refsDir(), "hf-git", `${gitBlob}.json`);
+  const stored = async (): Promise<ManifestFile | undefined> => {
+    let blob: BlobRef;
+    try {
+      blob = JSON.parse(await readFile(ref, "utf8"));
+    } catch {
+      return undefined; // none yet, or unreadable: downloaded again, and recorded anew
+    }
+    if (typeof blob?.sha256 !== "string" || !isSha256Hex(blob.sha256) || !(await blobPresent(blob))) return undefined;
+    return { name: file.name, sha256: blob.sha256, size: blob.size };
+  };
+  const earlier = await stored();
+  if (earlier) return earlier;
+  return withLock(
+    join(locksDir(), `git-file-${gitBlob}.lock`),
+    async () => {
+      const meanwhile = await stored();
+      if (meanwhile) return meanwhile;
+      const staging = join(downloadsDir(), "hf", `git-${gitBlob}`);
+      let blob: BlobRef | undefined;
+      let named = false;
+      const claim = async () => {
+        named = (await gitBlobIdOfFile(staging)) === gitBlob;
+        blob = await addBlob(staging, { move: true });
+      };
+      await downloadFromStorage(file, staging, { ...download, claim });
+      // A mirror's ETag that is not the content's git blob id records nothing: the file is stored all the same.
+      if (named) writeJsonAtomic(ref, { sha256: blob!.sha256, size: blob!.size });
+      return { name: file.name, ...blob! };
+    },
+    { timeoutMs: GIT_FILE_LOCK_TIMEOUT_MS, signal: download.signal },
+  );
 }
 
 /** Larger files than this are LFS's on the hub, named by their sha256. */
