@@ -1418,7 +1418,10 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
           .split("\n")
           .map((line) => JSON.parse(line).status);
       };
+      const ask = () => post(`${server.url}/v1/completions`, { model: "org/tiny", prompt: "Hi", max_tokens: 2 });
       try {
+        // The server has the model loaded as it pulls its update: it keeps answering.
+        expect((await ask()).status).toBe(200);
         moveBranch(hub);
         const updated = await statuses("org/tiny");
         expect(updated).toContain(
@@ -1431,6 +1434,7 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
         const asked = hub.requests.length;
         expect((await statuses("org/tiny")).at(-1)).toBe("success");
         expect(paths(hub).slice(asked)).toEqual(["GET /api/models/org/tiny/revision/main"]);
+        for (let i = 0; i < 3; i++) expect((await ask()).status).toBe(200);
       } finally {
         await server.stop();
       }
