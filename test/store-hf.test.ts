@@ -1376,7 +1376,7 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
   );
 
   test(
-    "a store made before revisions (the model a directory of links) is read, moved to them as it is first opened, and updated",
+    "a store made before revisions (the model a directory of links) is read as it is, and moved to them by its update",
     async () => {
       const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });
       await pull("hf:org/tiny");
@@ -1390,7 +1390,7 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
       for (const f of readManifest("org/tiny")!.files)
         symlinkSync(join("..", "..", "blobs", `sha256-${f.sha256}`), join(dir, f.name));
       expect(await openStoredModel("org/tiny")).toBe(dir);
-      expect(lstatSync(dir).isSymbolicLink()).toBe(true);
+      expect(lstatSync(dir).isDirectory()).toBe(true);
       load(dir);
       releaseModel("org/tiny");
       moveBranch(hub);

@@ -436,8 +436,9 @@ async function assertIntact(manifest: ModelManifest): Promise<void> {
 function materialize(manifest: ModelManifest): void {
   const name = join(modelsDir(), modelKey(manifest.name));
   const current = currentRevision(name);
-  // A store made before revisions (models/<key> a directory) is moved to them on its first write.
-  if (current !== undefined && current !== name && revisionMatches(current, manifest)) return;
+  // A store made before revisions (models/<key> a directory) is read as it is, and moved to them
+  // when the model changes: opening it writes nothing an older mlx sharing the store would redo.
+  if (current !== undefined && revisionMatches(current, manifest)) return;
   const revisions = join(revisionsDir(), modelKey(manifest.name));
   const revision = join(revisions, `${Date.now().toString(36)}-${crypto.randomUUID().slice(0, 8)}`);
   // Built beside its final place, so the links' relative targets are the same from both.
@@ -460,7 +461,7 @@ function materialize(manifest: ModelManifest): void {
   symlinkSync(relative(modelsDir(), revision), link);
   if (current === name) {
     // rename(2) does not put a link where a directory is: the old directory is set aside first,
-    // so the name is missing for the instant between two renames, once per model.
+    // so the name is missing for the instant between two renames, at the model's first update.
     const legacy = `${revision}.legacy`;
     renameSync(name, legacy);
     renameSync(link, name);
