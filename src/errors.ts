@@ -123,7 +123,7 @@ export class ProviderError extends Error {
 }
 
 /** A JSON schema (or grammar) that cannot be compiled into a constraint. */
-export class SchemaError extends Error {
+export class SchemaError extends InvalidParameterError {
   override name = "SchemaError";
 }
 

@@ -12,6 +12,7 @@ import {
   ContextLengthError,
   InvalidParameterError,
   load,
+  SchemaError,
   UnsupportedError,
   type GenerateOptions,
   type Model,
@@ -99,6 +100,28 @@ describe("the library's options", () => {
     expect(await budgetError(() => model.generate("A person", { maxTokens: 5, format: { schema } }))).toMatch(expected);
     const chat = model.chat();
     expect(await budgetError(() => chat.send("A person", { maxTokens: 5, format: { schema } }))).toMatch(expected);
+    expect(chat.messages).toEqual([]);
+  }, 120_000);
+
+  test("a schema that cannot be enforced is a SchemaError naming format, in generate, stream and chat", async () => {
+    // multipleOf is JSON Schema that no grammar enforces: it came as an InvalidParameterError,
+    // and the exported SchemaError was never thrown to a library caller.
+    const format = { schema: { type: "object", properties: { n: { type: "number", multipleOf: 2 } } } };
+    const schemaError = async (call: () => Promise<unknown>) => {
+      try {
+        await call();
+        return "no error";
+      } catch (error) {
+        if (!(error instanceof SchemaError)) return `${(error as Error).name}: ${(error as Error).message}`;
+        // Still an InvalidParameterError, as a caller that catches those for bad options expects.
+        expect(error).toBeInstanceOf(InvalidParameterError);
+        return `${error.param}: ${error.message.includes("multipleOf")}`;
+      }
+    };
+    expect(await schemaError(() => model.generate("A number", { maxTokens: 5, format }))).toBe("format: true");
+    expect(await schemaError(() => model.stream("A number", { maxTokens: 5, format }).next())).toBe("format: true");
+    const chat = model.chat();
+    expect(await schemaError(() => chat.send("A number", { maxTokens: 5, format }))).toBe("format: true");
     expect(chat.messages).toEqual([]);
   }, 120_000);
 

@@ -20,12 +20,14 @@ export function errorLine(error: unknown): string {
   const first = message.split("\n")[0]!;
   // A model's name or source says what is wrong with it itself.
   if (error instanceof InvalidParameterError && error.param === "model") return first;
+  // A schema that names no option (a provider's) says what is wrong with it itself.
+  if (error instanceof SchemaError && error.param === null) return first;
   if (error instanceof InvalidParameterError)
     return `${inputParams.has(error.param ?? "") ? "invalid input" : "invalid option"}: ${first}`;
   if (error instanceof ContextLengthError) return `${first}; shorten the prompt or use a model with a longer context`;
   if (error instanceof ModelNotFoundError) return `${first} (mlx list shows the stored models)`;
   if (error instanceof ModelPullError || error instanceof ModelLoadError || error instanceof AdapterError) return first;
-  if (error instanceof SchemaError || error instanceof UnsupportedError) return first;
+  if (error instanceof UnsupportedError) return first;
   if (error instanceof QueueFullError) return `${first}; try again in a moment`;
   return first;
 }

@@ -704,7 +704,7 @@ async function grammarConstraint(
   return undefined;
 }
 
-/** A SchemaError as an invalid `param`; with no param (tools the model may ignore), as no constraint. */
+/** A SchemaError as the error of `param` (a library caller catches it by its class); with no param (tools the model may ignore), as no constraint. */
 async function withSchemaErrors(
   param: string | null,
   make: () => Promise<GrammarConstraint>,
@@ -714,6 +714,6 @@ async function withSchemaErrors(
   } catch (error) {
     if (!(error instanceof SchemaError)) throw error;
     if (param === null) return undefined;
-    throw new InvalidParameterError(error.message, param);
+    throw new SchemaError(error.message, param);
   }
 }

@@ -95,12 +95,13 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
   if (error instanceof ApiError) return error;
   if (error instanceof ValidationError)
     return new ApiError(400, error.message, "invalid_request_error", error.param, error.code);
+  // Before InvalidParameterError, which it is: its own code, and the field where the request named one.
+  if (error instanceof SchemaError)
+    return new ApiError(400, error.message, "invalid_request_error", error.param, "invalid_schema");
   if (error instanceof InvalidParameterError)
     return new ApiError(400, error.message, "invalid_request_error", error.param);
   if (error instanceof UnsupportedError)
     return new ApiError(400, error.message, "invalid_request_error", error.param, "unsupported");
-  if (error instanceof SchemaError)
-    return new ApiError(400, error.message, "invalid_request_error", null, "invalid_schema");
   if (error instanceof BudgetError) return new ApiError(400, error.message, "invalid_request_error", error.option);
   // Nobody reads it (the client went away): the status only counts it in /metrics.
   if (error instanceof EmbeddingCancelled || error instanceof ClientGoneError)
