@@ -43,9 +43,9 @@ export {
   InvalidParameterError,
   ModelNotFoundError,
   ModelPullError,
-  QueueFullError,
   UnsupportedError,
 } from "./errors";
+// (No QueueFullError: the library's queue has no bound, every call waits its turn.)
 export { BudgetError } from "./engine/budget/steering";
 export { SchemaError } from "./engine/grammar";
 export { ModelLoadError } from "./models/load";

@@ -264,6 +264,20 @@ describe("the library's options", () => {
     expect(await errorOf(() => load(5 as unknown as string))).toBe("name: the model name must be a string");
   }, 120_000);
 
+  test("calls past maxBatch wait their turn, none refused: the library's queue has no bound, so it exports no QueueFullError", async () => {
+    const one = await load(undefined, { maxBatch: 1 });
+    try {
+      const results = await Promise.all(Array.from({ length: 6 }, () => one.generate("Hi", { maxTokens: 2 })));
+      expect(results.map((r) => r.finishReason)).toEqual(Array(6).fill("length"));
+    } finally {
+      one.close();
+    }
+    // It was exported, though no library call could ever throw it.
+    expect(Object.keys(await import("../src/index")).filter((name) => name.endsWith("Error"))).not.toContain(
+      "QueueFullError",
+    );
+  }, 120_000);
+
   test("a malformed models.toml is a ConfigError the caller can import and tell apart", async () => {
     const home = mkdtempSync(join(tmpdir(), "mlx-library-config-"));
     writeFileSync(join(home, "models.toml"), "[models.foo\n");
