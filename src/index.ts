@@ -30,9 +30,13 @@ import type { SamplingDefaults } from "./models/generation-config";
 import type { DownloadProgress } from "./store/download";
 import { resolveModelPath } from "./store/resolve";
 import { InvalidParameterError, UnsupportedError } from "./errors";
+import { toolRequest } from "./api/tools";
+import { Fields, ValidationError } from "./api/validate";
+import type { ConversationMessage, ToolCall, ToolRequest } from "./engine/tools";
 import * as mx from "./mlx";
 
 export type { CompletionResult as Completion, CompletionStats } from "./engine/generate";
+export type { ToolCall } from "./engine/tools";
 export type { FinishReason } from "./engine/scheduler";
 export type { DownloadProgress } from "./store/download";
 export type { JsonFormat } from "./engine/grammar";
@@ -79,6 +83,13 @@ export interface GenerateOptions {
   stop?: string | string[];
   /** Constrain the answer to JSON: "json" (any object) or { schema }. */
   format?: JsonFormat;
+  /**
+   * Functions the model may call (as the ollama and OpenAI libraries write them): its calls come
+   * back in the result's toolCalls, read in the model's own format, and are left out of its text.
+   */
+  tools?: Tool[];
+  /** "auto" (default): the model decides; "none": no call; "required": at least one; { name }: one call of that function. */
+  toolChoice?: "auto" | "none" | "required" | { name: string };
   /** A system prompt (a text prompt only). */
   system?: string;
   /** Send a text prompt as it is, without the model's chat template. */
@@ -90,10 +101,22 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 
-/** One message of a conversation. */
+/** A function the model may call: its arguments' JSON Schema in `parameters` (an object schema). */
+export interface Tool {
+  type: "function";
+  function: { name: string; description?: string; parameters?: Record<string, unknown> };
+}
+
+/**
+ * One message of a conversation. An assistant's message carries the calls it made (a result's
+ * toolCalls); a "tool" message answers one, by its id (or by the function's name, or in order).
+ */
 export interface Message {
-  role: "system" | "user" | "assistant";
+  role: "system" | "user" | "assistant" | "tool";
   content: string;
+  toolCalls?: ToolCall[];
+  toolCallId?: string;
+  toolName?: string;
 }
 
 /** A text (through the chat template unless `raw`), or a whole conversation. */
@@ -110,6 +133,8 @@ const generateOptionNames = Object.keys({
   seed: true,
   stop: true,
   format: true,
+  tools: true,
+  toolChoice: true,
   system: true,
   raw: true,
   think: true,
@@ -129,8 +154,11 @@ const numberOptionNames = [
   "thinkingBudget",
 ] as const satisfies (keyof GenerateOptions)[];
 
-/** A chat's turn takes them all but those of a text prompt (its system prompt is model.chat()'s). */
-const turnOptionNames = generateOptionNames.filter((name) => name !== "system" && name !== "raw");
+/**
+ * A chat's turn takes them all but those of a text prompt (its system prompt is model.chat()'s)
+ * and tools, whose calls and results are messages of generate()'s list, not a chat's text turns.
+ */
+const turnOptionNames = generateOptionNames.filter((name) => !["system", "raw", "tools", "toolChoice"].includes(name));
 
 /** Loads a model by name (an alias from models.toml, a stored model, a source, a directory or a .gguf file; default: the default model). */
 export async function load(name?: string, options: LoadOptions = {}): Promise<Model> {
@@ -365,6 +393,9 @@ export class Model {
   }
 }
 
+/** The options of a chat's turn: generate()'s but those of a text prompt and tools. */
+export type TurnOptions = Omit<GenerateOptions, "system" | "raw" | "tools" | "toolChoice">;
+
 export class Chat {
   #closed = false;
   /** Settles when the turn in progress has ended: turns take their places one after another. */
@@ -382,7 +413,7 @@ export class Chat {
   }
 
   /** Answers `text`, as the next turn of the conversation. */
-  async send(text: string, options: Omit<GenerateOptions, "system" | "raw"> = {}): Promise<CompletionResult> {
+  async send(text: string, options: TurnOptions = {}): Promise<CompletionResult> {
     const turn = this.stream(text, options);
     for (;;) {
       const step = await turn.next();
@@ -398,20 +429,19 @@ export class Chat {
    * A stream left unfinished and let go of is cancelled once it is garbage-collected, as an
    * abandoned turn: the next turn goes on from the conversation as it was.
    */
-  stream(
-    text: string,
-    options: Omit<GenerateOptions, "system" | "raw"> = {},
-  ): AsyncGenerator<string, CompletionResult> {
+  stream(text: string, options: TurnOptions = {}): AsyncGenerator<string, CompletionResult> {
     return cancelledWhenDropped((dropped) => this.#stream(text, options, dropped));
   }
 
-  async *#stream(
-    text: string,
-    options: Omit<GenerateOptions, "system" | "raw">,
-    dropped: DroppedStream,
-  ): AsyncGenerator<string, CompletionResult> {
+  async *#stream(text: string, options: TurnOptions, dropped: DroppedStream): AsyncGenerator<string, CompletionResult> {
     this.#checkOpen();
     if (typeof text !== "string") throw new InvalidParameterError("a chat message must be a string", "text");
+    for (const name of ["tools", "toolChoice"])
+      if (name in options)
+        throw new InvalidParameterError(
+          `${name} is for generate() and stream() with a list of messages, where a call's result can follow it`,
+          name,
+        );
     checkOptionNames(options, turnOptionNames);
     checkOptions(options);
     const previous = this.#lastTurn;
@@ -629,7 +659,7 @@ function checkSampling(o: GenerateOptions): void {
   }
 }
 
-const roles: readonly string[] = ["system", "user", "assistant"] satisfies Message["role"][];
+const roles: readonly string[] = ["system", "user", "assistant", "tool"] satisfies Message["role"][];
 
 function checkPrompt(prompt: Prompt, o: GenerateOptions): void {
   if (typeof prompt === "string") {
@@ -648,10 +678,60 @@ function checkPrompt(prompt: Prompt, o: GenerateOptions): void {
   prompt.forEach((m, i) => {
     if (!m || !roles.includes(m.role) || typeof m.content !== "string")
       throw new InvalidParameterError(
-        `message ${i} must be { role: "system" | "user" | "assistant", content: string }`,
+        `message ${i} must be { role: "system" | "user" | "assistant" | "tool", content: string }`,
         "prompt",
       );
+    const fail = (message: string) => {
+      throw new InvalidParameterError(`message ${i}: ${message}`, "prompt");
+    };
+    if (m.toolCalls !== undefined) {
+      if (m.role !== "assistant") fail("only an assistant's message has toolCalls");
+      const isCall = (c: ToolCall) =>
+        c && typeof c.id === "string" && typeof c.name === "string" && isPlainObject(c.arguments);
+      if (!Array.isArray(m.toolCalls) || !m.toolCalls.every(isCall))
+        fail("toolCalls must be a list of { id: string, name: string, arguments: object }, as a result's toolCalls");
+    }
+    for (const key of ["toolCallId", "toolName"] as const) {
+      if (m[key] === undefined) continue;
+      if (m.role !== "tool") fail(`only a tool message has ${key}`);
+      if (typeof m[key] !== "string") fail(`${key} must be a string`);
+    }
   });
+}
+
+const isPlainObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value);
+
+/** The messages as the engine takes them: the fields a Message has, none other passed on. */
+const conversationMessages = (messages: Message[]): ConversationMessage[] =>
+  messages.map(({ role, content, toolCalls, toolCallId, toolName }) => ({
+    role,
+    content,
+    ...(toolCalls && { toolCalls }),
+    ...(toolCallId !== undefined && { toolCallId }),
+    ...(toolName !== undefined && { toolName }),
+  }));
+
+/**
+ * The functions offered and the choice among them, read as the server reads its requests'
+ * (names, schemas, a forced function one of them), its errors named as the options are.
+ */
+function tools(o: GenerateOptions): ToolRequest | undefined {
+  if (o.tools === undefined && o.toolChoice === undefined) return undefined;
+  if (o.tools !== undefined && !Array.isArray(o.tools))
+    throw new InvalidParameterError(`tools must be a list of functions (got ${JSON.stringify(o.tools)})`, "tools");
+  // { name } is the Responses API's flat form of a named choice, which the server reads too.
+  const choice = isPlainObject(o.toolChoice) ? { type: "function", ...o.toolChoice } : o.toolChoice;
+  try {
+    return toolRequest(Fields.of({ tools: o.tools, tool_choice: choice }), {
+      withChoice: true,
+      flatNamedChoice: true,
+    });
+  } catch (error) {
+    if (!(error instanceof ValidationError)) throw error;
+    const rename = (text: string) => text.replaceAll("tool_choice", "toolChoice");
+    throw new InvalidParameterError(rename(error.message), error.param && rename(error.param));
+  }
 }
 
 /** `stop` as the engine takes it: a list. */
@@ -661,18 +741,34 @@ function spec(lm: LoadedModel, prompt: Prompt, o: GenerateOptions): GenerationSp
   checkOptionNames(o, generateOptionNames);
   checkPrompt(prompt, o);
   checkOptions(o);
+  const offered = tools(o);
+  if (offered && o.raw)
+    throw new InvalidParameterError("tools go through the chat template, which raw leaves out", "raw");
   // A text prompt goes as it is without one; the engine's error would name the server's endpoints.
-  if (typeof prompt !== "string" && !lm.tokenizer.chatTemplate)
-    throw new UnsupportedError(
-      "this model has no chat template: give it a text prompt, not a list of messages",
-      "prompt",
-    );
-  const input: PromptInput =
-    typeof prompt === "string"
-      ? { kind: "text", text: prompt, template: !o.raw, system: o.system }
-      : { kind: "chat", messages: prompt, param: "prompt" };
+  if (!lm.tokenizer.chatTemplate) {
+    if (typeof prompt !== "string")
+      throw new UnsupportedError(
+        "this model has no chat template: give it a text prompt, not a list of messages",
+        "prompt",
+      );
+    if (offered) throw new UnsupportedError("this model has no chat template, so it cannot be offered tools", "tools");
+  }
+  // The engine offers tools to a list of messages: a text prompt with tools is its one user turn.
+  const messages: Message[] | undefined =
+    typeof prompt !== "string"
+      ? prompt
+      : offered
+        ? [
+            ...(o.system === undefined ? [] : [{ role: "system" as const, content: o.system }]),
+            { role: "user", content: prompt },
+          ]
+        : undefined;
+  const input: PromptInput = messages
+    ? { kind: "chat", messages: conversationMessages(messages), param: "prompt" }
+    : { kind: "text", text: prompt as string, template: !o.raw, system: o.system };
   return {
     prompt: input,
+    tools: offered,
     sampling: sampling(o, lm.sampling),
     maxTokens: o.maxTokens,
     maxTokensParam: "maxTokens",

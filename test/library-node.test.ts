@@ -93,7 +93,7 @@ describe("the library", () => {
       expect(seen.badOptions).toEqual([
         "InvalidParameterError: maxTokens must be a whole number > 0 (got 0)",
         "InvalidParameterError: stop must be a non-empty string or an array of them",
-        'InvalidParameterError: message 0 must be { role: "system" | "user" | "assistant", content: string }',
+        'InvalidParameterError: message 0 must be { role: "system" | "user" | "assistant" | "tool", content: string }',
         "InvalidParameterError: embed() takes an array of strings",
       ]);
       expect(seen.stopString).toEqual([true, "stop"]);
@@ -130,7 +130,7 @@ describe("the library", () => {
       writeFileSync(
         join(dir, "main.ts"),
         [
-          'import { load, ModelLoadError, type DownloadProgress, type Message } from "mlx";',
+          'import { load, ModelLoadError, type DownloadProgress, type Message, type Tool, type ToolCall } from "mlx";',
           // The type of load()'s onProgress argument, named as a caller writes its own handler.
           "const onProgress = (progress: DownloadProgress) => console.log(progress.received, progress.total);",
           'const model = await load("smollm2", { onProgress });',
@@ -140,6 +140,10 @@ describe("the library", () => {
           'for await (const piece of model.stream("Hi", { maxTokens: 4 })) console.log(piece, text);',
           'const chat = model.chat({ system: "Be brief." });',
           'await chat.send("Hi");',
+          // Tools as the ollama and OpenAI libraries write them; the calls, sent back with their results.
+          'const tools: Tool[] = [{ type: "function", function: { name: "f", parameters: { type: "object" } } }];',
+          'const called = await model.generate(messages, { tools, toolChoice: { name: "f" }, maxTokens: 8 });',
+          'const calls: ToolCall[] = called.toolCalls; console.log([...messages, { role: "assistant", content: called.text, toolCalls: calls }, { role: "tool", toolCallId: calls[0]!.id, content: "done" }] satisfies Message[]);',
           "model.close();",
           'console.log(new ModelLoadError("x") instanceof Error);',
           // A misuse the types must catch: the only error expected.
@@ -156,7 +160,7 @@ describe("the library", () => {
           resolution,
           errors: [
             expect.stringMatching(
-              /^main\.ts\(12,\d+\): error TS2322: Type 'string' is not assignable to type 'number'/,
+              /^main\.ts\(15,\d+\): error TS2322: Type 'string' is not assignable to type 'number'/,
             ),
           ],
         });

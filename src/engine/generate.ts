@@ -8,6 +8,7 @@ import { memoryFigures, resetPeakMemory } from "./device";
 import type { PrefixCache } from "./prefix-cache";
 import { prepareGeneration, type GenerationSpec, type PreparedGeneration } from "./request";
 import { Scheduler, type FinishReason, type GenerationUsage } from "./scheduler";
+import { ToolCallStream, type ToolCall } from "./tools";
 
 export interface CompletionStats {
   promptTokens: number;
@@ -26,8 +27,10 @@ export interface CompletionStats {
 }
 
 export interface CompletionResult {
-  /** The answer (without a thinking model's reasoning). */
+  /** The answer (without a thinking model's reasoning, nor the calls in toolCalls). */
   text: string;
+  /** The calls the answer made of the functions the request offered (none when it offered none). */
+  toolCalls: ToolCall[];
   /** A thinking model's reasoning ("" when none). */
   reasoning: string;
   promptTokenIds: number[];
@@ -81,19 +84,28 @@ export async function* streamCompletion(
   resetPeakMemory();
   let text = "";
   let reasoning = "";
+  // Offered tools: a call the model writes is read out of the answer, never streamed as its text.
+  const calls = prepared.toolFormat && new ToolCallStream(prepared.toolFormat);
   try {
     for await (const event of scheduler.submit(prepared.request)) {
       if (event.type === "error") throw event.error;
       if (event.type === "text") {
-        if (!event.text && !event.reasoning) continue;
-        text += event.text;
+        const shown = calls ? calls.push(event.text) : event.text;
+        if (!shown && !event.reasoning) continue;
+        text += shown;
         reasoning += event.reasoning ?? "";
-        yield { text: event.text, reasoning: event.reasoning };
+        yield { text: shown, reasoning: event.reasoning };
         continue;
+      }
+      const answer = calls?.end();
+      if (answer?.content) {
+        text += answer.content;
+        yield { text: answer.content };
       }
       const closedEarly = prepared.constraint?.closedEarly() ?? false;
       return {
         text,
+        toolCalls: answer?.calls ?? [],
         reasoning,
         promptTokenIds: prepared.promptIds,
         promptText: prepared.promptText,
@@ -133,6 +145,7 @@ export function cancelledBeforeStart(): CompletionResult {
   } satisfies GenerationUsage;
   return {
     text: "",
+    toolCalls: [],
     reasoning: "",
     promptTokenIds: [],
     tokenIds: [],

@@ -31,6 +31,7 @@ export async function* streamRemoteCompletion(
     const generationSeconds = (end - (firstAt ?? end)) / 1000;
     return {
       text,
+      toolCalls: [],
       reasoning,
       promptTokenIds: [],
       tokenIds: [],

@@ -1,0 +1,136 @@
+// Tool calls through the library, as the ollama and OpenAI libraries' users write them: tools
+// offered to generate() and stream(), the calls read back structured (never in the text, whole
+// or streamed), their results sent back as messages for the next answer; bad tools refused as
+// InvalidParameterErrors naming the option. Tiny models written by the test: a required call is
+// valid only because the grammar makes it so; a scripted one writes prose, then a call.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Ajv from "ajv";
+import { InvalidParameterError, load, type GenerateOptions, type Message, type Model, type Tool } from "../src/index";
+import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
+import { writeScriptedModel } from "./helpers/scripted-model";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const root = mkdtempSync(join(tmpdir(), "mlx-library-tools-"));
+process.env.MLX_HOME ??= join(root, "home");
+
+/** SmolLM2's template, which has no tools: they are described in the system prompt, calls are hermes' <tool_call>. */
+let tiny: Model;
+/** Writes "Sure.", a blank line, then opens a call (the grammar lays it out). */
+let scripted: Model;
+// The server tests' tools, in the OpenAI library's shape (its type also has custom tools, which this has not).
+const tools = forecastTools as Tool[];
+const validForecast = new Ajv().compile(forecastParameters);
+const clock: Tool[] = [
+  {
+    type: "function",
+    function: { name: "now", parameters: { type: "object", properties: {}, additionalProperties: false } },
+  },
+];
+
+beforeAll(async () => {
+  writeTinyModel(join(root, "tiny"), { contextLength: 1024 });
+  writeScriptedModel(join(root, "scripted"), ["Sure", ".", "\n\n", "<tool_call>"]);
+  tiny = await load(join(root, "tiny"));
+  scripted = await load(join(root, "scripted"));
+});
+afterAll(() => {
+  tiny?.close();
+  scripted?.close();
+});
+
+async function errorOf(call: () => Promise<unknown>): Promise<string> {
+  try {
+    await call();
+    return "no error";
+  } catch (error) {
+    if (!(error instanceof InvalidParameterError)) return `${(error as Error).name}: ${(error as Error).message}`;
+    return `${error.param}: ${error.message}`;
+  }
+}
+
+describe("tool calls in the library", () => {
+  test("a required call comes back structured, its arguments valid, none of it in the text", async () => {
+    const result = await tiny.generate("What will the weather be in Oslo?", {
+      tools,
+      toolChoice: { name: "forecast" },
+      maxTokens: 80,
+    });
+    expect(result.toolCalls).toHaveLength(1);
+    const [call] = result.toolCalls;
+    expect(call!.name).toBe("forecast");
+    expect(typeof call!.id).toBe("string");
+    expect(validForecast(call!.arguments)).toBe(true);
+    expect(result.text).not.toContain("<tool_call>");
+    // Without tools, a result has no calls.
+    expect((await tiny.generate("Hi", { maxTokens: 2 })).toolCalls).toEqual([]);
+  }, 120_000);
+
+  test("streamed, the prose before a call is the text, the call is in the result, never a piece", async () => {
+    const options: GenerateOptions = { tools: clock, maxTokens: 60, temperature: 0 };
+    const whole = await scripted.generate("What time is it?", options);
+    expect(whole.text).toBe("Sure.");
+    expect(whole.toolCalls.length).toBeGreaterThan(0);
+    expect(whole.toolCalls.every((c) => c.name === "now")).toBe(true);
+    const stream = scripted.stream("What time is it?", options);
+    const pieces: string[] = [];
+    let step = await stream.next();
+    for (; !step.done; step = await stream.next()) pieces.push(step.value);
+    expect(pieces.join("")).toBe("Sure.");
+    expect(pieces.some((p) => p.includes("<tool_call>") || p.includes("now"))).toBe(false);
+    expect(step.value.toolCalls.map(({ name, arguments: args }) => ({ name, args }))).toEqual(
+      whole.toolCalls.map(({ name, arguments: args }) => ({ name, args })),
+    );
+  }, 120_000);
+
+  test("a call and its result sent back as messages are in the next prompt, and the answer goes on", async () => {
+    const ask: Message[] = [{ role: "user", content: "What will the weather be in Oslo?" }];
+    const first = await tiny.generate(ask, { tools, toolChoice: "required", maxTokens: 80 });
+    expect(first.toolCalls.length).toBeGreaterThan(0);
+    const messages: Message[] = [
+      ...ask,
+      { role: "assistant", content: first.text, toolCalls: first.toolCalls },
+      ...first.toolCalls.map((call) => ({ role: "tool" as const, toolCallId: call.id, content: "Sunny, 21 C" })),
+    ];
+    const next = await tiny.generate(messages, { tools, toolChoice: "none", maxTokens: 3 });
+    expect(next.finishReason).toBe("length");
+    const prompt = tiny.detokenize(next.promptTokenIds);
+    expect(prompt).toContain("<tool_response>\nSunny, 21 C\n</tool_response>");
+    expect(prompt).toContain(`"name": "${first.toolCalls[0]!.name}"`);
+  }, 120_000);
+
+  test("bad tools, a bad choice and tools where they cannot go are InvalidParameterErrors naming the option", async () => {
+    const bad = (o: object) => o as GenerateOptions;
+    const cases: [object, RegExp][] = [
+      [{ tools: "forecast" }, /^tools: tools must be a list of functions/],
+      [{ tools: [{ type: "function", function: { name: "bad name" } }] }, /^tools\.0\.function\.name: /],
+      [{ tools: [tools[0], tools[0]] }, /repeats the function name 'forecast'/],
+      [{ tools, toolChoice: { name: "nope" } }, /^toolChoice\.name: /],
+      [{ toolChoice: "required" }, /^toolChoice: /],
+      [{ tools, toolChoice: "sometimes" }, /^toolChoice: 'toolChoice' must be one of none, auto, required/],
+      [{ tools, raw: true }, /^raw: tools go through the chat template/],
+    ];
+    for (const [options, expected] of cases)
+      expect(await errorOf(() => tiny.generate("Hi", bad({ maxTokens: 2, ...options })))).toMatch(expected);
+    // A chat's turns are text: a call's result has no place there.
+    const chat = tiny.chat();
+    expect(await errorOf(() => chat.send("Hi", bad({ tools })))).toMatch(/^tools: tools is for generate\(\)/);
+    expect(chat.messages).toEqual([]);
+    // Calls only on an assistant's message, in the shape a result gives them.
+    const call = { id: "c1", name: "forecast", arguments: { city: "Oslo", days: 1 } };
+    const messages = (m: object) => [{ role: "user", content: "Hi" }, m] as Message[];
+    expect(await errorOf(() => tiny.generate(messages({ role: "user", content: "", toolCalls: [call] })))).toBe(
+      "prompt: message 1: only an assistant's message has toolCalls",
+    );
+    expect(
+      await errorOf(() =>
+        tiny.generate(messages({ role: "assistant", content: "", toolCalls: [{ ...call, arguments: "{}" }] })),
+      ),
+    ).toMatch(/^prompt: message 1: toolCalls must be a list of/);
+    expect(await errorOf(() => tiny.generate(messages({ role: "tool", content: "x", toolCallId: 5 })))).toBe(
+      "prompt: message 1: toolCallId must be a string",
+    );
+  }, 120_000);
+});
