@@ -696,8 +696,20 @@ function checkPrompt(prompt: Prompt, o: GenerateOptions): void {
       if (m.role !== "tool") fail(`only a tool message has ${key}`);
       if (typeof m[key] !== "string") fail(`${key} must be a string`);
     }
+    // Another library's field (Ollama's images, OpenAI's name) would be dropped without a word.
+    const unknown = Object.keys(m).find((key) => !messageKeys.includes(key));
+    if (unknown !== undefined) fail(`unknown field ${unknown} (a message has ${messageKeys.join(", ")})`);
   });
 }
+
+/** Every field a Message has. */
+const messageKeys = Object.keys({
+  role: true,
+  content: true,
+  toolCalls: true,
+  toolCallId: true,
+  toolName: true,
+} satisfies Record<keyof Message, true>);
 
 const isPlainObject = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value);

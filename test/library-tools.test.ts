@@ -132,5 +132,10 @@ describe("tool calls in the library", () => {
     expect(await errorOf(() => tiny.generate(messages({ role: "tool", content: "x", toolCallId: 5 })))).toBe(
       "prompt: message 1: toolCallId must be a string",
     );
+    // Ollama's images, or a misspelt tool_call_id, were dropped without a word.
+    for (const key of ["images", "tool_call_id"])
+      expect(await errorOf(() => tiny.generate(messages({ role: "tool", content: "x", [key]: ["a"] })))).toBe(
+        `prompt: message 1: unknown field ${key} (a message has role, content, toolCalls, toolCallId, toolName)`,
+      );
   }, 120_000);
 });
