@@ -401,15 +401,20 @@ export class Chat {
   /** Settles when the turn in progress has ended: turns take their places one after another. */
   #lastTurn: Promise<void> = Promise.resolve();
 
+  // Private: a caller's onClose() took the chat out of its model's list, so the model's close()
+  // left it open, its next turn on freed weights ("use of a freed MLX array").
+  readonly #conversation: Conversation;
+  readonly #onClose: () => void;
+
   /** @internal use Model.chat() */
-  constructor(
-    readonly conversation: Conversation,
-    readonly onClose: () => void,
-  ) {}
+  constructor(conversation: Conversation, onClose: () => void) {
+    this.#conversation = conversation;
+    this.#onClose = onClose;
+  }
 
   /** The conversation so far (user and assistant turns). */
   get messages(): readonly Message[] {
-    return this.conversation.messages as Message[];
+    return this.#conversation.messages as Message[];
   }
 
   /** Answers `text`, as the next turn of the conversation. */
@@ -452,16 +457,16 @@ export class Chat {
       await settledOrAborted(previous, options.signal);
       // A stream collected unfinished runs no `finally`: its turn is undone, to the conversation
       // as it is now that the turns before have ended, and let go of here.
-      dropped.onDropped(undoTurn(this.conversation, this.conversation.messages, previous, endTurn));
+      dropped.onDropped(undoTurn(this.#conversation, this.#conversation.messages, previous, endTurn));
       this.#checkOpen();
       // Cancelled before it started: nothing was asked, so the conversation stays as it was.
       if (options.signal?.aborted) return cancelledBeforeStart();
-      const turn = this.conversation.turn(text, {
-        sampling: sampling(options, this.conversation.lm.sampling),
+      const turn = this.#conversation.turn(text, {
+        sampling: sampling(options, this.#conversation.lm.sampling),
         maxTokens:
           options.maxTokens ??
-          modelMaxTokens(this.conversation.lm) ??
-          this.conversation.lm.config.maxPositionEmbeddings,
+          modelMaxTokens(this.#conversation.lm) ??
+          this.#conversation.lm.config.maxPositionEmbeddings,
         maxTokensParam: "maxTokens",
         promptParam: "text",
         stop: stopList(options),
@@ -479,14 +484,14 @@ export class Chat {
   /** Forgets the conversation. */
   clear(): void {
     this.#checkOpen();
-    this.conversation.clear();
+    this.#conversation.clear();
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.conversation.dispose();
-    this.onClose();
+    this.#conversation.dispose();
+    this.#onClose();
   }
 
   #checkOpen(): void {

@@ -551,6 +551,19 @@ describe("the library's close() and clear()", () => {
     ).toBe("AbortError");
     expect(memoryFigures().active).toBeLessThanOrEqual(before);
   }, 120_000);
+  test("a chat shows no internals to call: its model's close() closes it, and a turn after is a ClosedError", async () => {
+    const own = await load();
+    const chat = own.chat();
+    await chat.send("Hi", { maxTokens: 2 });
+    // Its conversation and onClose were public: onClose() took the chat out of its model's list,
+    // so that close() left it open and the next turn ran on freed weights ("use of a freed MLX array").
+    expect(Object.keys(chat)).toEqual([]);
+    own.close();
+    expect(await errorOf(() => chat.send("Hi", { maxTokens: 2 }))).toBe(
+      "ClosedError: the chat is closed (close() was called on it or on its model)",
+    );
+  }, 120_000);
+
   test("close() gives the model's memory back: its weights and MLX's cache, as serve's unload does", async () => {
     const before = memoryFigures().active;
     const own = await load();
