@@ -32,7 +32,7 @@ import { resolveModelPath } from "./store/resolve";
 import { InvalidParameterError, UnsupportedError } from "./errors";
 import { toolRequest } from "./api/tools";
 import { Fields, ValidationError } from "./api/validate";
-import type { ConversationMessage, ToolCall, ToolRequest } from "./engine/tools";
+import { requiredFunctions, type ConversationMessage, type ToolCall, type ToolRequest } from "./engine/tools";
 import * as mx from "./mlx";
 
 export type { CompletionResult as Completion, CompletionStats } from "./engine/generate";
@@ -761,6 +761,9 @@ function spec(lm: LoadedModel, prompt: Prompt, o: GenerateOptions): GenerationSp
   const offered = tools(o);
   if (offered && o.raw)
     throw new InvalidParameterError("tools go through the chat template, which raw leaves out", "raw");
+  // The forced call's grammar would take the place of the format's, which went unheeded (as the server refuses it).
+  if (offered && requiredFunctions(offered) && o.format !== undefined)
+    throw new InvalidParameterError("format cannot be combined with a toolChoice that requires a call", "format");
   // A text prompt goes as it is without one; the engine's error would name the server's endpoints.
   if (!lm.tokenizer.chatTemplate) {
     if (typeof prompt !== "string")

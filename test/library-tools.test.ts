@@ -111,6 +111,12 @@ describe("tool calls in the library", () => {
       [{ toolChoice: "required" }, /^toolChoice: /],
       [{ tools, toolChoice: "sometimes" }, /^toolChoice: 'toolChoice' must be one of none, auto, required/],
       [{ tools, raw: true }, /^raw: tools go through the chat template/],
+      // The call's grammar took the format's place: the format went unheeded.
+      [
+        { tools, toolChoice: "required", format: "json" },
+        /^format: format cannot be combined with a toolChoice that requires a call$/,
+      ],
+      [{ tools, toolChoice: { name: "clock" }, format: "json" }, /^format: format cannot be combined/],
     ];
     for (const [options, expected] of cases)
       expect(await errorOf(() => tiny.generate("Hi", bad({ maxTokens: 2, ...options })))).toMatch(expected);
