@@ -90,6 +90,11 @@ export interface GenerateOptions {
   tools?: Tool[];
   /** "auto" (default): the model decides; "none": no call; "required": at least one; { name }: one call of that function. */
   toolChoice?: "auto" | "none" | "required" | { name: string };
+  /**
+   * Called with each call the answer made, once it is read (before the result comes): a
+   * `for await` loop over stream(), which never sees the stream's return value, gets them here.
+   */
+  onToolCall?: (call: ToolCall) => void;
   /** A system prompt (a text prompt only). */
   system?: string;
   /** Send a text prompt as it is, without the model's chat template. */
@@ -135,6 +140,7 @@ const generateOptionNames = Object.keys({
   format: true,
   tools: true,
   toolChoice: true,
+  onToolCall: true,
   system: true,
   raw: true,
   think: true,
@@ -158,7 +164,9 @@ const numberOptionNames = [
  * A chat's turn takes them all but those of a text prompt (its system prompt is model.chat()'s)
  * and tools, whose calls and results are messages of generate()'s list, not a chat's text turns.
  */
-const turnOptionNames = generateOptionNames.filter((name) => !["system", "raw", "tools", "toolChoice"].includes(name));
+const turnOptionNames = generateOptionNames.filter(
+  (name) => !["system", "raw", "tools", "toolChoice", "onToolCall"].includes(name),
+);
 
 /** Loads a model by name (an alias from models.toml, a stored model, a source, a directory or a .gguf file; default: the default model). */
 export async function load(name?: string, options: LoadOptions = {}): Promise<Model> {
@@ -246,7 +254,7 @@ export class Model {
   /** The whole answer to `prompt`. */
   async generate(prompt: Prompt, options: GenerateOptions = {}): Promise<CompletionResult> {
     this.#checkOpen();
-    return complete(this.#scheduler, spec(this.lm, prompt, options));
+    return withCallsReported(await complete(this.#scheduler, spec(this.lm, prompt, options)), options);
   }
 
   /**
@@ -265,9 +273,10 @@ export class Model {
   ): AsyncGenerator<string, CompletionResult> {
     this.#checkOpen();
     const request = spec(this.lm, prompt, options);
-    return yield* answerText(
+    const result = yield* answerText(
       streamCompletion(this.#scheduler, { ...request, signal: eitherSignal(request.signal, dropped) }),
     );
+    return withCallsReported(result, options);
   }
 
   /**
@@ -394,7 +403,7 @@ export class Model {
 }
 
 /** The options of a chat's turn: generate()'s but those of a text prompt and tools. */
-export type TurnOptions = Omit<GenerateOptions, "system" | "raw" | "tools" | "toolChoice">;
+export type TurnOptions = Omit<GenerateOptions, "system" | "raw" | "tools" | "toolChoice" | "onToolCall">;
 
 export class Chat {
   #closed = false;
@@ -441,7 +450,7 @@ export class Chat {
   async *#stream(text: string, options: TurnOptions, dropped: DroppedStream): AsyncGenerator<string, CompletionResult> {
     this.#checkOpen();
     if (typeof text !== "string") throw new InvalidParameterError("a chat message must be a string", "text");
-    for (const name of ["tools", "toolChoice"])
+    for (const name of ["tools", "toolChoice", "onToolCall"])
       if (name in options)
         throw new InvalidParameterError(
           `${name} is for generate() and stream() with a list of messages, where a call's result can follow it`,
@@ -640,6 +649,8 @@ function checkOptions(o: GenerateOptions): void {
       fail(`format.strict must be true or false (got ${JSON.stringify(strict)})`, "format");
   }
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) fail("signal must be an AbortSignal", "signal");
+  if (o.onToolCall !== undefined && typeof o.onToolCall !== "function")
+    fail("onToolCall must be a function", "onToolCall");
   if (o.system !== undefined && typeof o.system !== "string") fail("system must be a string", "system");
   checkSampling(o);
 }
@@ -749,6 +760,12 @@ function tools(o: GenerateOptions): ToolRequest | undefined {
     const rename = (text: string) => text.replaceAll("tool_choice", "toolChoice");
     throw new InvalidParameterError(rename(error.message), error.param && rename(error.param));
   }
+}
+
+/** `result`, once each of its calls has gone to the caller's onToolCall. */
+function withCallsReported(result: CompletionResult, o: GenerateOptions): CompletionResult {
+  for (const call of result.toolCalls) o.onToolCall?.(call);
+  return result;
 }
 
 /** `stop` as the engine takes it: a list. */

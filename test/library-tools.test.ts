@@ -83,6 +83,16 @@ describe("tool calls in the library", () => {
     expect(step.value.toolCalls.map(({ name, arguments: args }) => ({ name, args }))).toEqual(
       whole.toolCalls.map(({ name, arguments: args }) => ({ name, args })),
     );
+    // A for-await loop never sees the return value: onToolCall gives it the calls, before the loop ends.
+    const heard: string[] = [];
+    let text = "";
+    for await (const piece of scripted.stream("What time is it?", {
+      ...options,
+      onToolCall: (c) => heard.push(c.name),
+    }))
+      text += piece;
+    expect(text).toBe("Sure.");
+    expect(heard).toEqual(whole.toolCalls.map((c) => c.name));
   }, 120_000);
 
   test("a call and its result sent back as messages are in the next prompt, and the answer goes on", async () => {
@@ -111,6 +121,7 @@ describe("tool calls in the library", () => {
       [{ toolChoice: "required" }, /^toolChoice: /],
       [{ tools, toolChoice: "sometimes" }, /^toolChoice: 'toolChoice' must be one of none, auto, required/],
       [{ tools, raw: true }, /^raw: tools go through the chat template/],
+      [{ tools, onToolCall: "log" }, /^onToolCall: onToolCall must be a function$/],
       // The call's grammar took the format's place: the format went unheeded.
       [
         { tools, toolChoice: "required", format: "json" },
