@@ -18,6 +18,7 @@ import {
   type Model,
 } from "../src/index";
 import { memoryFigures } from "../src/engine/device";
+import { errorOf } from "./helpers/library";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 process.env.MLX_HOME ??= join(import.meta.dir, "..", ".cache", "mlx-home");
@@ -27,17 +28,6 @@ beforeAll(async () => {
   model = await load();
 });
 afterAll(() => model?.close());
-
-/** The error a call fails with, as "param: message"; "no error" when it succeeds. */
-async function errorOf(call: () => Promise<unknown>): Promise<string> {
-  try {
-    await call();
-    return "no error";
-  } catch (error) {
-    if (!(error instanceof InvalidParameterError)) return `${(error as Error).name}: ${(error as Error).message}`;
-    return `${error.param}: ${error.message}`;
-  }
-}
 
 describe("the library's options", () => {
   test("a bad sampling option is named as the library spells it, in generate, stream and chat", async () => {

@@ -8,8 +8,9 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Ajv from "ajv";
-import { InvalidParameterError, load, type GenerateOptions, type Message, type Model, type Tool } from "../src/index";
+import { load, type GenerateOptions, type Message, type Model, type Tool } from "../src/index";
 import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
+import { errorOf } from "./helpers/library";
 import { writeScriptedModel } from "./helpers/scripted-model";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -40,16 +41,6 @@ afterAll(() => {
   tiny?.close();
   scripted?.close();
 });
-
-async function errorOf(call: () => Promise<unknown>): Promise<string> {
-  try {
-    await call();
-    return "no error";
-  } catch (error) {
-    if (!(error instanceof InvalidParameterError)) return `${(error as Error).name}: ${(error as Error).message}`;
-    return `${error.param}: ${error.message}`;
-  }
-}
 
 describe("tool calls in the library", () => {
   test("a required call comes back structured, its arguments valid, none of it in the text", async () => {
