@@ -184,11 +184,14 @@ function* directoryTensorSteps(dir: string): Steps<{ config: ModelConfig; tensor
 }
 
 function* loadGGUFFile(file: string, stage?: Stage, shard?: Shard): Steps<LoadedModel> {
-  const header = withModelErrors(file, () => readGGUFHeader(file));
+  // Resolved once, as loadDirectory's folder: a stored GGUF is read through its model's link to
+  // the current revision, which an update swaps, and its header and its tensors are two opens.
+  const bytes = realpathSync(file);
+  const header = withModelErrors(file, () => readGGUFHeader(bytes));
   refuseSplitGGUF(header, file);
   yield;
   const loaded = yield* withModelErrorSteps(file, () =>
-    loadGGUFTensorSteps(file, header, stage && ((name) => stageHolds(stage, name))),
+    loadGGUFTensorSteps(bytes, header, stage && ((name) => stageHolds(stage, name))),
   );
   let named: Map<string, MxArray> | undefined;
   try {
@@ -196,7 +199,7 @@ function* loadGGUFFile(file: string, stage?: Stage, shard?: Shard): Steps<Loaded
     named = gguf.tensors;
     const config = parseConfig(gguf.config);
     const tokenizer = yield* withModelErrorSteps(file, () =>
-      Tokenizer.fromGGUFMetadataSteps(gguf.metadata as Record<string, unknown>, file),
+      Tokenizer.fromGGUFMetadataSteps(gguf.metadata as Record<string, unknown>, bytes),
     );
     yield;
     const kept = (t: GGUFTensorInfo) =>
