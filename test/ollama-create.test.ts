@@ -456,6 +456,31 @@ describe("POST /api/create", () => {
     expect(((await r.json()) as { error: string }).error).toContain("'chick' is made from 'parrot'");
     expect(readFileSync(file, "utf8")).toBe(before);
   });
+
+  test("a made model deleted while loaded answers no more, nor is listed as loaded or served, by either name", async () => {
+    await ollama.create({ model: "sunk", from: "tiny", system: "Bye." });
+    // Loaded by both names an Ollama client uses, beside the model it is made from (one copy of the weights).
+    for (const model of ["tiny", "sunk", "sunk:latest"])
+      await ollama.chat({ model, messages: [user], stream: false, options: once });
+    await ollama.delete({ model: "sunk" });
+    const loaded = (await ollama.ps()).models.map((m) => m.name);
+    expect(loaded.filter((name) => name.startsWith("sunk"))).toEqual([]);
+    expect(loaded).toContain("tiny"); // the model it was made from stays loaded
+    const served = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { id: string }[] };
+    expect(served.data.map((m) => m.id).filter((id) => id.startsWith("sunk"))).toEqual([]);
+    for (const model of ["sunk", "sunk:latest"])
+      await expect(ollama.chat({ model, messages: [user], stream: false, options: once })).rejects.toMatchObject({
+        status_code: 404,
+      });
+    // A model loaded by the deleted name alone is unloaded with it (it is idle).
+    for (const name of loaded) await ollama.generate({ model: name, prompt: "", keep_alive: 0 });
+    await ollama.create({ model: "sunk", from: "tiny" });
+    await ollama.chat({ model: "sunk", messages: [user], stream: false, options: once });
+    expect((await ollama.ps()).models.map((m) => m.name)).toEqual(["sunk"]);
+    await ollama.delete({ model: "sunk" });
+    expect(server.state.models.loaded).toEqual([]);
+  });
+
   test("a loaded made model's context is its num_ctx, as /api/ps, mlx ps, /v1/models and /stats report it", async () => {
     await ollama.create({ model: "narrow", from: "tiny", parameters: { num_ctx: 64 } });
     await ollama.create({ model: "wide", from: "tiny", parameters: { num_ctx: 4096 } });

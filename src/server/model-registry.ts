@@ -442,6 +442,26 @@ export class ModelRegistry {
     };
   }
 
+  /**
+   * Forgets the name of a model that is no more (a made model deleted), with the "name:latest"
+   * that stood for it: requests naming it resolve afresh (and find nothing) rather than the model
+   * it loaded, which /api/ps and /v1/models no longer list under it. A loaded model left with no
+   * name is unloaded, at once or as soon as its requests end.
+   */
+  forget(name: string): void {
+    const names = new Set([name, ...[...this.#untagged].filter(([, untagged]) => untagged === name).map(([n]) => n)]);
+    for (const n of names) {
+      this.#pathOf.delete(n);
+      this.#meaningOf.delete(n);
+      this.#untagged.delete(n);
+    }
+    for (const entry of this.loaded) {
+      if (!entry.names.some((n) => names.has(n))) continue;
+      entry.names = entry.names.filter((n) => !names.has(n));
+      if (entry.names.length === 0) this.setKeepAlive(entry, 0);
+    }
+  }
+
   /** Sets a loaded model's keep-alive (0 unloads it now, or as soon as its requests end). */
   setKeepAlive(entry: LoadedEntry, keepAliveMs: number): void {
     entry.keepAliveMs = this.#keepAlive(keepAliveMs);

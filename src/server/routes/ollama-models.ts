@@ -126,6 +126,8 @@ export function ollamaModelRoutes(s: ServerState): Hono {
     const alias = knownName(given, isUserAlias);
     if (alias !== undefined && readManifest(alias) === undefined) {
       await removeUserAlias(alias);
+      // A model loaded by its name would otherwise go on answering to it, listed in /api/ps.
+      s.models.forget(alias);
       return c.body(null, 200);
     }
     const name = storedName(given, { orSource: true });
