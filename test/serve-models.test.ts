@@ -142,6 +142,17 @@ describe("Ollama model management", () => {
     await ollama.generate({ model: "org/tiny:latest", prompt: "", keep_alive: 0 });
   });
 
+  test("a stored model loaded as 'name:latest' is listed once in /v1/models too, as 'name' with its context", async () => {
+    const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    await ollama.generate({ model: "org/tiny:latest", prompt: "Hi", options: { num_predict: 1 } });
+    const listed = (await openai.models.list()).data.filter((m) => m.id.startsWith("org/tiny"));
+    const ps = (await (await fetch(`${server.url}/api/ps`)).json()) as { models: { context_length: number }[] };
+    expect(listed.map((m) => [m.id, (m as { max_model_len?: number }).max_model_len])).toEqual([
+      ["org/tiny", ps.models[0]!.context_length],
+    ]);
+    await ollama.generate({ model: "org/tiny:latest", prompt: "", keep_alive: 0 });
+  });
+
   test("pull errors: a path on the server's disk is refused; a repo the hub lacks fails in the stream", async () => {
     await expect(ollama.pull({ model: local, stream: false })).rejects.toThrow("cannot pull");
     const statuses: string[] = [];

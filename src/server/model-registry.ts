@@ -228,6 +228,11 @@ export class ModelRegistry {
     return entry ?? (untagged === undefined ? undefined : this.find(untagged));
   }
 
+  /** The name a request naming `name` resolved as: "m" for an "m:latest" that no model has, else `name`. */
+  resolvedName(name: string): string {
+    return this.#untagged.get(name) ?? name;
+  }
+
   /** The models the store holds, loaded or not (none when the store cannot be read). */
   async stored(): Promise<IndexEntry[]> {
     try {

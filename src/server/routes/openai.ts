@@ -52,9 +52,11 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
   const started = Math.floor(serverStartDate(s).getTime() / 1000);
   const seen = new Set<string>();
   const data = [];
-  // Under each name it was asked by (aliases of the same weights share a loaded model), as /api/ps lists it.
+  // Under each name it was asked by (aliases of the same weights share a loaded model), as /api/ps lists it;
+  // "m:latest" that resolved as "m" (Ollama's default tag) as "m", as /api/tags lists it: one model, listed once.
   for (const e of s.models.loaded)
-    for (const name of e.names) {
+    for (const name of new Set(e.names.map((n) => s.models.resolvedName(n)))) {
+      if (seen.has(name)) continue;
       seen.add(name);
       const loadedAt = Math.floor(e.loadedAt.getTime() / 1000);
       data.push(modelObject(name, created(name, loadedAt), servedContextLength(name, e.lm)));
