@@ -219,6 +219,19 @@ describe("Ollama chat and generate", () => {
     }
   });
 
+  test("top_p 0 keeps only the most likely token, a top_k below 0 keeps all, as llama.cpp's sampler (Ollama's) takes them", async () => {
+    const options = { num_predict: 8, repeat_penalty: 1 };
+    const answer = async (sampling: Record<string, number>) =>
+      (await ollama.generate({ model, prompt: "Hi", stream: false, options: { ...options, ...sampling } })).response;
+    const greedyAnswer = await answer({ temperature: 0 });
+    for (const seed of [1, 2]) {
+      expect(await answer({ temperature: 1.5, top_p: 0, seed })).toBe(greedyAnswer);
+      expect(await answer({ temperature: 1.5, top_k: -1, seed })).toBe(
+        await answer({ temperature: 1.5, top_k: 0, seed }),
+      );
+    }
+  });
+
   test("presence and frequency penalties count the last repeat_last_n tokens, prompt included, as Ollama's", () => {
     const options = { presence_penalty: 1, frequency_penalty: 0.5, repeat_last_n: 16 };
     const { sampling } = parseOllamaGenerate({ model, prompt: "Hi", options });

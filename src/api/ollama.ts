@@ -205,6 +205,10 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
   for (const name of IGNORED_OPTIONS.integer) o.integer(name);
   for (const name of IGNORED_OPTIONS.boolean) o.boolean(name);
   for (const name of IGNORED_OPTIONS.number) o.number(name);
+  // As llama.cpp's sampler (and so Ollama) takes them: top_p 0 keeps only the most likely token
+  // (the first one's probability already reaches it), a top_k of 0 or below keeps every token.
+  const topP = o.number("top_p", { min: 0, max: 1 });
+  const topK = o.integer("top_k");
   return {
     contextBound: numCtx === undefined ? undefined : { tokens: numCtx, param: o.name("num_ctx") },
     // As Ollama's runner, which limits only a positive count: 0, -1 and -2 all run until a stop or
@@ -212,8 +216,8 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
     maxTokens: numPredict === undefined ? undefined : numPredict <= 0 ? Infinity : numPredict,
     sampling: {
       temperature: o.number("temperature", { min: 0 }),
-      topP: o.number("top_p", { above: 0, max: 1 }),
-      topK: o.integer("top_k", { min: 0 }),
+      topP: topP === 0 ? undefined : topP,
+      topK: topP === 0 ? 1 : topK !== undefined && topK < 0 ? 0 : topK,
       minP: o.number("min_p", { min: 0, max: 1 }),
       repetitionPenalty: o.number("repeat_penalty", { above: 0 }),
       // -1 means the whole context; 0 turns the penalty off.
