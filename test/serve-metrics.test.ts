@@ -332,6 +332,51 @@ describe("memory", () => {
     expect(stats.memory.peak).toBeGreaterThan(0);
     expect(await sample(url, "mlx_memory_peak_bytes")).toBe(stats.memory.peak);
   });
+
+  test("live MLX arrays come back to their idle count after requests that finish, stop, fail and are dropped, and to 0 once unloaded", async () => {
+    const model = tinyModel();
+    // Without the prefix cache, which keeps arrays on purpose, the idle count is the weights'.
+    server = serve({ defaultModel: model, prefixCacheBytes: 0 });
+    const { url } = server;
+    const arrays = async () => {
+      const stats: any = await (await fetch(`${url}/stats`)).json();
+      expect(await sample(url, "mlx_arrays_live")).toBe(stats.memory.arrays);
+      return stats.memory.arrays as number;
+    };
+    const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none" });
+    await openai.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 2 });
+    const idle = await arrays();
+    expect(idle).toBeGreaterThan(0); // the weights
+    for (let i = 0; i < 3; i++) {
+      await openai.chat.completions.create({
+        model,
+        messages: [{ role: "user", content: `Hi ${i}` }],
+        max_tokens: 4,
+        n: 2,
+        logprobs: true,
+        top_logprobs: 2,
+        stop: ["e"],
+      });
+      const stream = await openai.chat.completions.create({
+        model,
+        messages: [{ role: "user", content: "Go on" }],
+        max_tokens: 200,
+        stream: true,
+      });
+      for await (const _ of stream) break; // the client goes away mid-answer
+      const tooLong = await post(`${url}/v1/chat/completions`, {
+        model,
+        messages: [{ role: "user", content: "word ".repeat(400) }],
+      });
+      expect(tooLong.status).toBe(400);
+      await new Ollama({ host: url }).embed({ model, input: ["one", "two"] });
+    }
+    await eventually(async () => (await modelStats(url)).active_requests === 0);
+    expect(await arrays()).toBe(idle);
+    await new Ollama({ host: url }).generate({ model, prompt: "", keep_alive: 0 });
+    await eventually(async () => (await sample(url, "mlx_models_loaded")) === 0);
+    expect(await arrays()).toBe(0);
+  });
 });
 
 describe("inter-token latency", () => {

@@ -9,10 +9,17 @@ export interface MemoryFigures {
   peak: number;
   /** Bytes kept by MLX's buffer cache for reuse. */
   cache: number;
+  /** MLX array handles alive now: back to its baseline once idle, or something leaks. */
+  arrays: number;
 }
 
 export function memoryFigures(): MemoryFigures {
-  return { active: mx.memory.activeMemory(), peak: mx.memory.peakMemory(), cache: mx.memory.cacheMemory() };
+  return {
+    active: mx.memory.activeMemory(),
+    peak: mx.memory.peakMemory(),
+    cache: mx.memory.cacheMemory(),
+    arrays: mx.memory.liveArrays(),
+  };
 }
 
 /** Starts a new peak-memory measurement. */

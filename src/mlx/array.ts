@@ -7,8 +7,18 @@
 import { check, lib, readOut, type Pointer } from "./ffi";
 import { dtypeName, itemSize, type DtypeCode, type DtypeName } from "./dtype";
 
-const leaked = new FinalizationRegistry<Pointer>((handle) => lib.mlxs_array_free(handle));
+const leaked = new FinalizationRegistry<Pointer>((handle) => {
+  lib.mlxs_array_free(handle);
+  live--;
+});
 const scopes: Set<MxArray>[] = [];
+
+// Handles held now (created, not yet freed by free() or the safety net): a leak shows as a count
+// that does not come back to its baseline once a server is idle. One integer, cheap to keep.
+let live = 0;
+
+/** How many MLX array handles are alive now. */
+export const liveArrays = (): number => live;
 
 /** The typed arrays that hold an array's elements on the host. */
 export type HostTypedArray =
@@ -31,6 +41,7 @@ export class MxArray {
 
   constructor(handle: Pointer) {
     this.#handle = handle;
+    live++;
     const current = scopes[scopes.length - 1];
     if (current) current.add(this);
     else this.guard();
@@ -59,6 +70,7 @@ export class MxArray {
   free(): void {
     if (this.#handle === 0) return;
     lib.mlxs_array_free(this.#handle);
+    live--;
     if (this.#guard) leaked.unregister(this.#guard);
     this.#guard = undefined;
     this.#handle = 0;

@@ -1,5 +1,6 @@
 // MLX's memory counters and limits (bytes).
 import type { MxArray } from "./array";
+export { liveArrays } from "./array";
 import { lib } from "./ffi";
 import { handles } from "./ops";
 

@@ -256,6 +256,13 @@ export function serverMetrics(live: {
     cacheMemory: registry.add(
       new Gauge("mlx_memory_cache_bytes", "MLX buffer cache memory", () => live.memory().cache),
     ),
+    liveArrays: registry.add(
+      new Gauge(
+        "mlx_arrays_live",
+        "MLX array handles alive now (back to a baseline when idle)",
+        () => live.memory().arrays,
+      ),
+    ),
     itl: registry.add(
       new Histogram(
         "mlx_inter_token_latency_seconds",
