@@ -14,6 +14,7 @@ import { post, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { forecastParameters, forecastTools, readToolStream } from "./helpers/forecast-tools";
 import { resolveModelPath } from "../src/store/resolve";
+import { answerSchemaCompiles } from "../src/engine/json-schema";
 
 let server: RunningServer;
 let openai: OpenAI;
@@ -320,6 +321,24 @@ describe("OpenAI tools", () => {
     });
     expect(after.choices[0]!.finish_reason).toBe("length");
     expect(after.usage!.completion_tokens).toBe(3);
+  });
+});
+
+describe("the same tools in every request", () => {
+  test("their schemas are compiled once, not again per request (each compile is code the heap keeps for a while)", async () => {
+    const messages: OpenAI.ChatCompletionMessageParam[] = [{ role: "user", content: "Oslo?" }];
+    const ask = () =>
+      openai.chat.completions.create({ model, messages, tools, tool_choice: "required", max_tokens: 60 });
+    await ask(); // the first request checks them
+    const before = answerSchemaCompiles();
+    for (let i = 0; i < 5; i++) expect((await ask()).choices).toHaveLength(1);
+    await ollama.chat({
+      model,
+      messages: [{ role: "user", content: "Oslo?" }],
+      tools: tools as never,
+      options: { num_predict: 60 },
+    });
+    expect(answerSchemaCompiles() - before).toBe(0);
   });
 });
 

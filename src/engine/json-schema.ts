@@ -8,6 +8,10 @@ import Ajv2020 from "ajv/dist/2020";
 // validators made on it keep working), so a server's memory does not grow with every new schema.
 export const COMPILES_PER_INSTANCE = 256;
 const instances = new Map<string, { ajv: Ajv; compiles: number }>();
+let compiles = 0;
+
+/** Schemas compiled since start (for tests: what is cached must not be compiled again). */
+export const answerSchemaCompiles = (): number => compiles;
 
 /**
  * Compiles `schema` under its own draft: 2020-12 where it says so (zod's schemas do) or uses
@@ -36,5 +40,6 @@ function draftAjv(draft2020: boolean, allErrors = false): Ajv {
     instances.set(key, (entry = { ajv: draft2020 ? new Ajv2020(options) : new Ajv(options), compiles: 0 }));
   }
   entry.compiles++;
+  compiles++;
   return entry.ajv;
 }

@@ -50,6 +50,9 @@ const MAX_COUNT = 2 ** 31 - 1;
 const validated = new Map<string, SchemaError | true>();
 export const MAX_VALIDATED_SCHEMAS = 1024;
 
+/** Schemas checkJsonSchema found to be JSON Schema, by canonical text; the latest MAX_VALIDATED_SCHEMAS kept. */
+const soundSchemas = new Map<string, true>();
+
 const rememberValidation = (key: string, result: SchemaError | true) =>
   setNewest(validated, key, result, MAX_VALIDATED_SCHEMAS);
 
@@ -103,6 +106,10 @@ function checkFiniteValue(schema: Record<string, unknown>, strict: boolean): voi
 /** Throws a SchemaError unless `schema` is JSON Schema at all (whether it can be enforced is validateSchema's question). */
 export function checkJsonSchema(schema: object): void {
   const { $schema: _ignored, ...rest } = schema as Record<string, unknown>; // drafts ajv's default build lacks
+  // A client sends the same tools with every request: each check compiled their schemas again
+  // (generated code Ajv keeps until its instance is let go), so those found sound are remembered.
+  const key = canonicalJson(rest);
+  if (soundSchemas.has(key)) return;
   ajv ??= new Ajv({ strict: false, validateFormats: false, allErrors: false });
   if (!ajv.validateSchema(rest)) throw new SchemaError(`invalid schema: ${ajvMessage(ajv.errors ?? [])}`);
   try {
@@ -117,6 +124,7 @@ export function checkJsonSchema(schema: object): void {
       );
     throw new SchemaError(`invalid schema: ${(error as Error).message}`);
   }
+  setNewest(soundSchemas, key, true, MAX_VALIDATED_SCHEMAS);
 }
 
 /**
