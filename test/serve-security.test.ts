@@ -294,3 +294,45 @@ describe("the API key", () => {
     }
   });
 });
+
+describe("sources a request names, written into the server's log", () => {
+  let server: RunningServer;
+  const logged: string[] = [];
+  let hub: ReturnType<typeof Bun.serve>;
+  const savedEnv = { HF_ENDPOINT: process.env.HF_ENDPOINT, MLX_PYPI_INDEX_URL: process.env.MLX_PYPI_INDEX_URL };
+  beforeAll(() => {
+    // A real hub and package index on loopback that hold nothing: a pull the server makes fails there.
+    hub = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("not found", { status: 404 }) });
+    process.env.HF_ENDPOINT = `http://127.0.0.1:${hub.port}`;
+    process.env.MLX_PYPI_INDEX_URL = `http://127.0.0.1:${hub.port}/simple`;
+    const log = (line: unknown) => logged.push(String(line instanceof Error ? line.message : line));
+    server = serve({ apiKey: "k", logInfo: log, logWarning: log, logError: log });
+  });
+  afterAll(async () => {
+    await server.stop();
+    hub.stop(true);
+    for (const [name, value] of Object.entries(savedEnv))
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+  });
+
+  test("are refused with a 400 when they hold a line end or a terminal escape, before any pull is logged", async () => {
+    // Before: the pull ran and its log lines carried the client's text as it was, a forged line among them.
+    const forged = "\n[warn] the operator's API key is 'guess'\u001b[8m";
+    const auth = { Authorization: "Bearer k" };
+    for (const model of [`hf:org/repo@main${forged}`, `hf:org/repo@v1\u001b[2J`, `pypi:pkg==1.0#model\u001b[2J.gguf`]) {
+      const pulled = await post(`${server.url}/api/pull`, { model, stream: false }, auth);
+      expect([model, pulled.status]).toEqual([model, 400]);
+      const chat = await post(
+        `${server.url}/v1/chat/completions`,
+        { model, messages: [{ role: "user", content: "Hi" }] },
+        auth,
+      );
+      expect([model, chat.status]).toEqual([model, 400]);
+    }
+    expect(logged).toEqual([]);
+    // A hub's branch of a pull request is a revision still: its pull is made (and fails at this hub).
+    const pr = await post(`${server.url}/api/pull`, { model: "hf:org/repo@refs/pr/1", stream: false }, auth);
+    expect(pr.status).toBe(502);
+  });
+});

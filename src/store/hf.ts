@@ -95,7 +95,21 @@ export function parseHFSpec(spec: string): HFSpec {
   if (!match || !REPO.test(match[1]!) || match[1]!.includes("..")) {
     throw new Error(`invalid source '${spec}': expected hf:<org>/<repo>[@revision][:<quantization>]`);
   }
-  return { repo: match[1]!, revision: match[2] ?? "main", ...(match[3] ? { quantization: match[3] } : {}) };
+  const revision = match[2] ?? "main";
+  if (!isRevisionName(revision))
+    throw new Error(
+      `invalid source: the revision ${JSON.stringify(revision)} is not a branch, tag or commit (those have no spaces, control characters, "..", "@{" or any of ~^?*[\\)`,
+    );
+  return { repo: match[1]!, revision, ...(match[3] ? { quantization: match[3] } : {}) };
+}
+
+/**
+ * Whether `revision` may name a branch, tag or commit, as git's check-ref-format allows ("v1.0",
+ * "refs/pr/1"): a server logs the pulls its requests make, and a revision with a line end or a
+ * terminal escape in it would write lines of the client's own into the operator's log.
+ */
+function isRevisionName(revision: string): boolean {
+  return /^[^\u0000-\u0020\u007f~^?*[\\]+$/.test(revision) && !revision.includes("..") && !revision.includes("@{");
 }
 
 export function hfEndpoint(): string {
