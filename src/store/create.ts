@@ -23,7 +23,7 @@ import { withStoreLock } from "./lock";
 import type { LocateOptions } from "./resolve";
 import { readManifest, writeFileAtomic } from "./manifest";
 import { modelNameFits } from "./paths";
-import { isRemoteSource } from "./pull";
+import { isRemoteSource, refuseMalformedSource } from "./pull";
 import { listModels } from "./store";
 
 /** What a model is made of, as Ollama's create request and a Modelfile give it. */
@@ -195,6 +195,8 @@ async function sourceOf(from: string, name: string, paths: boolean): Promise<str
       `'${from}' is served by a remote ${remote.kind} provider: it has no weights to make a model from`,
       "from",
     );
+  // A malformed source is refused now, not by each request for the alias (which logs it as pulled).
+  if (isRemoteSource(from)) refuseMalformedSource(from, "from");
   if (aliases.models.has(from) || isRemoteSource(from) || readManifest(from)) return from;
   // Where paths are refused the disk is not looked at, so the answer says nothing of what is there.
   const path = resolve(from);

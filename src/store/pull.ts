@@ -126,12 +126,12 @@ export function modelRequest(what: string): ModelRequest {
  * A source as typed, malformed: the caller's mistake (a 400 over HTTP), said before any lock or
  * download, not as a pull that failed (a 502: the hub's or index's fault).
  */
-function refuseMalformedSource(source: string): void {
+export function refuseMalformedSource(source: string, param = "model"): void {
   try {
     if (source.startsWith("hf:")) parseHFSpec(source);
     else parsePyPISpec(source);
   } catch (error) {
-    throw new InvalidParameterError((error as Error).message, "model");
+    throw new InvalidParameterError((error as Error).message, param);
   }
 }
 
