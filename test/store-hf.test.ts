@@ -14,7 +14,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { parseHFSpec, pullHFRepo } from "../src/store/hf";
@@ -1181,6 +1181,39 @@ describe("pull from the hub", () => {
       version = 2;
       const pulled = await pullModel(modelRequest("hf:org/tiny"));
       expect(new Uint8Array(readFileSync(join(pulled.path, "tokenizer.json")))).toEqual(after);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a revision that climbs out of the store ('../..') is refused: nothing is written outside $MLX_HOME",
+    async () => {
+      // A mirror whose listing names no commit, serving any revision: the revision as given named
+      // the download's staging file, so a request's '@../../..' wrote it beside the store.
+      const hub = await startServer((request): Reply => {
+        const path = decodeURIComponent(request.path);
+        if (path.startsWith("/api/models/org/tiny/revision/"))
+          return {
+            status: 200,
+            body: JSON.stringify({ siblings: [...tiny.keys()].map((rfilename) => ({ rfilename })) }),
+          };
+        const data = tiny.get(path.split("/").at(-1)!);
+        if (!data) return { status: 404, headers: { "X-Error-Code": "EntryNotFound" } };
+        const etag = { ETag: `"v1-${sha256Hex(data).slice(0, 32)}"` };
+        if (request.method === "HEAD")
+          return { status: 200, headers: { ...etag, "Content-Length": String(data.length) } };
+        const reply = serveBytes(data, request);
+        return { ...reply, headers: { ...reply.headers, ...etag } };
+      });
+      servers = [hub];
+      process.env.HF_ENDPOINT = hub.url;
+      const outside = join(process.env.MLX_HOME!, "..", "outside-the-store");
+      const climbing = `${relative(join(process.env.MLX_HOME!, "downloads", "hf"), outside)}/x`;
+      await expect(Promise.resolve().then(() => pull(`hf:org/tiny@${climbing}`))).rejects.toThrow(
+        `invalid source: the revision "${climbing}" is not a branch, tag or commit`,
+      );
+      expect(existsSync(outside)).toBe(false);
+      expect(hub.requests).toEqual([]);
     },
     TEST_TIMEOUT_MS,
   );
