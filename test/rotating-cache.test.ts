@@ -10,7 +10,7 @@ import { BatchGenerator, generateTokens, type BatchOptions } from "../src/engine
 import { PrefixCache } from "../src/engine/prefix-cache";
 import { defaultSampling } from "../src/engine/sampling";
 import * as mx from "../src/mlx";
-import { buildModel, forward, freeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
+import { buildModel, forward, freeCaches, makeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
 import type { KvQuantization } from "../src/models/cache";
 import { loadModel } from "../src/models/load";
 import { RotatingKVCache } from "../src/models/rotating-cache";
@@ -57,6 +57,41 @@ describe("the rotating KV cache", () => {
 
   test("with an 8-bit cache too", () => {
     expect(greedy(prompts[0]!, 60, 16, eightBit)).toEqual(reference(prompts[0]!, 60, 16, eightBit));
+  });
+
+  test("--kv-quant-start counts positions, not the columns held: quantized where a full cache is, one token or several a step", () => {
+    // Before, it compared the start with the columns held, which fall at each compaction: a
+    // start past the size and its slack never quantized, and one below it quantized at another
+    // position where a step of several tokens (a speculative one) compacted first.
+    const prompt = Array.from({ length: 27 }, (_, i) => (i * 37) % 250);
+    /** The position after which the cache holds quantized keys, fed the prompt then `step` tokens at a time. */
+    const quantizedAfter = (kv: KvQuantization, step: number, maxKvSize?: number) => {
+      const caches = makeCaches(model, { quantization: kv, maxKvSize });
+      try {
+        for (let input = prompt, at = 0; at < 200; at += input.length, input = Array(step).fill(7)) {
+          mx.scope(() => forward(model, mx.array(Int32Array.from(input), [1, input.length]), caches));
+          if (caches[0]!.quantized) return at + input.length;
+        }
+        return undefined;
+      } finally {
+        freeCaches(caches);
+      }
+    };
+    for (const start of [40, 47, 60])
+      for (const step of [1, 9]) {
+        const kv = { ...eightBit, start };
+        expect(quantizedAfter(kv, step, 24)).toBe(quantizedAfter(kv, step)!);
+      }
+  });
+
+  test("--kv-quant-start with speculation: the tokens decoded one at a time", () => {
+    const prompt = Array.from({ length: 27 }, (_, i) => (i * 37) % 250);
+    const request = { promptIds: prompt, sampling: defaultSampling, maxTokens: 60 };
+    const kv = { ...eightBit, start: 40 };
+    const decode = (speculation?: BatchOptions["speculation"]) =>
+      [...generateTokens(model, request, kv, { maxKvSize: 24, speculation })].map((e) => e.token);
+    const alone = decode();
+    expect(decode({ numDraft: 8, maxBatch: 2, draftModel: model })).toEqual(alone);
   });
 
   test("a prompt longer than the size, prefilled in chunks", () => {

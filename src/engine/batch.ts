@@ -454,7 +454,7 @@ export class BatchGenerator {
     const cache = group.caches[0];
     if (!q || !cache) return Infinity;
     if (!cache.quantized)
-      return q.start === undefined || cache.offset >= q.start ? Infinity : q.start - cache.offset - 1;
+      return q.start === undefined || cache.positions >= q.start ? Infinity : q.start - cache.positions - 1;
     if (!isChannelLayout(cache.keys)) return Infinity;
     // The step's first position may fill the tail's group (one at a time, it reads it quantized too).
     const untilFull = q.groupSize - cache.keys![3]!.shape[2]!;

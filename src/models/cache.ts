@@ -128,6 +128,15 @@ export class KVCache implements AttentionCache {
     return length > 1 ? "causal" : undefined;
   }
 
+  /**
+   * Positions of the longest sequence so far, including those a bounded cache no longer holds:
+   * what --kv-quant-start counts (a rotating cache's columns held rise and fall with its
+   * compactions, which happen at other positions for steps of several tokens).
+   */
+  get positions(): number {
+    return this.offset;
+  }
+
   get quantized(): boolean {
     return (this.keys?.length ?? 0) >= 3;
   }
@@ -177,7 +186,7 @@ export class KVCache implements AttentionCache {
     const length = keys.shape[2]!;
     // Once quantized, always: a cache taken back below the start (a rejected draft) stays so.
     const quantize =
-      this.quantization !== undefined && (this.quantized || previous + length > (this.quantization.start ?? 0));
+      this.quantization !== undefined && (this.quantized || this.positions + length > (this.quantization.start ?? 0));
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
     const channel = quantize && this.channelKeys;
     if (channel && this.tailTakes(keys.shape[2]!, keys.dtype)) return this.writeTailStep(keys, values);

@@ -65,6 +65,10 @@ export class RotatingKVCache extends BatchKVCache {
     return mx.array(Int32Array.from(positions));
   }
 
+  override get positions(): number {
+    return Math.max(this.offset, ...this.leftPadding.map((pad, b) => this.offset - pad + (this.dropped[b] ?? 0)));
+  }
+
   /**
    * [B, 1, L, columns]: causal, never padding, and for each query only the sinks and the
    * `maxSize - keep` newest positions. Built for the layout the next update leaves (it may
