@@ -166,6 +166,27 @@ describe("structured output through the server", () => {
     expect(["a", "b"]).toContain(JSON.parse(made.function.arguments).n);
   });
 
+  test("ignore_eos past a schema's complete answer generates end tokens only: the answer stays the JSON, up to max_tokens", async () => {
+    // Before, the grammar let every token through once it had taken the end token, so the
+    // answer went on in free text after the JSON ('"a" integrating integrating ...').
+    const max_tokens = 12;
+    const body = {
+      model,
+      max_tokens,
+      temperature: 0,
+      ignore_eos: true,
+      response_format: { type: "json_schema", json_schema: { name: "a", schema: { enum: ["a"] } } },
+    };
+    const chat = await post(`${server.url}/v1/chat/completions`, {
+      ...body,
+      messages: [{ role: "user", content: "x" }],
+    });
+    expect(chat.json.choices[0].message.content).toBe('"a"');
+    expect([chat.json.choices[0].finish_reason, chat.json.usage.completion_tokens]).toEqual(["length", max_tokens]);
+    const text = await post(`${server.url}/v1/completions`, { ...body, prompt: "x" });
+    expect(text.json.choices[0].text).toBe('"a"');
+  });
+
   test("OpenAI json_object gives a JSON object, even in 2 tokens; a schema's answer cannot fit in 2: a 400 on max_tokens", async () => {
     const ok = await openai.chat.completions.create({
       model,

@@ -185,10 +185,18 @@ class Constraint implements GrammarConstraint {
     if (!this.history) this.seen = this.start = history.length;
     this.history = history;
     this.catchUp();
-    if (this.matcher.isTerminated() || !this.shaped(history, history.length)) return logits;
     const vocab = logits.shape.at(-1)!;
-    const mask = this.unpack(readBitmask(this.t, this.matcher), vocab);
-    this.steering?.narrow(mask, this.seen - this.start);
+    let mask: Uint8Array;
+    if (this.matcher.isTerminated()) {
+      // Past the end token it accepted (ignore_eos generates on): end tokens only, which show no
+      // text, so the answer stays the one the grammar completed instead of going on in free text.
+      mask = this.mask?.length === vocab ? this.mask.fill(0) : (this.mask = new Uint8Array(vocab));
+      for (const id of this.t.stopIds) if (id < vocab) mask[id] = 1;
+    } else {
+      if (!this.shaped(history, history.length)) return logits;
+      mask = this.unpack(readBitmask(this.t, this.matcher), vocab);
+      this.steering?.narrow(mask, this.seen - this.start);
+    }
     const allowed = mx.array(mask, [1, vocab], mx.Dtype.bool);
     return mx.where(allowed, logits, mx.full([], -Infinity, logits.dtype));
   }
