@@ -223,6 +223,32 @@ describe("against mlx-lm's RotatingKVCache on the default model", () => {
 });
 
 describe("serve --max-kv-size", () => {
+  test("echo with logprobs scores the prompt through the rotating cache: each token the logprob it has when generated", async () => {
+    // Before, the prompt's pass kept every position (a full cache): past the size its logprobs
+    // were the model's without the window, and its memory grew with the prompt.
+    const model = tinyModel();
+    const lm = loadModel(model);
+    const prompt = [5, 9, 12, 300, 41, 7, 8];
+    const request = { promptIds: prompt, sampling: defaultSampling, maxTokens: 40 };
+    const answer = [...generateTokens(lm.model, request, undefined, { maxKvSize: 16 })];
+    lm.free();
+    const server = serve({ maxKvSize: 16 });
+    try {
+      const ids = [...prompt, ...answer.map((e) => e.token)];
+      const r = await post(`${server.url}/v1/completions`, {
+        model,
+        prompt: ids,
+        max_tokens: 1,
+        echo: true,
+        logprobs: 0,
+      });
+      const echoed = r.json.choices[0].logprobs.token_logprobs.slice(prompt.length, ids.length) as number[];
+      answer.forEach((e, i) => expect(echoed[i]!).toBeCloseTo(e.logprob, 3));
+    } finally {
+      await server.stop();
+    }
+  });
+
   test("a prompt longer than the model's context is answered, concurrent requests as each alone", async () => {
     const model = tinyModel(); // a context of 256
     const long = Array.from({ length: 200 }, (_, i) => `word${i % 30}`).join(" ");

@@ -36,7 +36,9 @@ export async function promptLogprobs(
   if (lm.model.remote)
     throw new UnsupportedError("the prompt's logprobs (echo) of a model split across processes", "echo");
   const out: PromptLogprobs = { tokens: [], top: [] };
-  const caches = makeCaches(lm.model);
+  // The model's own KV cache (--kv-bits, --max-kv-size), as its answers read: each prompt token
+  // scored as it would be generated there, and a rotating cache's memory bound kept.
+  const caches = makeCaches(lm.model, { quantization: lm.kvQuantization, maxKvSize: lm.maxKvSize });
   // A pass holds a few arrays of positions × vocabulary (logits, logprobs, their ranking): at most
   // about LOGITS_PER_PASS values each, so a large vocabulary (150k) costs no gigabyte at once.
   const chunk = Math.max(
