@@ -848,6 +848,27 @@ describe("stop strings", () => {
     for await (const chunk of stream) streamed += chunk.choices[0]?.text ?? "";
     expect(streamed).toBe("");
   });
+
+  test("a stop string that begins with the second half of an emoji's pair does not hold that half back apart", async () => {
+    // Token 47526 is " 🙂" (U+1F642, "\ud83d\ude42" in JSON). A stop string that starts with the
+    // emoji's low surrogate (JSON lets a client send a lone one) can never match there (matches cut
+    // no character), so the whole emoji goes in one delta: holding its low half back sent the high
+    // half alone, a character split between two deltas that no client can print.
+    const request = {
+      model,
+      messages,
+      max_tokens: 3,
+      temperature: 0,
+      logit_bias: { "47526": 100 },
+      stop: "\ude42x",
+      stream: true,
+    } as const;
+    const deltas: string[] = [];
+    for await (const chunk of await client.chat.completions.create(request))
+      if (chunk.choices[0]?.delta.content) deltas.push(chunk.choices[0].delta.content);
+    expect(deltas.join("")).toBe(" 🙂 🙂 🙂");
+    for (const delta of deltas) expect(delta).not.toMatch(/[\ud800-\udbff]$|^[\udc00-\udfff]/);
+  });
 });
 
 describe("an answer cut within a character", () => {

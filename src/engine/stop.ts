@@ -3,13 +3,16 @@
 
 /**
  * The length of the longest end of `text` that begins one of `markers` (a stop string, a
- * reasoning or harmony tag): text to hold back until the next piece says whether it is one.
+ * reasoning or harmony tag): text to hold back until the next piece says whether it is one. An
+ * end that starts between the halves of a surrogate pair (a stop string sent with a lone low
+ * surrogate first) begins no match, as matches cut no character: holding it back would send the
+ * pair's first half alone.
  */
 export function partialMarker(text: string, markers: readonly string[]): number {
   let longest = 0;
   for (const marker of markers)
     for (let n = Math.min(marker.length - 1, text.length); n > longest; n--)
-      if (text.endsWith(marker.slice(0, n))) {
+      if (text.endsWith(marker.slice(0, n)) && !splitsPair(text, text.length - n)) {
         longest = n;
         break;
       }
