@@ -602,6 +602,30 @@ describe("logprobs", () => {
     const alone = await post(`${server.url}/v1/responses`, { ...asked });
     expect([alone.status, alone.json.error.param]).toEqual([400, "top_logprobs"]);
   });
+
+  test("streamed, the deltas' logprobs hold every token, also those of a character the budget cut (no text of their own)", async () => {
+    // " 日" is three tokens, " \xe6", "\x97" and "\xa5": a budget of three ends the answer after
+    // the second, whose text (the character's second byte) never shows. Its logprob went only to
+    // output_text.done, so a client adding up the deltas' got one token less than the answer has.
+    const scripted = join(mkdtempSync(join(tmpdir(), "mlx-serve-responses-")), "scripted");
+    writeScriptedModel(scripted, ["Hi", " 日"]);
+    const request = {
+      model: scripted,
+      input: "Hello",
+      temperature: 0,
+      max_output_tokens: 3,
+      include: ["message.output_text.logprobs" as const],
+    };
+    const whole = await openai.responses.create(request);
+    expect(whole.output_text).toBe("Hi ");
+    const { logprobs } =
+      whole.output[0]!.type === "message" ? (whole.output[0].content[0] as { logprobs: unknown[] }) : { logprobs: [] };
+    expect(logprobs).toHaveLength(3);
+    const deltas: unknown[] = [];
+    for await (const event of await openai.responses.create({ ...request, stream: true }))
+      if (event.type === "response.output_text.delta") deltas.push(...event.logprobs);
+    expect(deltas).toEqual(logprobs);
+  });
 });
 
 describe("Codex", () => {

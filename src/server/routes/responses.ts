@@ -316,7 +316,7 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
     emit(send, { type: "response.reasoning_text.delta", ...reasoningPart, delta });
   };
   // Each token's logprob goes out with the next answer text (a call's or the reasoning's tokens
-  // with what follows them, or at the end), so the deltas' add up to the whole answer's.
+  // with what follows them, or as the message closes), so the deltas' add up to the whole answer's.
   let logprobs: ChatLogprob[] = [];
   let pending: ChatLogprob[] = [];
   const openMessage = (send: Send) => {
@@ -340,6 +340,9 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
   const closeMessage = (send: Send, status: ItemStatus) => {
     if (!messageOpen) return;
     messageOpen = false;
+    // Tokens no text followed (an answer cut within a character) go in a delta of no text, as
+    // chat completions send theirs in a chunk of no content: else only the done event had them.
+    if (pending.length > 0) emit(send, { type: "response.output_text.delta", ...part, delta: "", logprobs: pending });
     logprobs.push(...pending);
     pending = [];
     emit(send, { type: "response.output_text.done", ...part, text: messageText, logprobs });
