@@ -832,6 +832,22 @@ describe("completions logprobs", () => {
       expect(streamed).toEqual(choice.top_logprobs!);
     }
   });
+
+  test('top_logprobs give the sampled token its own logprob where a likelier alternative\'s text is the same (parts of characters, both " �")', async () => {
+    // Tokens 459 (" " and two bytes of a character) and 17097 (" " and one) both read " �": the
+    // alternative written after the sampled token, under the same key, put its logprob there.
+    const request = {
+      model,
+      prompt: "He said",
+      max_tokens: 1,
+      temperature: 0,
+      logprobs: 2,
+      logit_bias: { "459": 30, "17097": 29 },
+    };
+    const { tokens, token_logprobs, top_logprobs } = (await client.completions.create(request)).choices[0]!.logprobs!;
+    expect(tokens).toEqual([" �"]);
+    expect(top_logprobs![0]![" �"]).toBe(token_logprobs![0]!);
+  });
 });
 
 describe("stop strings", () => {

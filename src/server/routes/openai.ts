@@ -323,7 +323,11 @@ function completionLogprobs(
     offset += text.length;
     const likeliest = top?.[i] ?? [];
     const shown = likeliest.some((a) => a.token === t.token) ? likeliest : [...likeliest, t];
-    out.top_logprobs.push(Object.fromEntries(shown.map((a) => [tokenizer.decode([a.token]), a.logprob])));
+    const byText = Object.fromEntries(shown.map((a) => [tokenizer.decode([a.token]), a.logprob]));
+    // Tokens of the same text (parts of characters all read "\uFFFD") share a key: the sampled
+    // token's is its own logprob, as token_logprobs gives it (lm-eval reads it there as greedy or not).
+    byText[text] = t.logprob;
+    out.top_logprobs.push(byText);
   });
   return out;
 }
