@@ -377,6 +377,45 @@ describe("llama.cpp utilities", () => {
     expect(rendered.prompt).toContain("<|im_start|>user\nHi\nthere<|im_end|>");
   });
 
+  test("vLLM's shapes: /tokenize of a prompt or a chat's messages (count, max_model_len, token_strs), /detokenize's prompt", async () => {
+    // They were a 400 ('prompt' and 'messages' unknown), though vLLM's clients send them to the same paths.
+    const text = "Hi 日本 👍";
+    const { status, json } = await post(`${server.url}/tokenize`, { prompt: text, return_token_strs: true });
+    expect(status).toBe(200);
+    const llama = (await post(`${server.url}/tokenize`, { content: text, add_special: true })).json.tokens;
+    const listed = (await fetch(`${server.url}/v1/models/${encodeURIComponent(local)}`)).json();
+    const served = ((await listed) as { max_model_len: number }).max_model_len;
+    expect(json).toMatchObject({ count: llama.length, max_model_len: served, tokens: llama });
+    // Each token's string in the vocabulary, as vLLM's convert_ids_to_tokens gives them: byte-level
+    // pieces of a character and all.
+    expect(json.token_strs).toHaveLength(llama.length);
+    expect(json.token_strs).toContain("Ġæ");
+    const plain = (await post(`${server.url}/tokenize`, { prompt: text, add_special_tokens: false })).json;
+    expect(plain.tokens).toEqual((await post(`${server.url}/tokenize`, { content: text })).json.tokens);
+    expect(plain.token_strs).toBeNull();
+    const back = (await post(`${server.url}/detokenize`, { tokens: plain.tokens })).json;
+    expect(back).toEqual({ content: text, prompt: text });
+    // A chat's tokens are those its chat completion reads (continue_final_message too).
+    const messages = [{ role: "user", content: text }];
+    const chat = (await post(`${server.url}/tokenize`, { messages })).json;
+    const completion = await post(`${server.url}/v1/chat/completions`, { messages, max_tokens: 1 });
+    expect(chat.count).toBe(completion.json.usage.prompt_tokens);
+    const { prompt } = (await post(`${server.url}/apply-template`, { messages })).json;
+    expect(chat.tokens).toEqual((await post(`${server.url}/tokenize`, { content: prompt })).json.tokens);
+    const started = [...messages, { role: "assistant", content: "Sure" }];
+    const continued = { messages: started, continue_final_message: true, add_generation_prompt: false };
+    const goesOn = await post(`${server.url}/v1/chat/completions`, { ...continued, max_tokens: 1 });
+    expect((await post(`${server.url}/tokenize`, continued)).json.count).toBe(goesOn.json.usage.prompt_tokens);
+    // What either shape does not take is a 400 naming it.
+    const refused = async (body: object) => {
+      const r = await post(`${server.url}/tokenize`, body);
+      return [r.status, r.json.error.param];
+    };
+    expect(await refused({ prompt: text, with_pieces: true })).toEqual([400, "with_pieces"]);
+    expect(await refused({ messages, add_special_tokens: true })).toEqual([400, "add_special_tokens"]);
+    expect(await refused({ messages, stream: true })).toEqual([400, "stream"]);
+  });
+
   test("a text of megabytes is tokenized (and its pieces written) a part at a time: the server answers meanwhile, the ids those of the text in one go", async () => {
     const unit = "Héllo wörld, 12345 times!\n\n  indented\tcode() {x = 3.14;}  <|im_start|>user 日本 😀 don't ";
     const content = unit.repeat(Math.ceil(3_000_000 / unit.length));

@@ -455,17 +455,17 @@ export function renderChat(
 }
 
 /**
- * How many tokens a prompt is (with the tools it offers, and thinking as asked, which JSON output
- * or a required call switches off where the template allows), as a generation would see it.
+ * A prompt's tokens (with the tools it offers, and thinking as asked, which JSON output or a
+ * required call switches off where the template allows), as a generation would see them.
  */
-export async function countPromptTokens(
+export async function promptTokenIds(
   lm: LoadedModel,
   given: PromptInput,
   tools?: ToolRequest,
   thinking?: ThinkingRequest,
   jsonOutput = false,
   modelPrompt?: ModelPrompt,
-): Promise<number> {
+): Promise<number[]> {
   const prompt = withModelPrompt(given, modelPrompt ?? lm.prompt, lm.tokenizer);
   const vars = settleThinking(lm.tokenizer, prompt, thinking, shapedAnswer(jsonOutput, tools))?.templateVars;
   const offered = offeredTools(tools);
@@ -473,7 +473,12 @@ export async function countPromptTokens(
     await runStepsAsync(
       tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplateFor(offered)), offered, vars),
     )
-  ).ids.length;
+  ).ids;
+}
+
+/** How many tokens a prompt is, as a generation would see it (see promptTokenIds). */
+export async function countPromptTokens(...args: Parameters<typeof promptTokenIds>): Promise<number> {
+  return (await promptTokenIds(...args)).length;
 }
 
 /**

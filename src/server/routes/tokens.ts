@@ -1,13 +1,13 @@
-// llama.cpp-style utilities: POST /tokenize (ids, or ids with their text pieces), POST
-// /detokenize, POST /apply-template (the prompt text the chat template makes of messages).
+// llama.cpp-style utilities: POST /tokenize (ids, or ids with their text pieces; or in vLLM's
+// shape), POST /detokenize, POST /apply-template (the prompt text the chat template makes of messages).
 import { Hono, type Context } from "hono";
-import { parseApplyTemplate, parseDetokenize, parseTokenize } from "../../api/tokens";
+import { parseApplyTemplate, parseDetokenize, parseTokenize, type TokenizeRequest } from "../../api/tokens";
 import { readJson } from "../../api/validate";
 import { InvalidParameterError } from "../../errors";
 import { runStepsAsync, type Steps } from "../../event-loop";
-import { renderChat } from "../../engine/request";
+import { promptTokenIds, renderChat } from "../../engine/request";
 import type { LoadedModel } from "../../models/load";
-import { holdModel, httpRequestBounds, modelPrompt, requestedModel } from "../generation";
+import { holdModel, httpRequestBounds, modelPrompt, requestedModel, servedContextLength } from "../generation";
 import type { ServerState } from "../state";
 
 export function tokenRoutes(s: ServerState): Hono {
@@ -28,6 +28,7 @@ export function tokenRoutes(s: ServerState): Hono {
 
   r.post("/tokenize", async (c) => {
     const req = parseTokenize(await readJson(c.req));
+    if (req.shape !== "llama.cpp") return c.json(await vllmTokenize(c, req));
     // In pieces, the event loop served between them: a text of megabytes takes seconds, and
     // its million tokens (with their pieces) a second more to write out.
     const body = await withModel(c, req.model, (lm) =>
@@ -39,6 +40,30 @@ export function tokenRoutes(s: ServerState): Hono {
     );
     return c.body(body, 200, { "Content-Type": "application/json" });
   });
+
+  /** vLLM's /tokenize: the tokens, their count, the context they go into, and their strings where asked. */
+  const vllmTokenize = (c: Context, req: Exclude<TokenizeRequest, { shape: "llama.cpp" }>) => {
+    const model = requestedModel(s.config, req.model);
+    return withModel(c, model, async (lm) => {
+      const tokens =
+        req.shape === "vllm"
+          ? await runStepsAsync(lm.tokenizer.encodeSteps(req.text, { addSpecialTokens: req.addSpecial }))
+          : await promptTokenIds(
+              lm,
+              req.chat.prompts[0]!,
+              req.chat.tools,
+              req.chat.thinking,
+              false,
+              modelPrompt(model),
+            );
+      return {
+        count: tokens.length,
+        max_model_len: servedContextLength(model, lm),
+        tokens,
+        token_strs: req.tokenStrings ? tokens.map((id) => lm.tokenizer.idToToken(id) ?? "") : null,
+      };
+    });
+  };
 
   r.post("/detokenize", async (c) => {
     const req = parseDetokenize(await readJson(c.req));
@@ -53,7 +78,8 @@ export function tokenRoutes(s: ServerState): Hono {
       // In pieces, the event loop served between them, as /tokenize.
       return runStepsAsync(lm.tokenizer.decodeSteps(req.tokens));
     });
-    return c.json({ content });
+    // llama.cpp's name for the text, and vLLM's.
+    return c.json({ content, prompt: content });
   });
 
   r.post("/apply-template", async (c) => {
