@@ -17,6 +17,7 @@ import type { ArgsDef } from "citty";
 import { withLastValues } from "../src/cmd/strict-flags";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { writeScriptedModel } from "./helpers/scripted-model";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { cliRunner, interruptWhileInUse, mainScript as main } from "./helpers/cli";
 
@@ -145,6 +146,22 @@ describe("mlx run", () => {
   test("--raw skips the chat template", async () => {
     const r = await mlx(["run", "-m", model, "--max-tokens", "1", "--raw", "--json", "Hello"]);
     expect(JSON.parse(r.stdout).prompt_token_ids).not.toContain(1);
+  });
+
+  test("characters of several tokens reach stdout whole: a --stop across tokens, a --max-tokens within a character", async () => {
+    // " 日本語" is seven tokens (a byte or two of a character each), " 👍" three.
+    const scripted = join(root, "scripted");
+    writeScriptedModel(scripted, ["Hi", " 日本語", " 👍", " e\u0301"]);
+    const answer = async (args: string[]) => {
+      const r = await mlx(["run", "-m", scripted, ...args, "hi"]);
+      expect(r.code).toBe(0);
+      return r.stdout;
+    };
+    expect(await answer([])).toBe("Hi 日本語 👍 e\u0301\n");
+    expect(await answer(["--stop", "本語", "--stop", "👍"])).toBe("Hi 日\n");
+    // Three tokens end within 日: the answer ends before it, with no U+FFFD for its first byte.
+    expect(await answer(["--max-tokens", "3"])).toBe("Hi \n");
+    expect(JSON.parse(await answer(["--max-tokens", "10", "--json"])).text).toBe("Hi 日本語 ");
   });
 });
 
