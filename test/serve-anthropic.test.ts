@@ -306,6 +306,33 @@ describe("messages.stream", () => {
     expect(textOf(whole)).toBe(deltas);
   });
 
+  test("characters of several tokens stream whole: stop_sequences across tokens, max_tokens within a character", async () => {
+    // " 日本語" is seven tokens (a byte or two of a character each), " 👍" three.
+    const scripted = join(mkdtempSync(join(tmpdir(), "mlx-serve-anthropic-")), "scripted");
+    writeScriptedModel(scripted, ["Hi", " 日本語", " 👍", " e\u0301"]);
+    const cases: [{ max_tokens: number; stop_sequences?: string[] }, string, string | null][] = [
+      [{ max_tokens: 30 }, "Hi 日本語 👍 e\u0301", null],
+      [{ max_tokens: 30, stop_sequences: ["本語", "👍"] }, "Hi 日", "本語"],
+      [{ max_tokens: 3 }, "Hi ", null], // within 日: no U+FFFD for its first byte
+    ];
+    for (const [limits, answer, stopSequence] of cases) {
+      const request = {
+        model: scripted,
+        messages: [{ role: "user" as const, content: "Hi" }],
+        ...limits,
+        ...sampling({ temperature: 0 }),
+      };
+      const whole = await client.messages.create(request);
+      expect([textOf(whole), whole.stop_sequence]).toEqual([answer, stopSequence]);
+      const deltas: string[] = [];
+      const stream = client.messages.stream(request);
+      stream.on("text", (text) => deltas.push(text));
+      const streamed = await stream.finalMessage();
+      expect([deltas.join(""), streamed.stop_sequence]).toEqual([answer, stopSequence]);
+      for (const delta of deltas) expect(delta).not.toMatch(/\uFFFD|[\ud800-\udbff]$|^[\udc00-\udfff]/);
+    }
+  });
+
   test("the raw stream holds message_start, ping, and named SSE events", async () => {
     const r = await fetch(`${server.url}/v1/messages`, {
       method: "POST",

@@ -8,6 +8,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
+import { writeScriptedModel } from "./helpers/scripted-model";
 import { tinyFimTokens, writeFimTinyModel, writeTinyModel } from "./helpers/tiny-model";
 import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
 import { startChunkedWheelIndex } from "./helpers/store";
@@ -182,6 +183,32 @@ describe("Ollama chat and generate", () => {
       const ids = final.context!.slice(final.prompt_eval_count);
       // The stop string is not in it, nor anything after it.
       expect((await post(`${server.url}/detokenize`, { model, tokens: ids })).json.content).toBe(text);
+    }
+  });
+
+  test("characters of several tokens stream whole: options.stop across tokens, num_predict within a character", async () => {
+    // " 日本語" is seven tokens (a byte or two of a character each), " 👍" three.
+    const scripted = join(mkdtempSync(join(tmpdir(), "mlx-serve-ollama-")), "scripted");
+    writeScriptedModel(scripted, ["Hi", " 日本語", " 👍", " e\u0301"]);
+    const messages = [{ role: "user", content: "Hi" }];
+    const cases: [object, string][] = [
+      [{}, "Hi 日本語 👍 e\u0301"],
+      [{ stop: ["本語", "👍"] }, "Hi 日"],
+      [{ stop: ["\u0301"] }, "Hi 日本語 👍 e"],
+      [{ num_predict: 3 }, "Hi "], // within 日: no U+FFFD for its first byte
+      [{ num_predict: 10 }, "Hi 日本語 "],
+    ];
+    for (const [options, answer] of cases) {
+      const asked = { model: scripted, messages, options: { temperature: 0, ...options } };
+      expect((await ollama.chat(asked)).message.content).toBe(answer);
+      const chunks: string[] = [];
+      for await (const part of await ollama.chat({ ...asked, stream: true })) chunks.push(part.message.content);
+      expect(chunks.join("")).toBe(answer);
+      for (const chunk of chunks) expect(chunk).not.toMatch(/\uFFFD|[\ud800-\udbff]$|^[\udc00-\udfff]/);
+      const generate = await ollama.generate({ model: scripted, prompt: "Hi", options: asked.options, stream: true });
+      let generated = "";
+      for await (const part of generate) generated += part.response;
+      expect(generated).toBe(answer);
     }
   });
 
