@@ -203,6 +203,33 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     expect(r.status).toBe(200);
   });
 
+  test("a model named with half of a UTF-16 pair (JSON's \\ud800) is a 404 on every route, a 400 as a copy's name, never a 500", async () => {
+    // Its file name in the store was encodeURIComponent's, which throws on a lone surrogate.
+    const user = [{ role: "user", content: "Hi" }];
+    for (const name of ["\ud800", "a\udc00b"]) {
+      for (const [path, body] of [
+        [v1, { messages: user, max_tokens: 1 }],
+        ["/v1/completions", { prompt: "Hi", max_tokens: 1 }],
+        ["/v1/messages", { messages: user, max_tokens: 1 }],
+        ["/v1/responses", { input: "Hi", max_output_tokens: 1 }],
+        ["/v1/embeddings", { input: "Hi" }],
+        ["/api/chat", { messages: user, stream: false }],
+        ["/api/generate", { prompt: "Hi", stream: false }],
+        ["/api/embed", { input: "Hi" }],
+        ["/api/show", {}],
+        ["/tokenize", { content: "Hi" }],
+      ] as const) {
+        const r = await post(`${server.url}${path}`, { ...body, model: name });
+        expect([path, r.status]).toEqual([path, 404]);
+      }
+      const copy = await post(`${server.url}/api/copy`, { source: model, destination: name });
+      expect([copy.status, copy.json.error]).toEqual([
+        400,
+        "cannot copy to a name with half of a UTF-16 surrogate pair, which is no character; choose another name",
+      ]);
+    }
+  });
+
   test("afterwards the server answers normally", () => answersNormally());
 });
 

@@ -75,9 +75,18 @@ export function indexPath(): string {
  * %-escaped (reversible, so two names never share a key); a leading dot would hide the entry.
  */
 export function modelKey(name: string): string {
-  const key = encodeURIComponent(name);
+  const key = name.isWellFormed() ? encodeURIComponent(name) : Array.from(name, escapeCharacter).join("");
   return key.startsWith(".") ? `%2E${key.slice(1)}` : key;
 }
+
+/**
+ * One character of a name as modelKey writes it. Half of a UTF-16 pair (JSON lets a request send
+ * one) has no UTF-8, and encodeURIComponent throws on it (a 500 for a request naming such a
+ * model): it is written %uXXXX, which encodeURIComponent never writes ("u" is no hex digit), so
+ * the name has a key of its own, under which nothing is stored (the store takes no such name).
+ */
+const escapeCharacter = (c: string) =>
+  c.isWellFormed() ? encodeURIComponent(c) : `%u${c.charCodeAt(0).toString(16).toUpperCase()}`;
 
 /**
  * Whether a model can be stored under `name`: the longest file name the store makes of its key

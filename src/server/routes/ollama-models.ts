@@ -191,11 +191,16 @@ function storedName(name: string, { orSource = false } = {}): string {
  * names (that model's own stored copy, so a copy there would be replaced on its next use), nor a
  * source, which names where a model comes from, nor a path on the server's disk where requests may
  * name paths (a request loads what is there, never the copy); one the store's files can be named
- * after (modelNameFits), without control characters no one could type.
+ * after (modelNameFits), without control characters no one could type nor lone surrogates (no text).
  */
 function copyDestination(s: ServerState, name: string): string {
   if (/[\u0000-\u001f\u007f]/.test(name))
     throw badRequest("cannot copy to a name with control characters; choose another name", "destination");
+  if (!name.isWellFormed())
+    throw badRequest(
+      "cannot copy to a name with half of a UTF-16 surrogate pair, which is no character; choose another name",
+      "destination",
+    );
   if (!modelNameFits(name))
     throw badRequest(
       `cannot copy to a name of ${name.length} characters: too long; choose a shorter one`,
