@@ -407,6 +407,22 @@ describe("vLLM's guided decoding (guided_json, guided_regex, guided_choice, guid
       param: "guided_choice",
     });
   });
+
+  test("a pattern with half of a UTF-16 pair (JSON's \\ud800) is a 400 saying so, not 'unsupported grammar: undefined'", async () => {
+    for (const [extra, param, what] of [
+      [{ guided_regex: "a\ud800" }, "guided_regex", "the regular expression"],
+      [{ guided_choice: ["ok", "\udc00"] }, "guided_choice", "a choice"],
+      [{ structured_outputs: { regex: "\ud800+" } }, "structured_outputs.regex", "the regular expression"],
+      [{ guided_grammar: 'root ::= "a" | "\ud800"' }, "guided_grammar", "the grammar"],
+    ] as const) {
+      const r = await post(`${server.url}/v1/completions`, { model, prompt: "Hi", max_tokens: 10, ...extra });
+      expect({ status: r.status, param: r.json.error?.param, message: r.json.error?.message }).toEqual({
+        status: 400,
+        param,
+        message: `${what} holds a lone UTF-16 surrogate, which is not a Unicode character`,
+      });
+    }
+  });
 });
 
 describe("vLLM's stream_options.continuous_usage_stats", () => {

@@ -122,7 +122,17 @@ export async function createJsonConstraint(
 export type TextPattern = { regex: string } | { choice: string[] } | { grammar: string };
 
 /** A constraint for one sequence on `tokenizer`'s model whose answer is `pattern` (a SchemaError when xgrammar refuses it). */
-export function createPatternConstraint(tokenizer: Tokenizer, pattern: TextPattern): Promise<GrammarConstraint> {
+export async function createPatternConstraint(tokenizer: Tokenizer, pattern: TextPattern): Promise<GrammarConstraint> {
+  // Half of a UTF-16 pair (JSON lets a request send one) is no character an answer could hold:
+  // embind refused it as the grammar's text, which the error said as "unsupported grammar: undefined".
+  const [what, texts] =
+    "regex" in pattern
+      ? ["the regular expression", [pattern.regex]]
+      : "choice" in pattern
+        ? ["a choice", pattern.choice]
+        : ["the grammar", [pattern.grammar]];
+  if (texts.some((text) => !text.isWellFormed()))
+    throw new SchemaError(`${what} holds a lone UTF-16 surrogate, which is not a Unicode character`);
   return createGrammarConstraint(tokenizer, patternGrammar(pattern));
 }
 
