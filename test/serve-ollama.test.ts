@@ -885,6 +885,20 @@ describe("Ollama model management", () => {
     }
   });
 
+  test("a source with half of a UTF-16 pair (JSON's \\ud800) in its revision or wheel path is a 400 too, not a 502", async () => {
+    // The revision's URL could not be written (encodeURIComponent throws), which read as the hub failing.
+    const lone = "its revision holds a lone UTF-16 surrogate, which is not a character";
+    for (const [bad, error] of [
+      ["hf:org/repo@\ud800", `invalid source 'hf:org/repo@\ud800': ${lone}`],
+      ["hf:org/repo@ma\udc00in:Q4_K_M", `invalid source 'hf:org/repo@ma\udc00in:Q4_K_M': ${lone}`],
+      // The path as JSON writes it (escaped), as for control characters: the error is logged.
+      ["pypi:pkg==1.0#dir/\ud800.gguf", 'invalid source: "dir/\\ud800.gguf" is not a relative path inside the wheel'],
+    ]) {
+      const r = await post(`${server.url}/api/pull`, { model: bad, stream: false });
+      expect([r.status, r.json.error]).toEqual([400, error]);
+    }
+  });
+
   test("a source whose name is too long for the store's file names is a 400 that says so, not a 502", async () => {
     const long = `hf:org/${"y".repeat(250)}`;
     const r = await post(`${server.url}/api/pull`, { model: long, stream: false });

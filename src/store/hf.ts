@@ -95,6 +95,10 @@ export function parseHFSpec(spec: string): HFSpec {
   if (!match || !REPO.test(match[1]!) || match[1]!.includes("..")) {
     throw new Error(`invalid source '${spec}': expected hf:<org>/<repo>[@revision][:<quantization>]`);
   }
+  // Half of a UTF-16 pair (JSON lets a request send one) names no branch, tag or commit; the
+  // revision's URL could not be written (encodeURIComponent throws), which read as the hub failing.
+  if (!spec.isWellFormed())
+    throw new Error(`invalid source '${spec}': its revision holds a lone UTF-16 surrogate, which is not a character`);
   const revision = match[2] ?? "main";
   if (!isRevisionName(revision))
     throw new Error(

@@ -74,8 +74,13 @@ export function parsePyPISpec(spec: string): PyPISpec {
     throw new Error(`invalid source '${spec}': '${project}' is not a valid package name`);
   if (!VERSION.test(version)) throw new Error(`invalid source '${spec}': '${version}' is not a valid version`);
   const segments = member.split("/");
-  // Control characters too: a server logs the pulls its requests make, where they would write the client's own lines.
-  if (/[\\\u0000-\u001f\u007f]/.test(member) || segments.some((s) => s === "" || s === "." || s === "..")) {
+  // Control characters too: a server logs the pulls its requests make, where they would write the
+  // client's own lines; and half of a UTF-16 pair (JSON lets a request send one), in no wheel's names.
+  if (
+    /[\\\u0000-\u001f\u007f]/.test(member) ||
+    !member.isWellFormed() ||
+    segments.some((s) => s === "" || s === "." || s === "..")
+  ) {
     throw new Error(`invalid source: ${JSON.stringify(member)} is not a relative path inside the wheel`);
   }
   return { project, version, member };
