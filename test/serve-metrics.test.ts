@@ -1,7 +1,7 @@
 // `mlx serve`'s /metrics and /stats as a monitoring system reads them: counters that never go
 // down while the server runs (a model unloaded and loaded again included), requests waiting for
 // their model, the peak memory after an unload, and the adaptive tuner's limits as it moves them
-// under a light load and under a full batch.
+// under a light load and under a full batch, and MLX's buffer cache given back once the server idles.
 import { afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -480,5 +480,20 @@ describe("the log", () => {
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
+  });
+});
+
+describe("memory", () => {
+  test("MLX's buffer cache (and the heap's free pages) go back to the system once the server idles, its model still loaded", async () => {
+    const model = tinyModel();
+    server = serve({ defaultModel: model, idleMemoryReturnMs: 0 });
+    const { url } = server;
+    const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none" });
+    // Requests leave their freed buffers in MLX's cache (and the heap): kept for the next ones,
+    // and, without the idle return, for as long as the server runs with the model loaded.
+    for (const prompt of ["Tell me about the sea", "Tell me about the mountains and the rivers"])
+      await openai.completions.create({ model, prompt, max_tokens: 8 });
+    await eventually(async () => (await sample(url, "mlx_memory_cache_bytes")) === 0);
+    expect(await sample(url, "mlx_models_loaded")).toBe(1);
   });
 });

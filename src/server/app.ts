@@ -59,6 +59,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   /** Default keep-alive (ms; Infinity keeps models loaded). */
   keepAliveMs?: number;
   maxLoadedModels?: number;
+  /** How long the server is idle before freed memory goes back to the system (ms; ModelRegistryOptions.idleMemoryReturnMs). */
+  idleMemoryReturnMs?: number;
   /** Sequences decoded together per step (the tuner's starting point when it is on). */
   maxBatch?: number;
   /** Prompt tokens prefilled between two decode steps. */
@@ -223,6 +225,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       onEvicted: (name) => logWarning(evictionNote(name)),
       onPullLog: o.logInfo,
       onlyPath: o.onlyModelPath,
+      idleMemoryReturnMs: o.idleMemoryReturnMs,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000, e.speculationSkipped),
       onUnload: (e) => {
         state.metrics.retireModel(e.name, e.scheduler.stats);

@@ -149,7 +149,15 @@ export interface ModelRegistryOptions {
    * loaded, so it is refused now (a QueueFullError, a 429) rather than after the wait. Default: no bound.
    */
   maxWaiting?: number;
+  /**
+   * How long no request holds any model before the memory freed meanwhile goes back to the system
+   * (ms; default IDLE_MEMORY_RETURN_MS, Infinity never). See #scheduleMemoryReturn.
+   */
+  idleMemoryReturnMs?: number;
 }
+
+/** The default of ModelRegistryOptions.idleMemoryReturnMs. */
+export const IDLE_MEMORY_RETURN_MS = 30_000;
 
 export class ModelRegistry {
   /** By key (LoadedEntry.key). */
@@ -177,6 +185,8 @@ export class ModelRegistry {
   #loadsUnderWay = 0;
   /** Requests on their way to holding a model (by key): that model is not idle either. */
   readonly #claims = new Map<string, number>();
+  /** Set while every model is idle, until the memory freed meanwhile goes back (#scheduleMemoryReturn). */
+  #memoryReturn?: ReturnType<typeof setTimeout>;
   /** Names that resolved as themselves without ":latest" (the name the settings and adapter are looked up by). */
   readonly #untagged = new Map<string, string>();
   /** The key of the pinned model (options.pinned), once its name is resolved. */
@@ -428,6 +438,7 @@ export class ModelRegistry {
     held.active++;
     held.lastUsed = Date.now();
     this.#cancelExpiry(held);
+    this.#cancelMemoryReturn();
     let released = false;
     return {
       entry: held,
@@ -441,6 +452,7 @@ export class ModelRegistry {
         if (held.active === 0) {
           this.#wakeWaitingForRoom();
           this.#scheduleExpiry(held);
+          this.#scheduleMemoryReturn();
         }
       },
       share: () => this.#hold(held, adapter, 0),
@@ -513,6 +525,7 @@ export class ModelRegistry {
   /** Unloads everything (the server is stopping); a load under way frees its model when done. */
   dispose(): void {
     this.#disposed = true;
+    this.#cancelMemoryReturn();
     for (const entry of this.loaded) this.unload(entry);
   }
 
@@ -697,6 +710,33 @@ export class ModelRegistry {
 
   #wakeWaitingForRoom(): void {
     for (const wake of this.#waitingForRoom.splice(0)) wake();
+  }
+
+  /**
+   * Once no request has held any model for idleMemoryReturnMs, MLX's buffer cache and the malloc
+   * heap's free pages go back to the system (clearMemoryCache: MLX's cache cleared, malloc_trim).
+   * The heap keeps what it freed (ffi/src/malloc_reuse.cpp: reused, it spares a prompt its page
+   * faults), and under load it grows to the highest the batch and the prefix cache's churn have
+   * needed together, in holes the live buffers leave: a soak at concurrency 2 saw the heap's free
+   * part go from ~65 MB to ~210 MB over 1,900 requests (bench/soak.ts), all of it resident, and
+   * kept for ever once the server went idle with its model loaded; malloc_trim gave ~100 MB of it
+   * back. Only when idle for a while: under load the next steps fault it in again.
+   */
+  #scheduleMemoryReturn(): void {
+    const ms = this.options.idleMemoryReturnMs ?? IDLE_MEMORY_RETURN_MS;
+    if (ms === Infinity || this.#disposed || this.loaded.some((e) => e.active > 0)) return;
+    this.#cancelMemoryReturn();
+    this.#memoryReturn = setTimeout(() => {
+      this.#memoryReturn = undefined;
+      if (this.#disposed || this.loaded.length === 0 || this.loaded.some((e) => e.active > 0)) return;
+      clearMemoryCache();
+    }, ms);
+    this.#memoryReturn.unref?.();
+  }
+
+  #cancelMemoryReturn(): void {
+    if (this.#memoryReturn) clearTimeout(this.#memoryReturn);
+    this.#memoryReturn = undefined;
   }
 
   #cancelExpiry(entry: LoadedEntry): void {
