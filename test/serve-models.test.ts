@@ -184,6 +184,29 @@ describe("Ollama model management", () => {
     await expect(ollama.copy({ source: "nothing", destination: "x" })).rejects.toMatchObject({ status_code: 404 });
   });
 
+  test("a copy and its original (one model's files under two names) are loaded once, listed under each, and let go by both when unloaded", async () => {
+    // Before, each name's files loaded apart: two copies of the weights, each taking one of --max-models.
+    await ollama.pull({ model: "hf:org/tiny" });
+    await ollama.copy({ source: "org/tiny", destination: "tiny-twin" });
+    const loads: string[] = [];
+    const two = serve({ maxLoadedModels: 2, onLoad: (name) => loads.push(name) });
+    try {
+      const client = new Ollama({ host: two.url });
+      for (const model of ["org/tiny", "tiny-twin", "org/tiny"])
+        expect((await client.generate({ model, prompt: "Hi", options: { num_predict: 1 } })).done).toBe(true);
+      expect(loads).toEqual(["org/tiny"]);
+      expect((await client.ps()).models.map((m) => m.name)).toEqual(["org/tiny", "tiny-twin"]);
+      // Stopped by the copy's name (ollama stop tiny-twin), the one model unloads, and neither
+      // name's files stay in use by this process (mlx rm and eviction may take them).
+      await client.generate({ model: "tiny-twin", prompt: "", keep_alive: 0 });
+      expect((await client.ps()).models).toEqual([]);
+      expect(modelUsers("tiny-twin")).not.toContain(process.pid);
+    } finally {
+      await two.stop();
+      await ollama.delete({ model: "tiny-twin" });
+    }
+  });
+
   test("/v1/models/{id} finds a stored model named 'name:latest', as a chat completion takes it, under the id asked", async () => {
     const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
     const listed = (await openai.models.list()).data.find((m) => m.id === "org/tiny")!;

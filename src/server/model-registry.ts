@@ -5,6 +5,8 @@
 // A name may stand for a base model plus a LoRA/DoRA adapter (models.toml's `adapter`, or
 // serve --adapter): it shares the base's entry (one copy of the weights, one scheduler, so
 // requests for the base and its adapters batch together); the adapter is loaded once per base.
+import { readdirSync, realpathSync, statSync } from "node:fs";
+import { join, relative } from "node:path";
 import {
   checkModelPath,
   loadModel,
@@ -53,7 +55,15 @@ export interface LoadedEntry {
    */
   names: string[];
   path: string;
-  /** Its path and load settings: names of one model with other settings (models.toml) get models of their own. */
+  /**
+   * Every path requests for it named (path first): the store's names of the same files (a copy,
+   * aliases pulled from one source) share it, and its files are in use by each until it unloads.
+   */
+  paths: string[];
+  /**
+   * Its files (as weightsOf reads them) and load settings: names of one model with other settings
+   * (models.toml) get models of their own.
+   */
   key: string;
   lm: LoadedModel;
   scheduler: Scheduler;
@@ -290,7 +300,7 @@ export class ModelRegistry {
     // "m:latest" that resolved as "m" is located as "m".
     const located = () => (served ? served.base : (this.#untagged.get(name) ?? name));
     const known = this.#pathOf.get(name);
-    if (known && this.loaded.some((e) => e.path === known)) {
+    if (known && this.loaded.some((e) => e.paths.includes(known))) {
       const now = this.#meaning(located(), paths);
       if (now === undefined || now === this.#meaningOf.get(name)) return known;
     }
@@ -366,10 +376,11 @@ export class ModelRegistry {
     let entry: LoadedEntry | undefined;
     let loadMs = 0;
     let key: string | undefined;
+    let path = "";
     this.#acquiring++;
     if (forRequest) this.#requestsAcquiring++;
     try {
-      const path = await this.resolve(name);
+      path = await this.resolve(name);
       const settings = this.#settings(this.#untagged.get(name) ?? name);
       const wanted = this.#key(path, settings);
       if (name === this.options.pinned) this.#pinnedKey = wanted;
@@ -403,6 +414,8 @@ export class ModelRegistry {
       if (signal?.aborted) this.#wakeWaitingForRoom();
     }
     const held = entry;
+    // Another name of the same files: they are in use here until it unloads, as its own path is.
+    if (!held.paths.includes(path)) held.paths.push(path);
     this.#listUnder(held, this.#listedName(name, held.path, held.key));
     let adapter: Adapter | undefined;
     try {
@@ -505,7 +518,7 @@ export class ModelRegistry {
     entry.scheduler.dispose();
     for (const adapter of entry.adapters.values()) adapter.free();
     entry.adapters.clear();
-    const paths = [entry.path, entry.lm.speculation?.draft?.path].filter((p) => p !== undefined);
+    const paths = [...entry.paths, entry.lm.speculation?.draft?.path].filter((p) => p !== undefined);
     entry.lm.free();
     // The model's buffers go back to the system, not to MLX's cache and the heap.
     clearMemoryCache();
@@ -519,7 +532,7 @@ export class ModelRegistry {
    * with: from then on `mlx rm` and eviction may take them.
    */
   releaseUnused(paths: string[]): void {
-    releaseStoredModels(paths.filter((path) => !this.loaded.some((e) => e.path === path || usesDraft(e, path))));
+    releaseStoredModels(paths.filter((path) => !this.loaded.some((e) => e.paths.includes(path) || usesDraft(e, path))));
   }
 
   /** Unloads everything (the server is stopping); a load under way frees its model when done. */
@@ -563,7 +576,7 @@ export class ModelRegistry {
   }
 
   #key(path: string, settings: LoadSettings): string {
-    return `${path}\n${JSON.stringify(settings)}`;
+    return `${weightsOf(path)}\n${JSON.stringify(settings)}`;
   }
 
   async #load(name: string, path: string, key: string, settings: LoadSettings): Promise<LoadedEntry> {
@@ -621,6 +634,7 @@ export class ModelRegistry {
           name,
           names: [name],
           path,
+          paths: [path],
           key,
           lm,
           scheduler,
@@ -765,6 +779,27 @@ export class ModelRegistry {
       entry.timer.unref?.();
     };
     wait();
+  }
+}
+
+/**
+ * The files a model path stands for, links followed: the store's names of one model (a copy, aliases
+ * pulled from one source) are links to the same blobs, which are loaded once, as Ollama loads a
+ * copied model's blob once. A path that cannot be read is itself (its load says why).
+ */
+function weightsOf(path: string): string {
+  try {
+    if (!statSync(path).isDirectory()) return realpathSync(path);
+    const files = readdirSync(path, { recursive: true, withFileTypes: true })
+      .filter((f) => !f.isDirectory())
+      .map((f) => {
+        const file = join(f.parentPath, f.name);
+        return `${relative(path, file)}=${realpathSync(file)}`;
+      })
+      .sort();
+    return files.length > 0 ? files.join("\n") : path;
+  } catch {
+    return path;
   }
 }
 

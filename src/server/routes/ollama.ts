@@ -497,7 +497,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
   // No prompt: load the model (or with keep_alive 0, unload it), as Ollama does.
   if (!req.prompt && !req.context?.length) {
     if (req.keepAlive === 0) {
-      const entry = s.models.find(model) ?? s.models.loaded.find((e) => e.path === model);
+      const entry = s.models.find(model) ?? s.models.loaded.find((e) => e.paths.includes(model));
       if (entry) s.models.setKeepAlive(entry, 0);
       // An unknown model is a 404, as in Ollama; a remote one has nothing to unload.
       else if (remote === undefined) await modelFiles(s, model);
