@@ -3,7 +3,7 @@
 // their model, the peak memory after an unload, and the adaptive tuner's limits as it moves them
 // under a light load and under a full batch, and MLX's buffer cache given back once the server idles.
 import { afterEach, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ollama } from "ollama";
@@ -206,8 +206,11 @@ describe("models being loaded", () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));
     const [model, damaged] = [join(root, "tiny"), join(root, "damaged")];
     writeTinyModel(model);
+    // Damaged where only reading its weights finds it (a weight file that is none fails before the
+    // load starts): its config names a layer its weights lack.
     writeTinyModel(damaged);
-    writeFileSync(join(damaged, "model.safetensors"), "not safetensors");
+    const config = JSON.parse(readFileSync(join(damaged, "config.json"), "utf8"));
+    writeFileSync(join(damaged, "config.json"), JSON.stringify({ ...config, num_hidden_layers: 3 }));
     // Each load waits, before reading its weights, until the test has seen it in the gauge: the
     // scrapes do not race a load that may take only a few turns of the event loop.
     let seenLoading = () => {};

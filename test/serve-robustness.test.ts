@@ -5,12 +5,13 @@
 import { afterAll, beforeAll, describe, expect, spyOn, test } from "bun:test";
 import OpenAI from "openai";
 import { createApp, createState, type RunningServer } from "../src/server/app";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { eventually, post, serve, healthWhile, tinyModel } from "./helpers/serve";
 import { writeShardedTinyModel, writeTinyModel } from "./helpers/tiny-model";
+import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
 import * as mx from "../src/mlx";
 import * as engineRequest from "../src/engine/request";
 import { nextTurn } from "../src/event-loop";
@@ -333,6 +334,40 @@ describe("limits", () => {
         expect(r.json.error.message).toContain(path);
       }
       expect(server.state.models.loaded.map((e) => e.path)).toEqual([model]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  test("a model whose files cannot load (a weight file cut short or not one, a config that is no JSON, a GGUF cut short) fails naming it; the model loaded stays loaded", async () => {
+    // Before, the loaded model was unloaded to make room first, and each retry of a broken model
+    // unloaded whatever had been loaded since.
+    await answersNormally(); // the shared model is loaded (one model at a time)
+    const root = mkdtempSync(join(tmpdir(), "mlx-broken-model-"));
+    const cutShort = join(root, "cut-short");
+    const notSafetensors = join(root, "not-safetensors");
+    const badConfig = join(root, "bad-config");
+    for (const dir of [cutShort, notSafetensors, badConfig]) writeTinyModel(dir);
+    const weights = (dir: string) => join(dir, "model.safetensors");
+    truncateSync(weights(cutShort), Math.floor(statSync(weights(cutShort)).size / 2));
+    writeFileSync(weights(notSafetensors), "not a safetensors file");
+    writeFileSync(join(badConfig, "config.json"), "{ not json");
+    const gguf = join(root, "cut-short.gguf");
+    const { metadata, tensors } = tinyLlamaGGUF({ hidden: 64, heads: 4, kvHeads: 2, ffn: 128, layers: 1, type: "F16" });
+    writeGGUF(gguf, metadata, tensors);
+    truncateSync(gguf, statSync(gguf).size - 1000);
+    try {
+      for (const [path, named] of [
+        [cutShort, weights(cutShort)],
+        [notSafetensors, weights(notSafetensors)],
+        [badConfig, join(badConfig, "config.json")],
+        [gguf, gguf],
+      ]) {
+        const r = await post(`${server.url}/v1/chat/completions`, chat({ model: path }));
+        expect(r.json.error.code).toBe("model_load_failed");
+        expect(r.json.error.message).toContain(named);
+        expect(server.state.models.loaded.map((e) => e.path)).toEqual([model]);
+      }
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

@@ -3,7 +3,17 @@
 import type { ModelLimits, ModelPrompt } from "../store/aliases";
 import type { KvQuantization } from "./cache";
 import type { SamplingDefaults } from "./generation-config";
-import { existsSync, readFileSync, readdirSync, realpathSync, statSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  fstatSync,
+  openSync,
+  readFileSync,
+  readSync,
+  readdirSync,
+  realpathSync,
+  statSync,
+} from "node:fs";
 import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import { ModelLoadError } from "../errors";
@@ -108,6 +118,58 @@ export function checkModelPath(path: string): "directory" | "gguf" {
     );
   if (!isGGUFFile(path)) throw new ModelLoadError(`${path} is neither a model directory nor a GGUF file`);
   return "gguf";
+}
+
+/**
+ * What loading `path` would find wrong with its files before reading any weight: checkModelPath's
+ * glance, then a directory's config.json and each weight file's table, or a GGUF's header, and
+ * that every tensor they list lies within its file (a copy or download cut short). A server asks
+ * this before it unloads a loaded model to make room: a model that cannot load takes no place.
+ */
+export function checkModelFiles(path: string): void {
+  if (checkModelPath(path) === "gguf") {
+    refuseSplitGGUF(
+      withModelErrors(path, () => readGGUFHeader(path)),
+      path,
+    );
+    return;
+  }
+  const dir = realpathSync(path);
+  readDirectoryConfig(dir);
+  for (const file of directoryWeightFiles(dir)) {
+    if (!existsSync(file)) throw new ModelLoadError(`missing weight file ${file}`);
+    withModelErrors(file, () => checkSafetensorsTable(file));
+  }
+}
+
+/** A safetensors file's table (its first 8 bytes give its length) read, and its tensors within the file. */
+function checkSafetensorsTable(file: string): void {
+  const fd = openSync(file, "r");
+  try {
+    const size = fstatSync(fd).size;
+    const length = Buffer.alloc(8);
+    if (readSync(fd, length, 0, 8, 0) !== 8) throw new Error(`not a safetensors file: ${size} bytes`);
+    const tableBytes = Number(length.readBigUInt64LE(0));
+    // The format bounds a table at 100 MB: a larger length is no table, and not read into memory.
+    if (tableBytes > Math.min(size - 8, 100_000_000))
+      throw new Error(`not a safetensors file: a table of ${tableBytes} bytes in a file of ${size}`);
+    const table = Buffer.alloc(tableBytes);
+    readSync(fd, table, 0, tableBytes, 8);
+    let tensors: Record<string, { data_offsets?: unknown }>;
+    try {
+      tensors = JSON.parse(table.toString("utf8"));
+    } catch {
+      throw new Error("not a safetensors file: its table is not JSON");
+    }
+    for (const [name, t] of Object.entries(tensors)) {
+      if (name === "__metadata__") continue;
+      const end = Array.isArray(t?.data_offsets) ? Number(t.data_offsets[1]) : Number.NaN;
+      if (!(8 + tableBytes + end <= size))
+        throw new Error(`truncated: tensor '${name}' ends at byte ${8 + tableBytes + end}, file has ${size}`);
+    }
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** An MLX directory's config.json, which every model directory has. */

@@ -8,7 +8,7 @@
 import { readdirSync, realpathSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
 import {
-  checkModelPath,
+  checkModelFiles,
   loadModel,
   loadModelAsync,
   ModelLoadError,
@@ -587,10 +587,11 @@ export class ModelRegistry {
       try {
         // Let the event loop answer /health (503, loading) before the load starts.
         await nextTurn();
-        // A path that holds no model fails before a loaded model is unloaded to make room for it.
-        // A stored model's files failing to load are said with the commands that repair them.
+        // A path that holds no model, or files that cannot load (a config or weight file's table
+        // that does not read, a file cut short), fail before a loaded model is unloaded to make
+        // room. A stored model's files failing to load are said with the commands that repair them.
         try {
-          checkModelPath(path);
+          checkModelFiles(path);
         } catch (error) {
           throw withRepairHint(error, path);
         }
