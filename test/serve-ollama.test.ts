@@ -19,6 +19,7 @@ import { blobPath } from "../src/store/paths";
 import { releaseModel } from "../src/store/in-use";
 import { parseKeepAlive, parseOllamaGenerate } from "../src/api/ollama";
 import { computesOnCpu } from "../src/engine/device";
+import { loadModelAsync } from "../src/models/load";
 
 let server: RunningServer;
 let ollama: Ollama;
@@ -989,6 +990,29 @@ describe("Ollama model management", () => {
     const bad = await post(`${server.url}/api/generate`, { model, keep_alive: "5 minutes" });
     expect(bad.status).toBe(400);
     expect(bad.json.error).toMatch(/keep_alive/);
+  });
+});
+
+describe("ollama stop while the model loads", () => {
+  test("unloads it once its request ends, over the keep_alive that request asked for, not 'unload' said and the model kept", async () => {
+    // The load waits until the stop has been answered.
+    let finishLoad = () => {};
+    const gated = serve({
+      loadModel: async (path) => (await new Promise<void>((go) => (finishLoad = go)), loadModelAsync(path)),
+    });
+    try {
+      const client = new Ollama({ host: gated.url });
+      const answer = client.generate({ model, prompt: "Hi", keep_alive: "10m", options: { num_predict: 2 } });
+      await eventually(() => gated.state.models.loading.length === 1);
+      // As `ollama stop` and `mlx stop` ask, by the name Ollama's clients give it.
+      const stop = await post(`${gated.url}/api/generate`, { model: `${model}:latest`, keep_alive: 0 });
+      expect(stop.json.done_reason).toBe("unload");
+      finishLoad();
+      expect((await answer).done).toBe(true);
+      await eventually(async () => (await client.ps()).models.length === 0);
+    } finally {
+      await gated.stop();
+    }
   });
 });
 

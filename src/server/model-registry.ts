@@ -377,6 +377,8 @@ export class ModelRegistry {
     let loadMs = 0;
     let key: string | undefined;
     let path = "";
+    /** Whether it waited for the model to load: its keep-alive went to the load (#keepAliveAsked). */
+    let waitedForLoad = false;
     this.#acquiring++;
     if (forRequest) this.#requestsAcquiring++;
     try {
@@ -395,6 +397,7 @@ export class ModelRegistry {
       this.#claims.set(key, (this.#claims.get(key) ?? 0) + 1);
       entry = this.#byKey.get(key);
       if (!entry) {
+        waitedForLoad = true;
         const started = performance.now();
         if (keepAliveMs !== undefined) this.#keepAliveAsked.set(key, this.#keepAlive(keepAliveMs));
         entry = await untilAborted(this.#load(this.#listedName(name, path, key), path, key, settings), signal);
@@ -427,7 +430,9 @@ export class ModelRegistry {
       if (held.active === 0) this.#scheduleExpiry(held);
       throw error;
     }
-    if (keepAliveMs !== undefined) held.keepAliveMs = this.#keepAlive(keepAliveMs);
+    // One that waited for the load gave the model its keep-alive as it loaded, unless a later
+    // request's replaced it (a stop while it loaded): not set again over that.
+    if (keepAliveMs !== undefined && !waitedForLoad) held.keepAliveMs = this.#keepAlive(keepAliveMs);
     const lease = this.#hold(held, adapter, loadMs);
     if (signal?.aborted) {
       lease.release();
@@ -490,6 +495,22 @@ export class ModelRegistry {
       entry.names = entry.names.filter((n) => !names.has(n));
       if (entry.names.length === 0) this.setKeepAlive(entry, 0);
     }
+  }
+
+  /**
+   * Sets the keep-alive of the model `name` names while it loads (or waits for room to load), as a
+   * request for it asking so would (0: unloaded once loaded, or as soon as its requests end).
+   * Whether one was loading.
+   */
+  setLoadingKeepAlive(name: string, keepAliveMs: number): boolean {
+    // "m:latest" is the "m" a request loads, as find() takes it.
+    const named = this.#pathOf.has(name) ? name : withoutLatestTag(name);
+    const path = named === undefined ? undefined : this.#pathOf.get(named);
+    if (named === undefined || path === undefined) return false;
+    const key = this.#key(path, this.#settings(this.#untagged.get(named) ?? named));
+    if (!this.#loading.has(key)) return false;
+    this.#keepAliveAsked.set(key, this.#keepAlive(keepAliveMs));
+    return true;
   }
 
   /** Sets a loaded model's keep-alive (0 unloads it now, or as soon as its requests end). */

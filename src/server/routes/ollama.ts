@@ -499,8 +499,9 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     if (req.keepAlive === 0) {
       const entry = s.models.find(model) ?? s.models.loaded.find((e) => e.paths.includes(model));
       if (entry) s.models.setKeepAlive(entry, 0);
-      // An unknown model is a 404, as in Ollama; a remote one has nothing to unload.
-      else if (remote === undefined) await modelFiles(s, model);
+      // Still loading for a request (ollama stop right after ollama run): unloaded once it is done.
+      // Else an unknown model is a 404, as in Ollama; a remote one has nothing to unload.
+      else if (!s.models.setLoadingKeepAlive(model, 0) && remote === undefined) await modelFiles(s, model);
       return unloaded();
     }
     // A remote model is ready as it is, with nothing to load.
