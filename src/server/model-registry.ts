@@ -6,7 +6,7 @@
 // serve --adapter): it shares the base's entry (one copy of the weights, one scheduler, so
 // requests for the base and its adapters batch together); the adapter is loaded once per base.
 import { readdirSync, realpathSync, statSync } from "node:fs";
-import { join, relative } from "node:path";
+import { join } from "node:path";
 import {
   checkModelFiles,
   loadModel,
@@ -807,19 +807,17 @@ export class ModelRegistry {
 /**
  * The files a model path stands for, links followed: the store's names of one model (a copy, aliases
  * pulled from one source) are links to the same blobs, which are loaded once, as Ollama loads a
- * copied model's blob once. A path that cannot be read is itself (its load says why).
+ * copied model's blob once. Of a directory, the entries the loader reads from (its own, not those
+ * of its folders, which may be many: a clone's .git). A path that cannot be read is itself (its
+ * load says why).
  */
 function weightsOf(path: string): string {
   try {
     if (!statSync(path).isDirectory()) return realpathSync(path);
-    const files = readdirSync(path, { recursive: true, withFileTypes: true })
-      .filter((f) => !f.isDirectory())
-      .map((f) => {
-        const file = join(f.parentPath, f.name);
-        return `${relative(path, file)}=${realpathSync(file)}`;
-      })
+    const entries = readdirSync(path)
+      .map((name) => `${name}=${realpathSync(join(path, name))}`)
       .sort();
-    return files.length > 0 ? files.join("\n") : path;
+    return entries.length > 0 ? entries.join("\n") : path;
   } catch {
     return path;
   }
