@@ -701,7 +701,7 @@ describe("disconnects and the event loop", () => {
     }
   }, 60_000);
 
-  test("requests waiting for their model are bounded as its queue is: past what it could take once loaded, a 429 at once", async () => {
+  test("requests waiting for their model are bounded as its queue is: past what it could take once loaded, a 429 at once, and /ready says so", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-wait-bound-"));
     const [busy, next] = [join(root, "busy"), join(root, "next")];
     writeTinyModel(busy, { contextLength: 8192 });
@@ -718,8 +718,13 @@ describe("disconnects and the event loop", () => {
       expect(third.status).toBe(429);
       expect(third.headers.get("retry-after")).toBe("1");
       expect(third.json.error.code).toBe("queue_full");
+      // So /ready says, as it says of a loaded model's full queue (a load balancer sends no more).
+      const ready = await fetch(`${one.url}/ready`);
+      expect(ready.status).toBe(503);
+      expect(((await ready.json()) as { reason: string }).reason).toBe(`queue full for ${next}`);
       held.release();
       expect((await Promise.all(waiting)).map((r) => r.status)).toEqual([200, 200]);
+      expect((await fetch(`${one.url}/ready`)).status).toBe(200);
       expect(one.state.models.pinnedFailure).toBeUndefined();
     } finally {
       await one.stop();

@@ -195,6 +195,8 @@ export class ModelRegistry {
   #loadsUnderWay = 0;
   /** Requests on their way to holding a model (by key): that model is not idle either. */
   readonly #claims = new Map<string, number>();
+  /** By key, the name its first claim (of those still held) asked for it by. */
+  readonly #claimedAs = new Map<string, string>();
   /** Set while every model is idle, until the memory freed meanwhile goes back (#scheduleMemoryReturn). */
   #memoryReturn?: ReturnType<typeof setTimeout>;
   /** Names that resolved as themselves without ":latest" (the name the settings and adapter are looked up by). */
@@ -222,6 +224,17 @@ export class ModelRegistry {
   /** Requests waiting for their model: to be found, loaded, or for room to load it (a preload is none). */
   get acquiring(): number {
     return this.#requestsAcquiring;
+  }
+
+  /**
+   * The models not loaded yet whose requests waiting for them fill what they take at once
+   * (options.maxWaiting): another request for one is refused (a 429), as for a loaded model's full queue.
+   */
+  get waitingFull(): string[] {
+    const bound = this.options.maxWaiting ?? Infinity;
+    return [...this.#claims]
+      .filter(([key, waiting]) => !this.#byKey.has(key) && waiting >= bound)
+      .map(([key]) => this.#claimedAs.get(key)!);
   }
 
   get loaded(): LoadedEntry[] {
@@ -395,6 +408,7 @@ export class ModelRegistry {
         throw new QueueFullError(`the queue is full (${waiting} waiting for ${name} to load)`);
       key = wanted;
       this.#claims.set(key, (this.#claims.get(key) ?? 0) + 1);
+      if (!this.#claimedAs.has(key)) this.#claimedAs.set(key, name);
       entry = this.#byKey.get(key);
       if (!entry) {
         waitedForLoad = true;
@@ -721,7 +735,10 @@ export class ModelRegistry {
   #unclaim(key: string): void {
     const left = (this.#claims.get(key) ?? 1) - 1;
     if (left > 0) this.#claims.set(key, left);
-    else this.#claims.delete(key);
+    else {
+      this.#claims.delete(key);
+      this.#claimedAs.delete(key);
+    }
   }
 
   /**

@@ -44,7 +44,8 @@ export function opsRoutes(s: ServerState): Hono {
     if (lost) return c.json({ ready: false, reason: lost }, 503);
     const busy = s.models.loaded
       .filter((e) => !e.scheduler.accepting || e.embeddings >= s.config.maxSequences)
-      .map((e) => e.name);
+      .map((e) => e.name)
+      .concat(s.models.waitingFull);
     if (busy.length > 0) return c.json({ ready: false, reason: `queue full for ${busy.join(", ")}` }, 503);
     return c.json({ ready: true });
   });
