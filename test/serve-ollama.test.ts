@@ -1038,6 +1038,27 @@ describe("the model the server was started with (serve -m)", () => {
   });
 });
 
+describe("room for another model (--max-models 2)", () => {
+  test("is made by the least recently used idle model kept for a while, before one kept for ever (keep_alive -1)", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-room-"));
+    const [kept, used, next] = ["kept", "used", "next"].map((name) => join(root, name));
+    for (const [i, dir] of [kept, used, next].entries()) writeTinyModel(dir!, { contextLength: 256, seed: i });
+    const two = serve({ maxLoadedModels: 2 });
+    try {
+      const client = new Ollama({ host: two.url });
+      const ask = (model: string, keep_alive?: number) =>
+        client.generate({ model, prompt: "Hi", keep_alive, options: { num_predict: 1 } });
+      await ask(kept!, -1);
+      await ask(used!); // the default keep-alive (5 minutes); the kept one is now the least recently used
+      await ask(next!);
+      expect((await client.ps()).models.map((m) => m.name).sort()).toEqual([kept, next].sort());
+    } finally {
+      await two.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("one model at a time (--max-models 1)", () => {
   test("a request for a second model waits while the first is busy, then it takes the first one's place", async () => {
     const second = join(mkdtempSync(join(tmpdir(), "mlx-second-")), "tiny");

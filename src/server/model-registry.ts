@@ -748,9 +748,13 @@ export class ModelRegistry {
   async #makeRoom(key: string): Promise<void> {
     for (;;) {
       if (!this.#claims.has(key)) throw new ClientGoneError();
+      // Least recently used first, those kept for ever (serve -m's, keep_alive -1) last: as
+      // Ollama makes room with the idle model of the shortest keep-alive, a model a client asked
+      // to keep is not the first to go.
+      const keptForever = (e: LoadedEntry) => (e.keepAliveMs === Infinity ? 1 : 0);
       const idle = this.loaded
         .filter((e) => e.active === 0 && !this.#claims.has(e.key))
-        .sort((a, b) => a.lastUsed - b.lastUsed);
+        .sort((a, b) => keptForever(a) - keptForever(b) || a.lastUsed - b.lastUsed);
       const taken = () => this.#byKey.size + this.#loadsUnderWay;
       while (taken() >= this.options.maxLoaded && idle.length > 0) this.unload(idle.shift()!);
       if (taken() < this.options.maxLoaded) {
