@@ -534,6 +534,21 @@ export class ModelRegistry {
   }
 
   /**
+   * The loaded models whose own files `path` is (the store is about to remove or replace them):
+   * those must unload first. A loaded model that holds `path` only as another name of its own
+   * files (a copy it was also asked by) lets go of it here, and of the names requests gave it by
+   * that path: its files stay, and a request by such a name finds what the store holds then.
+   */
+  holdersOf(path: string): LoadedEntry[] {
+    for (const e of this.loaded)
+      if (e.path !== path && e.paths.includes(path)) {
+        e.paths = e.paths.filter((p) => p !== path);
+        e.names = e.names.filter((n) => this.#pathOf.get(n) !== path);
+      }
+    return this.loaded.filter((e) => e.path === path);
+  }
+
+  /**
    * Whether `path` is the model this server holds split across ranks (options.onlyPath): it stays
    * for the server's life, as its other ranks hold their layers whatever this process frees.
    */

@@ -162,7 +162,7 @@ export function ollamaModelRoutes(s: ServerState): Hono {
 function letGo(s: ServerState, name: string, doing: string): void {
   const manifest = readManifest(name);
   const path = manifest && loadPath(manifest);
-  const holders = s.models.loaded.filter((e) => path !== undefined && e.paths.includes(path));
+  const holders = path === undefined ? [] : s.models.holdersOf(path);
   // Unloaded here, it would only drop out of /api/ps: the other ranks hold their layers of it.
   if (path && s.models.holdsForLife(path))
     throw new ModelInUseError(
