@@ -39,6 +39,9 @@ const seenModels = new Set<string>();
 const seenPrompts: string[] = [];
 const seenAuthorizations = new Set<string>();
 let stallingRequests = 0;
+/** A busy provider's prompts refused once (a 503 asking for a retry after RETRY_AFTER_S seconds). */
+const refusedOnce = new Set<string>();
+const RETRY_AFTER_S = 3;
 let stalled = () => {};
 
 beforeAll(() => {
@@ -64,6 +67,15 @@ beforeAll(() => {
         return new Promise<Response>(() => {});
       }
       seenAuthorizations.add(req.headers.get("authorization") ?? "");
+      // A busy provider: the first attempt of each prompt test (a long prompt) is refused, its retry answered.
+      const content = body.messages.at(-1)!.content;
+      if (body.model === "busy" && content.length > 200 && !refusedOnce.has(content)) {
+        refusedOnce.add(content);
+        return Response.json(
+          { error: { message: "busy" } },
+          { status: 503, headers: { "retry-after": String(RETRY_AFTER_S) } },
+        );
+      }
       seenPrompts.push(body.messages.at(-1)!.content);
       if (body.messages[0]!.content.includes("FAIL"))
         return Response.json({ error: { message: "asked to fail" } }, { status: 500 });
@@ -529,6 +541,25 @@ describe("mlx bench -m on a remote model (models.toml provider)", () => {
     expect(far.generation_tokens_per_second.mean).toBeGreaterThan(0);
     // The first token was seen, and timed.
     expect(far.time_to_first_token_seconds.mean).toBeGreaterThan(0);
+  }, 20_000);
+});
+
+describe("mlx bench -m on a remote model that is retried", () => {
+  test("a prompt test refused once (503, Retry-After) is timed from the attempt that answered, not from the refused one", async () => {
+    mkdirSync(env.MLX_HOME, { recursive: true });
+    writeFileSync(
+      join(env.MLX_HOME, "models.toml"),
+      `[models.busy]\nprovider = "openai"\nbase_url = "${base}/v1"\nmodel = "busy"\n`,
+    );
+    refusedOnce.clear();
+    const r = await mlx(["-m", "busy", "-p", "64", "-g", "0", "-n", "1", "--json"]);
+    expect(r.code).toBe(0);
+    expect(refusedOnce.size).toBe(1); // the prompt test was refused, then retried and answered
+    const [busy] = JSON.parse(r.stdout).models;
+    // The refused attempt and the backoff the provider asked for (RETRY_AFTER_S) are no part of
+    // the prefill timed: its first token came at once from the attempt that answered.
+    expect(busy.time_to_first_token_seconds.samples).toHaveLength(1);
+    expect(busy.time_to_first_token_seconds.samples[0]).toBeLessThan(RETRY_AFTER_S);
   }, 20_000);
 });
 

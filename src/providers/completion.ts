@@ -12,7 +12,10 @@ export async function* streamRemoteCompletion(
   req: RemoteRequest,
   signal?: AbortSignal,
 ): AsyncGenerator<CompletionPiece, CompletionResult> {
-  const started = performance.now();
+  // Restarted as each attempt has its connection: the figures are the provider's on the answer it
+  // gave (its prefill, its decode), not the wait for a connection, an attempt that failed (a 503,
+  // a timeout) or the backoff before the retry, which would pass for a slow prefill.
+  let started = performance.now();
   let firstAt: number | undefined;
   let text = "";
   let reasoning = "";
@@ -56,7 +59,10 @@ export async function* streamRemoteCompletion(
     };
   };
   try {
-    for await (const event of remote.stream(req, { signal })) {
+    const onConnection = () => {
+      started = performance.now();
+    };
+    for await (const event of remote.stream(req, { signal, onConnection })) {
       // A provider that sends no usage (some OpenAI-compatible servers ignore include_usage) counts 0.
       if (event.type === "done")
         return result(event.finishReason, {
