@@ -143,6 +143,13 @@ describe("mlx bench --url", () => {
     }
     expect(maxInFlight).toBeGreaterThanOrEqual(2);
     expect(maxInFlight).toBeLessThanOrEqual(4);
+    // Under the table, how each figure is defined where peers differ: what is timed from where,
+    // and that answers are not forced past their end-of-sequence (llama-bench's are).
+    const notes = r.stdout.trim().split("\n").at(-1)!;
+    expect(notes).toContain("end-of-sequence is not ignored");
+    expect(notes).toContain("time to first token: from sending the request");
+    expect(notes).toContain("(end-to-end latency − time to first token) / (output tokens − 1)");
+    expect(notes).toContain("failed ones are counted, not timed");
     expect(seenModels).toEqual(new Set(["fake-model"])); // the first model /v1/models lists
   }, 20_000);
 

@@ -485,8 +485,23 @@ export function serverTable(r: ServerBenchResult): string {
     header,
     rows,
     header.map((_, i) => i > 0),
-  )}`;
+  )}\n\n${serverNotes}`;
 }
+
+/**
+ * What each figure of the server table is, where peers define them differently (vLLM's
+ * benchmark_serving, llama-bench, ollama --verbose): said under the table, as the model table says its own.
+ */
+const serverNotes = [
+  "after one warm-up request (not counted); each prompt led by a fresh tag, so that no server's prefix cache answers it",
+  "output tokens: as the server's usage counts them (else its streamed pieces); an answer ends at its end-of-sequence or the most tokens asked, whichever comes first (end-of-sequence is not ignored)",
+  "output tokens/s and request throughput: all completed requests together over the level's duration",
+  "time to first token: from sending the request (connection included) to the first streamed text",
+  "time per output token: after the first token, (end-to-end latency − time to first token) / (output tokens − 1), per request",
+  "inter-token latency: the gaps between streamed pieces (a piece may hold several tokens)",
+  "end-to-end latency: from sending the request to the stream's end",
+  "latencies are of the completed requests; failed ones are counted, not timed.",
+].join("; ");
 
 const latencyColumns = ["ttft", "tpot", "itl", "e2e"] as const;
 const pickLatency = (l: LevelResult, k: (typeof latencyColumns)[number]) =>

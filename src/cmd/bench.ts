@@ -109,7 +109,11 @@ export default defineCommand({
       description:
         "Prompt suite: answers must be JSON valid against this JSON-schema file (unless a prompt gives its own)",
     },
-    "max-tokens": { type: "string", description: "Most tokens per answer (prompt suite: 256; server mode: 128)" },
+    "max-tokens": {
+      type: "string",
+      description:
+        "Most tokens per answer, which may end sooner at its end-of-sequence (prompt suite: 256; server mode: 128)",
+    },
     // Repeatable only to be refused: a second --url would otherwise replace the first, unsaid.
     url: repeatable({
       type: "string",
