@@ -67,8 +67,10 @@ beforeAll(() => {
         return new Promise<Response>(() => {});
       }
       seenAuthorizations.add(req.headers.get("authorization") ?? "");
-      // A busy provider: the first attempt of each prompt test (a long prompt) is refused, its retry answered.
       const content = body.messages.at(-1)!.content;
+      // A server that sends its headers with the first token, after a long prompt's prefill (mlx serve, llama.cpp's).
+      if (body.model === "slow-prefill" && content.length > 200) await Bun.sleep(1500);
+      // A busy provider: the first attempt of each prompt test (a long prompt) is refused, its retry answered.
       if (body.model === "busy" && content.length > 200 && !refusedOnce.has(content)) {
         refusedOnce.add(content);
         return Response.json(
@@ -567,6 +569,21 @@ describe("mlx bench -m on a remote model that is retried", () => {
     // the prefill timed: its first token came at once from the attempt that answered.
     expect(busy.time_to_first_token_seconds.samples).toHaveLength(1);
     expect(busy.time_to_first_token_seconds.samples[0]).toBeLessThan(RETRY_AFTER_S);
+  }, 20_000);
+});
+
+describe("mlx bench -m on a remote model slower than its timeout", () => {
+  test("a prefill longer than connect_timeout: the error names the setting to raise", async () => {
+    mkdirSync(env.MLX_HOME, { recursive: true });
+    writeFileSync(
+      join(env.MLX_HOME, "models.toml"),
+      `[models.slow]\nprovider = "openai"\nbase_url = "${base}/v1"\nmodel = "slow-prefill"\nconnect_timeout = 0.5\nmax_retries = 0\n`,
+    );
+    const r = await mlx(["-m", "slow", "-p", "64", "-g", "0", "-n", "1"]);
+    expect(r.code).toBe(1);
+    const errors = r.stderr.split("\n").filter((line) => line.startsWith("error:"));
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toContain("did not answer within 0.5 s (model 'slow': connect_timeout in models.toml;");
   }, 20_000);
 });
 

@@ -258,8 +258,10 @@ export class RemoteModel {
       return await fetch(url, { ...init, redirect: "manual", signal: connection.signal });
     } catch (error) {
       if (timedOut)
+        // Named with its setting: servers that send their headers with the first token (mlx serve,
+        // llama.cpp's) answer a long prompt only once it is prefilled, which can take longer.
         throw new ProviderError(
-          `provider ${this.provider.label} did not answer within ${this.provider.limits.connectTimeoutMs / 1000} s`,
+          `provider ${this.provider.label} did not answer within ${this.provider.limits.connectTimeoutMs / 1000} s (model '${this.config.name}': connect_timeout in models.toml; a server may answer only once a long prompt is prefilled)`,
           "timeout",
         );
       throw error;
