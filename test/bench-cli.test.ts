@@ -22,6 +22,9 @@ import { pullModel } from "../src/store/pull";
 import { loadModel } from "../src/models/load";
 import { benchLoadedModel, quantizationOf } from "../src/bench/model";
 import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
+import { writeScriptedModel } from "./helpers/scripted-model";
+import { complete, soloScheduler } from "../src/engine/generate";
+import { defaultSampling } from "../src/engine/sampling";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-bench-"));
 const tiny = join(root, "tiny");
@@ -559,6 +562,35 @@ describe("mlx bench: prompt suite", () => {
 });
 
 describe("bench library", () => {
+  test("generation speed counts the decode steps timed: the end-of-sequence's too, the first token's not", async () => {
+    // Greedy answer: "A", "B", "C", "D", then <|im_end|> (its end-of-sequence).
+    const dir = join(root, "scripted");
+    writeScriptedModel(dir, ["A", "B", "C", "D"]);
+    const lm = loadModel(dir);
+    try {
+      const answer = (maxTokens: number) =>
+        complete(soloScheduler(lm), {
+          prompt: { kind: "text", text: "Say it.", template: true },
+          sampling: { ...defaultSampling, temperature: 0 },
+          maxTokens,
+        });
+      // tokens/s × seconds: the tokens the speed counted over the time it timed.
+      const counted = (s: { generationTokensPerSecond: number; generationSeconds: number }) =>
+        s.generationTokensPerSecond * s.generationSeconds;
+      // Ended by its end-of-sequence: four tokens, the first from the prefill, then four decode
+      // steps (B, C, D and <|im_end|>), the last of which the answer's count leaves out.
+      const ended = await answer(32);
+      expect([ended.finishReason, ended.stats.generatedTokens]).toEqual(["stop", 4]);
+      expect(counted(ended.stats)).toBeCloseTo(4, 6);
+      // Cut by max tokens: three tokens, two decode steps after the first.
+      const cut = await answer(3);
+      expect([cut.finishReason, cut.stats.generatedTokens]).toEqual(["length", 3]);
+      expect(counted(cut.stats)).toBeCloseTo(2, 6);
+    } finally {
+      lm.free();
+    }
+  });
+
   test("statistics: sample standard deviation, percentiles", () => {
     expect(sd([2, 4, 4, 4, 5, 5, 7, 9])).toBeCloseTo(2.138, 3);
     expect(sd([3])).toBe(0);

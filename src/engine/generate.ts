@@ -168,8 +168,11 @@ function completionStats(u: GenerationUsage): CompletionStats {
   const prefilled = u.promptTokens - u.cachedTokens;
   const promptSeconds = (u.timeToFirstTokenMs - u.queueMs) / 1000;
   const generationSeconds = (u.totalMs - u.timeToFirstTokenMs) / 1000;
-  // The first token comes out of the prefill step, so it is not counted in generation speed.
-  const decoded = Math.max(0, u.completionTokens - 1);
+  // The first token comes out of the prefill step, so it is not counted in generation speed; an
+  // end-of-sequence (or a stop token left out) that ended the answer is: its decode step is timed,
+  // as llama.cpp's and mlx-lm's speeds count it. Uncounted, a short answer's speed read low (a
+  // 5-token answer's by a fifth).
+  const decoded = Math.max(0, u.completionTokens - 1 + (u.endedByToken ? 1 : 0));
   return {
     promptTokens: u.promptTokens,
     cachedTokens: u.cachedTokens,

@@ -114,6 +114,11 @@ export interface GenerationUsage {
   acceptedTokens: number;
   /** Set when it ended before its prefill began (cancelled while it waited for a batch slot): its prompt was never read. */
   unstarted?: boolean;
+  /**
+   * Set when a generated token ended it without being counted in completionTokens (an
+   * end-of-sequence, a stop token left out of the answer): the decode step that made it is in totalMs.
+   */
+  endedByToken?: boolean;
 }
 
 export interface SchedulerStats {
@@ -195,6 +200,8 @@ interface Running {
   finished: boolean;
   /** The stop token that ended it, if one did. */
   stopToken?: number;
+  /** A generated token ended it without being one of its tokens (an end-of-sequence, a stop token left out). */
+  endedByToken?: boolean;
 }
 
 export class Scheduler {
@@ -397,12 +404,18 @@ export class Scheduler {
     const top = event.logprobs ? topTokens(event.logprobs, s.request.topLogprobs!) : undefined;
     event.logprobs?.free();
     const isEnd = this.lm.tokenizer.eosTokenIds.has(event.token);
-    if (isEnd && !s.request.ignoreEos) return this.#finish(event.id, s.request.closedEarly?.() ? "length" : "stop");
+    if (isEnd && !s.request.ignoreEos) {
+      s.endedByToken = true;
+      return this.#finish(event.id, s.request.closedEarly?.() ? "length" : "stop");
+    }
     // A stop token ends the answer as an end token does; its text is the answer's only where
     // include_stop_str_in_output asks for it (as vLLM's detokenizer drops it otherwise).
     const stopToken = s.request.stopTokenIds?.has(event.token) ?? false;
     if (stopToken) s.stopToken = event.token;
-    if (stopToken && !s.request.includeStop) return this.#finish(event.id, "stop");
+    if (stopToken && !s.request.includeStop) {
+      s.endedByToken = true;
+      return this.#finish(event.id, "stop");
+    }
     s.tokenIds.push(event.token);
     if (s.reasoning?.inside) s.reasoningTokens++;
     // An end token generated past (ignore_eos) shows no text, as vLLM and llama.cpp show none.
@@ -463,6 +476,7 @@ export class Scheduler {
         draftedTokens: s.drafted,
         acceptedTokens: s.accepted,
         ...(s.startedAt === undefined && { unstarted: true }),
+        ...(s.endedByToken && { endedByToken: true }),
       },
       tokenIds: s.tokenIds,
       stopSequence: s.stops.matched,
