@@ -3,7 +3,7 @@
 // is prose of about p tokens (the provider's usage says how many it counted and how many of
 // them it had cached: the tokens it prefilled are reported), and the generation test asks for
 // g tokens greedily, counted by the provider's usage (an end-of-sequence may stop it earlier:
-// no API lets us ignore it); with a depth, after prose of about d tokens (the provider's count
+// OpenAI's API and Anthropic's refuse vLLM's ignore_eos, so it is not asked for); with a depth, after prose of about d tokens (the provider's count
 // is reported), its speed timed from the first token. Its answers and what the reports say of
 // it serve the prompt suite too (runRemoteSuite).
 import { streamRemoteCompletion, type RemoteModel } from "../providers";

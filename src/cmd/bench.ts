@@ -88,7 +88,8 @@ export default defineCommand({
     "gen-tokens": {
       type: "string",
       alias: "g",
-      description: "Tokens of the generation test, end-of-sequence ignored (default 128; 0: skip it)",
+      description:
+        "Tokens of the generation test, end-of-sequence ignored (default 128; 0: skip it); a remote model's provider may end it sooner, and its row says how many it counted",
     },
     depth: {
       type: "string",
