@@ -39,6 +39,7 @@ const seenModels = new Set<string>();
 const seenPrompts: string[] = [];
 const seenAuthorizations = new Set<string>();
 let stallingRequests = 0;
+let hangingRequests = 0;
 /** A busy provider's prompts refused once (a 503 asking for a retry after RETRY_AFTER_S seconds). */
 const refusedOnce = new Set<string>();
 const RETRY_AFTER_S = 3;
@@ -66,6 +67,8 @@ beforeAll(() => {
         stalled();
         return new Promise<Response>(() => {});
       }
+      // A server that answers its first request (the warm-up), then none.
+      if (body.model === "hangs" && ++hangingRequests > 1) return new Promise<Response>(() => {});
       seenAuthorizations.add(req.headers.get("authorization") ?? "");
       const content = body.messages.at(-1)!.content;
       // A server that sends its headers with the first token, after a long prompt's prefill (mlx serve, llama.cpp's).
@@ -569,6 +572,18 @@ describe("mlx bench -m on a remote model that is retried", () => {
     // the prefill timed: its first token came at once from the attempt that answered.
     expect(busy.time_to_first_token_seconds.samples).toHaveLength(1);
     expect(busy.time_to_first_token_seconds.samples[0]).toBeLessThan(RETRY_AFTER_S);
+  }, 20_000);
+});
+
+describe("mlx bench --url against a server slower than --timeout", () => {
+  test("the request is a failed one, and its reason names the limit it ran into", async () => {
+    hangingRequests = 0;
+    const r = await mlx(["--url", base, "-m", "hangs", "--concurrency", "1", "--requests", "1", "--timeout", "1"]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/\| failed requests\s+\|\s+1 \|/);
+    expect(r.stderr.trim().split("\n").at(-1)).toBe(
+      "error: concurrency 1: 1 of 1 requests failed (no answer within --timeout 1 s)",
+    );
   }, 20_000);
 });
 

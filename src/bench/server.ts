@@ -263,7 +263,9 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
       if (content) chunkTimes.push(performance.now());
     }
   } catch (error) {
-    return failed(describeFetchError(error));
+    // A request past --timeout is named with the limit it ran into, which the user may raise.
+    const timedOut = (error as { name?: string } | undefined)?.name === "TimeoutError";
+    return failed(timedOut ? `no answer within --timeout ${target.timeoutSeconds} s` : describeFetchError(error));
   }
   const end = performance.now();
   if (chunkTimes.length === 0) return failed("the stream ended without any content");
