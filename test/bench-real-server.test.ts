@@ -50,7 +50,7 @@ describe("mlx bench -m remote -m local", () => {
     // The local model ran exactly what was asked: a plain measurement.
     expect(rowOf(r.stdout, "tiny")[pp]).toMatch(/^\d+\.\d+ ± \d+\.\d+$/);
     // The note says why a remote row's counts differ: a generation may end at its end-of-sequence.
-    expect(r.stdout).toContain("tg: up to its end-of-sequence, which bench does not ask a provider to ignore");
+    expect(r.stdout).toContain("tg: up to its end-of-sequence, where it does not take ignore_eos");
   }, 60_000);
 
   test("--plot: the panels are the tests asked for, not the prompt tokens a remote model's provider counted", async () => {

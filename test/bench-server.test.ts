@@ -60,6 +60,7 @@ beforeAll(() => {
         stream: boolean;
         max_tokens: number;
         messages: { content: string }[];
+        ignore_eos?: boolean;
       };
       seenModels.add(body.model);
       // A server that stops answering after its first four requests (the warm-up and a level of three).
@@ -92,7 +93,15 @@ beforeAll(() => {
             .join(""),
           { headers: { "content-type": "text/event-stream" } },
         );
-      const n = Math.min(TOKENS, body.max_tokens);
+      // A model that ends its answers after two tokens unless asked to go past its end (vLLM's
+      // ignore_eos); one on a provider that refuses that field, as OpenAI's API does.
+      if (body.model === "refuses-ignore-eos" && body.ignore_eos !== undefined)
+        return Response.json(
+          { error: { message: "Unrecognized request argument supplied: ignore_eos" } },
+          { status: 400 },
+        );
+      const endsEarly = ["ends-early", "refuses-ignore-eos"].includes(body.model) && !body.ignore_eos;
+      const n = endsEarly ? 2 : Math.min(TOKENS, body.max_tokens);
       const encoder = new TextEncoder();
       const chunk = (o: unknown) => encoder.encode(`data: ${JSON.stringify(o)}\n\n`);
       return new Response(
@@ -107,7 +116,8 @@ beforeAll(() => {
                 chunk({ choices: [{ index: 0, delta: { content: ` tok${i}` }, finish_reason: null }] }),
               );
             }
-            controller.enqueue(chunk({ choices: [{ index: 0, delta: {}, finish_reason: "length" }] }));
+            const finish_reason = endsEarly ? "stop" : "length";
+            controller.enqueue(chunk({ choices: [{ index: 0, delta: {}, finish_reason }] }));
             // A server that counts no tokens (no usage in its stream) is asked for by the model's name.
             if (body.model !== "no-usage")
               controller.enqueue(
@@ -553,6 +563,27 @@ describe("mlx bench -m on a remote model (models.toml provider)", () => {
     expect(far.generation_tokens_per_second.mean).toBeGreaterThan(0);
     // The first token was seen, and timed.
     expect(far.time_to_first_token_seconds.mean).toBeGreaterThan(0);
+  }, 20_000);
+});
+
+describe("mlx bench -m on a remote model whose answer ends early", () => {
+  const generated = async (model: string) => {
+    mkdirSync(env.MLX_HOME, { recursive: true });
+    writeFileSync(
+      join(env.MLX_HOME, "models.toml"),
+      `[models.far]\nprovider = "openai"\nbase_url = "${base}/v1"\nmodel = "${model}"\n`,
+    );
+    const r = await mlx(["-m", "far", "-p", "0", "-g", "5", "-n", "2", "--json"]);
+    expect(r.code).toBe(0);
+    return JSON.parse(r.stdout).models[0].gen_tokens;
+  };
+
+  test("the generation test asks the provider to go past its end-of-sequence (ignore_eos), as the local test does", async () => {
+    expect(await generated("ends-early")).toBe(5);
+  }, 20_000);
+
+  test("a provider that refuses ignore_eos is measured without it: the tokens it generated are reported", async () => {
+    expect(await generated("refuses-ignore-eos")).toBe(2);
   }, 20_000);
 });
 

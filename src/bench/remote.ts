@@ -2,10 +2,12 @@
 // tests, seen from here through the provider's API. Its tokenizer is not ours, so the prompt
 // is prose of about p tokens (the provider's usage says how many it counted and how many of
 // them it had cached: the tokens it prefilled are reported), and the generation test asks for
-// g tokens greedily, counted by the provider's usage (an end-of-sequence may stop it earlier:
-// OpenAI's API and Anthropic's refuse vLLM's ignore_eos, so it is not asked for); with a depth, after prose of about d tokens (the provider's count
-// is reported), its speed timed from the first token. Its answers and what the reports say of
-// it serve the prompt suite too (runRemoteSuite).
+// g tokens greedily, past the model's end-of-sequence as the local test does (vLLM's ignore_eos,
+// which mlx serve and llama.cpp's server take too), counted by the provider's usage: a provider
+// that refuses ignore_eos (OpenAI's API, Anthropic's) is asked without, and one of those, or one
+// that ignores the field (Ollama), may stop earlier. With a depth, after prose of about d tokens
+// (the provider's count is reported), its speed timed from the first token. Its answers and
+// what the reports say of it serve the prompt suite too (runRemoteSuite).
 import { streamRemoteCompletion, type RemoteModel } from "../providers";
 import type { CompletionResult } from "../engine/generate";
 import { prose, type ModelBenchOptions, type ModelBenchResult, type ModelInfo } from "./model";
@@ -13,19 +15,25 @@ import { uncached } from "./server";
 import { summarize } from "./stats";
 
 /** A greedy answer through the chat template, streamed: its text and its figures timed from the stream. */
-export async function remoteAnswer(remote: RemoteModel, text: string, maxTokens: number): Promise<CompletionResult> {
+export async function remoteAnswer(
+  remote: RemoteModel,
+  text: string,
+  maxTokens: number,
+  ignoreEos = false,
+): Promise<CompletionResult> {
   const stream = streamRemoteCompletion(remote, {
     prompt: { kind: "text", text, template: true },
     sampling: { temperature: 0 },
     maxTokens,
+    ...(ignoreEos && { ignoreEos }),
   });
   let step = await stream.next();
   while (!step.done) step = await stream.next();
   return step.value;
 }
 
-const answer = async (remote: RemoteModel, text: string, maxTokens: number) =>
-  (await remoteAnswer(remote, text, maxTokens)).stats;
+const answer = async (remote: RemoteModel, text: string, maxTokens: number, ignoreEos = false) =>
+  (await remoteAnswer(remote, text, maxTokens, ignoreEos)).stats;
 
 /** What the reports say of a remote model: where it is served, not weights seen from here. */
 export function remoteModelInfo(remote: RemoteModel, name: string): ModelInfo {
@@ -61,7 +69,15 @@ export async function benchRemoteModel(
   const prompt = proseOf(o.promptTokens);
   const genPrompt = o.depth > 0 ? proseOf(o.depth) : "Tell a long story about a river.";
   say(`${name}: warm-up`);
-  await answer(remote, "Say hello.", 4);
+  // The warm-up asks whether the provider takes ignore_eos: one that refuses it (a 400, or
+  // Anthropic's API, which has none) is warmed up and measured without.
+  const ignoreEos =
+    o.genTokens > 0 &&
+    (await answer(remote, "Say hello.", 4, true).then(
+      () => true,
+      () => false,
+    ));
+  if (!ignoreEos) await answer(remote, "Say hello.", 4);
   const pp: number[] = [];
   const ttft: number[] = [];
   const tg: number[] = [];
@@ -82,7 +98,7 @@ export async function benchRemoteModel(
       );
     }
     if (o.genTokens > 0) {
-      const s = await answer(remote, genPrompt, o.genTokens);
+      const s = await answer(remote, genPrompt, o.genTokens, ignoreEos);
       generated = s.generatedTokens;
       if (o.depth > 0) depth = s.promptTokens;
       // -g 1, or an early end-of-sequence, answers one token: no decode time.

@@ -195,7 +195,7 @@ export function modelTable(models: Outcome<ModelBenchResult>[], t: ModelTests): 
   if (results.some((r) => r.format !== "remote")) notes.push(peakMemoryNote);
   if (results.some((r) => !promptAsAsked(r) || !generationAsAsked(r)))
     notes.push(
-      "(ppN, tgN @ dN): the tokens a remote model's provider counted (pp: prefilled, not cached; tg: up to its end-of-sequence, which bench does not ask a provider to ignore), where they differ",
+      "(ppN, tgN @ dN): the tokens a remote model's provider counted (pp: prefilled, not cached; tg: up to its end-of-sequence, where it does not take ignore_eos), where they differ",
     );
   const drafts = draftsColumns(results).length
     ? " Drafts accepted: draft tokens the model kept, of those drafted, over all tg runs."

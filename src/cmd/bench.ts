@@ -89,7 +89,7 @@ export default defineCommand({
       type: "string",
       alias: "g",
       description:
-        "Tokens of the generation test, end-of-sequence ignored (default 128; 0: skip it); a remote model's provider may end it sooner, and its row says how many it counted",
+        "Tokens of the generation test, end-of-sequence ignored (default 128; 0: skip it); a remote model's provider that does not take ignore_eos may end it sooner, and its row says how many it counted",
     },
     depth: {
       type: "string",
