@@ -10,7 +10,7 @@ import { Ollama } from "ollama";
 import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
 import { loadModelAsync } from "../src/models/load";
-import { eventually, longStream, post, serve, tinyModel } from "./helpers/serve";
+import { eventually, longStream, post, serve, startServe, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 let server: RunningServer | undefined;
@@ -338,9 +338,10 @@ describe("memory", () => {
 
   test("live MLX arrays come back to their idle count after requests that finish, stop, fail and are dropped, and to 0 once unloaded", async () => {
     const model = tinyModel();
-    // Without the prefix cache, which keeps arrays on purpose, the idle count is the weights'.
-    server = serve({ defaultModel: model, prefixCacheBytes: 0 });
-    const { url } = server;
+    // A server of its own: the count is the process's, and in this one other test files' models
+    // and arrays (and the collector freeing theirs at any time) would count too. Without the
+    // prefix cache, which keeps arrays on purpose, the idle count is the weights'.
+    const { proc, url } = await startServe(undefined, ["--prefix-cache-mb", "0"]);
     const arrays = async () => {
       const stats: any = await (await fetch(`${url}/stats`)).json();
       expect(await sample(url, "mlx_arrays_live")).toBe(stats.memory.arrays);
@@ -379,6 +380,8 @@ describe("memory", () => {
     await new Ollama({ host: url }).generate({ model, prompt: "", keep_alive: 0 });
     await eventually(async () => (await sample(url, "mlx_models_loaded")) === 0);
     expect(await arrays()).toBe(0);
+    proc.kill();
+    await proc.exited;
   });
 });
 
