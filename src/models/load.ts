@@ -3,17 +3,7 @@
 import type { ModelLimits, ModelPrompt } from "../store/aliases";
 import type { KvQuantization } from "./cache";
 import type { SamplingDefaults } from "./generation-config";
-import {
-  closeSync,
-  existsSync,
-  fstatSync,
-  openSync,
-  readFileSync,
-  readSync,
-  readdirSync,
-  realpathSync,
-  statSync,
-} from "node:fs";
+import { existsSync, readFileSync, readdirSync, realpathSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import { ModelLoadError } from "../errors";
@@ -27,6 +17,7 @@ import { runSteps, runStepsAsync, type Steps } from "../event-loop";
 import { Tokenizer } from "../tokenizer/tokenizer";
 import type { Adapter } from "./lora";
 import { shardTensors, type Shard, type ShardCut } from "./shard";
+import { safetensorsFault } from "./safetensors-table";
 import { stageHolds, tensorPart, type Stage } from "./stage";
 import { indexedWeightFiles, unindexedWeightFiles, WEIGHT_INDEX } from "../store/model-files";
 
@@ -138,37 +129,10 @@ export function checkModelFiles(path: string): void {
   readDirectoryConfig(dir);
   for (const file of directoryWeightFiles(dir)) {
     if (!existsSync(file)) throw new ModelLoadError(`missing weight file ${file}`);
-    withModelErrors(file, () => checkSafetensorsTable(file));
-  }
-}
-
-/** A safetensors file's table (its first 8 bytes give its length) read, and its tensors within the file. */
-function checkSafetensorsTable(file: string): void {
-  const fd = openSync(file, "r");
-  try {
-    const size = fstatSync(fd).size;
-    const length = Buffer.alloc(8);
-    if (readSync(fd, length, 0, 8, 0) !== 8) throw new Error(`not a safetensors file: ${size} bytes`);
-    const tableBytes = Number(length.readBigUInt64LE(0));
-    // The format bounds a table at 100 MB: a larger length is no table, and not read into memory.
-    if (tableBytes > Math.min(size - 8, 100_000_000))
-      throw new Error(`not a safetensors file: a table of ${tableBytes} bytes in a file of ${size}`);
-    const table = Buffer.alloc(tableBytes);
-    readSync(fd, table, 0, tableBytes, 8);
-    let tensors: Record<string, { data_offsets?: unknown }>;
-    try {
-      tensors = JSON.parse(table.toString("utf8"));
-    } catch {
-      throw new Error("not a safetensors file: its table is not JSON");
-    }
-    for (const [name, t] of Object.entries(tensors)) {
-      if (name === "__metadata__") continue;
-      const end = Array.isArray(t?.data_offsets) ? Number(t.data_offsets[1]) : Number.NaN;
-      if (!(8 + tableBytes + end <= size))
-        throw new Error(`truncated: tensor '${name}' ends at byte ${8 + tableBytes + end}, file has ${size}`);
-    }
-  } finally {
-    closeSync(fd);
+    withModelErrors(file, () => {
+      const fault = safetensorsFault(file);
+      if (fault) throw new Error(fault.kind === "truncated" ? `truncated: ${fault.message}` : fault.message);
+    });
   }
 }
 

@@ -1,19 +1,10 @@
 // One JSON manifest per model, <root>/manifests/<key>.json: the truth about a stored model.
 // It names the model's files (name inside the model -> blob) and says what the model is; the
 // index (model-index.ts) is only a summary of all manifests and is rebuilt from them.
-import {
-  closeSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  readSync,
-  renameSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
+import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { readGGUFHeader, type GGUFHeader } from "../models/gguf-header";
+import { safetensorsFault } from "../models/safetensors-table";
 import { blobPath, isSha256Hex, manifestsDir, modelKey, tempPathIn, tmpDir } from "./paths";
 import { isModelFileName } from "./model-files";
 
@@ -197,30 +188,8 @@ export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "forma
  * it has) would find nothing to repair. A file whose table does not read is left to the loader.
  */
 function refuseCutShort(file: ManifestFile): void {
-  const fd = openSync(blobPath(file.sha256), "r");
-  try {
-    const length = Buffer.alloc(8);
-    if (readSync(fd, length, 0, 8, 0) !== 8) return;
-    const tableBytes = Number(length.readBigUInt64LE(0));
-    if (tableBytes > Math.min(file.size - 8, 100_000_000)) return;
-    const table = Buffer.alloc(tableBytes);
-    readSync(fd, table, 0, tableBytes, 8);
-    let tensors: Record<string, { data_offsets?: unknown }>;
-    try {
-      tensors = JSON.parse(table.toString("utf8"));
-    } catch {
-      return;
-    }
-    for (const [name, t] of Object.entries(tensors)) {
-      const end = Array.isArray(t?.data_offsets) ? Number(t.data_offsets[1]) : Number.NaN;
-      if (8 + tableBytes + end > file.size)
-        throw new Error(
-          `${file.name} is truncated: tensor '${name}' ends at byte ${8 + tableBytes + end}, file has ${file.size}`,
-        );
-    }
-  } finally {
-    closeSync(fd);
-  }
+  const fault = safetensorsFault(blobPath(file.sha256));
+  if (fault?.kind === "truncated") throw new Error(`${file.name} is truncated: ${fault.message}`);
 }
 
 /**
