@@ -30,6 +30,7 @@ import type { SamplingDefaults } from "./models/generation-config";
 import type { DownloadProgress } from "./store/download";
 import { resolveModelPath } from "./store/resolve";
 import { InvalidParameterError, UnsupportedError } from "./errors";
+import { isJsonObject } from "./exact-json";
 import { toolRequest } from "./api/tools";
 import { Fields, ValidationError } from "./api/validate";
 import { requiredFunctions, type ConversationMessage, type ToolCall, type ToolRequest } from "./engine/tools";
@@ -703,7 +704,7 @@ function checkPrompt(prompt: Prompt, o: GenerateOptions): void {
     if (m.toolCalls !== undefined) {
       if (m.role !== "assistant") fail("only an assistant's message has toolCalls");
       const isCall = (c: ToolCall) =>
-        c && typeof c.id === "string" && typeof c.name === "string" && isPlainObject(c.arguments);
+        c && typeof c.id === "string" && typeof c.name === "string" && isJsonObject(c.arguments);
       if (!Array.isArray(m.toolCalls) || !m.toolCalls.every(isCall))
         fail("toolCalls must be a list of { id: string, name: string, arguments: object }, as a result's toolCalls");
     }
@@ -727,9 +728,6 @@ const messageKeys = Object.keys({
   toolName: true,
 } satisfies Record<keyof Message, true>);
 
-const isPlainObject = (value: unknown): value is Record<string, unknown> =>
-  typeof value === "object" && value !== null && !Array.isArray(value);
-
 /** The messages as the engine takes them: the fields a Message has, none other passed on. */
 const conversationMessages = (messages: Message[]): ConversationMessage[] =>
   messages.map(({ role, content, toolCalls, toolCallId, toolName }) => ({
@@ -749,7 +747,7 @@ function tools(o: GenerateOptions): ToolRequest | undefined {
   if (o.tools !== undefined && !Array.isArray(o.tools))
     throw new InvalidParameterError(`tools must be a list of functions (got ${JSON.stringify(o.tools)})`, "tools");
   // { name } is the Responses API's flat form of a named choice, which the server reads too.
-  const choice = isPlainObject(o.toolChoice) ? { type: "function", ...o.toolChoice } : o.toolChoice;
+  const choice = isJsonObject(o.toolChoice) ? { type: "function", ...o.toolChoice } : o.toolChoice;
   try {
     return toolRequest(Fields.of({ tools: o.tools, tool_choice: choice }), {
       withChoice: true,

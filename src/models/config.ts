@@ -1,4 +1,6 @@
 // The model arguments every architecture reads from config.json, with mlx-lm's defaults.
+import { isJsonObject } from "../exact-json";
+
 export interface QuantConfig {
   groupSize: number;
   bits: number;
@@ -234,11 +236,10 @@ function ropeParameters(raw: Record<string, unknown>): Record<string, unknown> |
 
 /** rope_parameters, or its section for one kind of layer (`kind`), when it has one. */
 export function ropeSection(raw: Record<string, unknown>, kind?: string): Record<string, unknown> | undefined {
-  const isObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === "object" && !Array.isArray(v);
   const section = raw.rope_parameters;
-  if (!isObject(section)) return undefined;
+  if (!isJsonObject(section)) return undefined;
   if (kind === undefined) return section;
-  return isObject(section[kind]) ? section[kind] : undefined;
+  return isJsonObject(section[kind]) ? section[kind] : undefined;
 }
 
 export function parseConfig(json: unknown): ModelConfig {

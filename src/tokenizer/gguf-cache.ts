@@ -11,6 +11,7 @@ import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { isJsonObject } from "../exact-json";
 import { markUsed, removeQuietly } from "../files";
 import { tempPathIn, tmpDir, tokenizersDir } from "../store/paths";
 import { type TokenizerFiles, tokenizerFilesFromGGUF } from "./gguf";
@@ -85,7 +86,7 @@ function readEntry(path: string): TokenizerFiles | undefined {
   }
   try {
     const files = JSON.parse(text) as TokenizerFiles;
-    if (isObject(files.tokenizerJson) && isObject(files.tokenizerConfig) && Array.isArray(files.eosTokenIds)) {
+    if (isJsonObject(files.tokenizerJson) && isJsonObject(files.tokenizerConfig) && Array.isArray(files.eosTokenIds)) {
       markUsed(path);
       return files;
     }
@@ -93,8 +94,6 @@ function readEntry(path: string): TokenizerFiles | undefined {
   removeQuietly(path); // damaged: rebuilt and written again
   return undefined;
 }
-
-const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** Entries a GGUF keeps: the builds that used it last. */
 const ENTRIES_PER_FILE = 2;
