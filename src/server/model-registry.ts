@@ -626,7 +626,19 @@ export class ModelRegistry {
   }
 
   #key(path: string, settings: LoadSettings): string {
-    return `${weightsOf(path)}\n${JSON.stringify(settings)}`;
+    return `${JSON.stringify(settings)}\n${this.#weightsOf(path)}`;
+  }
+
+  /**
+   * The files at `path` (weightsOf), as they were when a loaded model was loaded from it: an
+   * update that moves a stored model's name to another revision leaves this server on the
+   * revision it loaded (its files kept for it, its in-use mark held) until it unloads, and the
+   * next load reads the new one. Read afresh, the moved link made another key, which loaded the
+   * new revision beside or instead of the old and let go of the name's in-use mark meanwhile.
+   */
+  #weightsOf(path: string): string {
+    const loaded = this.loaded.find((e) => e.paths.includes(path));
+    return loaded ? loaded.key.slice(loaded.key.indexOf("\n") + 1) : weightsOf(path);
   }
 
   async #load(name: string, path: string, key: string, settings: LoadSettings): Promise<LoadedEntry> {
