@@ -125,6 +125,27 @@ function load(path: string): LoadedModel {
   loaded.push(lm);
   return lm;
 }
+/**
+ * A mirror of org/tiny whose listing names no commit (as some do), at any revision: `files()` as
+ * they are now, each with an ETag of `version()` and its digest.
+ */
+function commitlessMirror(files: () => Map<string, Uint8Array>, version = () => 1): Promise<TestServer> {
+  return startServer((request): Reply => {
+    const path = decodeURIComponent(request.path);
+    if (path.startsWith("/api/models/org/tiny/revision/"))
+      return {
+        status: 200,
+        body: JSON.stringify({ siblings: [...files().keys()].map((rfilename) => ({ rfilename })) }),
+      };
+    const data = files().get(path.split("/").at(-1)!);
+    if (!data) return { status: 404, headers: { "X-Error-Code": "EntryNotFound" } };
+    const etag = { ETag: `"v${version()}-${sha256Hex(data).slice(0, 32)}"` };
+    if (request.method === "HEAD") return { status: 200, headers: { ...etag, "Content-Length": String(data.length) } };
+    const reply = serveBytes(data, request);
+    return { ...reply, headers: { ...reply.headers, ...etag } };
+  });
+}
+
 const paths = (s: TestServer) => s.requests.map((r) => `${r.method} ${decodeURIComponent(r.path)}`);
 
 describe("parseHFSpec", () => {
@@ -1145,21 +1166,10 @@ describe("pull from the hub", () => {
       const after = new TextEncoder().encode(JSON.stringify(tokenizer));
       let files = new Map([...tiny, ["tokenizer.json", before]]);
       let version = 1;
-      const hub = await startServer((request): Reply => {
-        const path = decodeURIComponent(request.path);
-        if (path === "/api/models/org/tiny/revision/main")
-          return {
-            status: 200,
-            body: JSON.stringify({ siblings: [...files.keys()].map((rfilename) => ({ rfilename })) }),
-          };
-        const data = files.get(path.replace("/org/tiny/resolve/main/", ""));
-        if (!data) return { status: 404, headers: { "X-Error-Code": "EntryNotFound" } };
-        const etag = { ETag: `"v${version}-${sha256Hex(data).slice(0, 32)}"` };
-        if (request.method === "HEAD")
-          return { status: 200, headers: { ...etag, "Content-Length": String(data.length) } };
-        const reply = serveBytes(data, request);
-        return { ...reply, headers: { ...reply.headers, ...etag } };
-      });
+      const hub = await commitlessMirror(
+        () => files,
+        () => version,
+      );
       servers = [hub];
       process.env.HF_ENDPOINT = hub.url;
       // Cut short once some of tokenizer.json is on disk.
@@ -1190,21 +1200,7 @@ describe("pull from the hub", () => {
     async () => {
       // A mirror whose listing names no commit, serving any revision: the revision as given named
       // the download's staging file, so a request's '@../../..' wrote it beside the store.
-      const hub = await startServer((request): Reply => {
-        const path = decodeURIComponent(request.path);
-        if (path.startsWith("/api/models/org/tiny/revision/"))
-          return {
-            status: 200,
-            body: JSON.stringify({ siblings: [...tiny.keys()].map((rfilename) => ({ rfilename })) }),
-          };
-        const data = tiny.get(path.split("/").at(-1)!);
-        if (!data) return { status: 404, headers: { "X-Error-Code": "EntryNotFound" } };
-        const etag = { ETag: `"v1-${sha256Hex(data).slice(0, 32)}"` };
-        if (request.method === "HEAD")
-          return { status: 200, headers: { ...etag, "Content-Length": String(data.length) } };
-        const reply = serveBytes(data, request);
-        return { ...reply, headers: { ...reply.headers, ...etag } };
-      });
+      const hub = await commitlessMirror(() => tiny);
       servers = [hub];
       process.env.HF_ENDPOINT = hub.url;
       const outside = join(process.env.MLX_HOME!, "..", "outside-the-store");
