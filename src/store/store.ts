@@ -443,12 +443,11 @@ function materialize(manifest: ModelManifest): void {
   const revision = join(revisions, `${Date.now().toString(36)}-${crypto.randomUUID().slice(0, 8)}`);
   // Built beside its final place, so the links' relative targets are the same from both.
   const staging = `${revision}.tmp`;
-  const target = (file: ManifestFile) => relative(dirname(join(revision, file.name)), blobPath(file.sha256));
   try {
     mkdirSync(staging, { recursive: true });
     for (const file of manifest.files) {
       mkdirSync(dirname(join(staging, file.name)), { recursive: true });
-      symlinkSync(target(file), join(staging, file.name));
+      symlinkSync(linkTarget(revision, file), join(staging, file.name));
     }
     renameSync(staging, revision);
   } catch (error) {
@@ -479,9 +478,12 @@ function currentRevision(name: string): string | undefined {
   return info?.isDirectory() ? name : undefined;
 }
 
-/** Whether a revision's directory links the manifest's files to their blobs, and no others. */
-function revisionMatches(dir: string, manifest: ModelManifest): boolean {
-  return linksMatch(dir, manifest, (file) => relative(dirname(join(dir, file.name)), blobPath(file.sha256)));
+/**
+ * What a file's link in a revision's directory `dir` holds: its blob, from the link's own folder
+ * (the revision's, or one in it: 1_Pooling/).
+ */
+function linkTarget(dir: string, file: ManifestFile): string {
+  return relative(dirname(join(dir, file.name)), blobPath(file.sha256));
 }
 
 /**
@@ -535,11 +537,12 @@ function entriesOf(dir: string): string[] {
   }
 }
 
-function linksMatch(dir: string, manifest: ModelManifest, target: (file: ManifestFile) => string): boolean {
+/** Whether a revision's directory links the manifest's files to their blobs, and no others. */
+function revisionMatches(dir: string, manifest: ModelManifest): boolean {
   if (!existsSync(dir)) return false;
   try {
     if (modelLinks(dir).length !== manifest.files.length) return false;
-    return manifest.files.every((f) => readlinkSync(join(dir, f.name)) === target(f));
+    return manifest.files.every((f) => readlinkSync(join(dir, f.name)) === linkTarget(dir, f));
   } catch {
     return false;
   }
