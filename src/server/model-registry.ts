@@ -311,7 +311,7 @@ export class ModelRegistry {
     const served = this.options.adapters?.get(name);
     const paths = this.mayBePath(name);
     // "m:latest" that resolved as "m" is located as "m".
-    const located = () => (served ? served.base : (this.#untagged.get(name) ?? name));
+    const located = () => (served ? served.base : this.resolvedName(name));
     const known = this.#pathOf.get(name);
     if (known && this.loaded.some((e) => e.paths.includes(known))) {
       const now = this.#meaning(located(), paths);
@@ -396,7 +396,7 @@ export class ModelRegistry {
     if (forRequest) this.#requestsAcquiring++;
     try {
       path = await this.resolve(name);
-      const settings = this.#settings(this.#untagged.get(name) ?? name);
+      const settings = this.#settings(this.resolvedName(name));
       const wanted = this.#key(path, settings);
       if (name === this.options.pinned) this.#pinnedKey = wanted;
       // First come, first served: a request for a loaded model waits behind the loads that
@@ -437,7 +437,7 @@ export class ModelRegistry {
     let adapter: Adapter | undefined;
     try {
       // "m:latest" is "m" where no model has that name: with m's adapter.
-      adapter = this.#adapter(held, this.#untagged.get(name) ?? name);
+      adapter = this.#adapter(held, this.resolvedName(name));
     } catch (error) {
       // The model stays loaded, but no request holds it: its keep-alive clock starts now (a
       // model loaded for this request had none, and stayed loaded for ever).
@@ -521,7 +521,7 @@ export class ModelRegistry {
     const named = this.#pathOf.has(name) ? name : withoutLatestTag(name);
     const path = named === undefined ? undefined : this.#pathOf.get(named);
     if (named === undefined || path === undefined) return false;
-    const key = this.#key(path, this.#settings(this.#untagged.get(named) ?? named));
+    const key = this.#key(path, this.#settings(this.resolvedName(named)));
     if (!this.#loading.has(key)) return false;
     this.#keepAliveAsked.set(key, this.#keepAlive(keepAliveMs));
     return true;
@@ -610,7 +610,7 @@ export class ModelRegistry {
   #aliasDraftError(name: string, error: unknown): unknown {
     if (this.options.speculation !== undefined || !(error instanceof UnsupportedError)) return error;
     if (error.param !== "draft_model") return error;
-    const alias = loadAliases().models.get(this.#untagged.get(name) ?? name);
+    const alias = loadAliases().models.get(this.resolvedName(name));
     return alias
       ? new ConfigError(`${alias.definedAt}: model '${alias.name}': ${error.message}`, { cause: error })
       : error;
@@ -621,7 +621,7 @@ export class ModelRegistry {
    * adapter's base, whose entry it is (unless the name's own settings make it another entry).
    */
   #listedName(name: string, path: string, key: string): string {
-    const base = this.adapterBase(this.#untagged.get(name) ?? name);
+    const base = this.adapterBase(this.resolvedName(name));
     return base !== undefined && this.#key(path, this.#settings(base)) === key ? base : name;
   }
 
