@@ -161,12 +161,12 @@ const numberOptionNames = [
   "thinkingBudget",
 ] as const satisfies (keyof GenerateOptions)[];
 
-/**
- * A chat's turn takes them all but those of a text prompt (its system prompt is model.chat()'s)
- * and tools, whose calls and results are messages of generate()'s list, not a chat's text turns.
- */
+/** Tool calls' options: their calls and results are messages of generate()'s list, not a chat's text turns. */
+const toolOptionNames = ["tools", "toolChoice", "onToolCall"] as const satisfies (keyof GenerateOptions)[];
+
+/** A chat's turn takes them all but those of a text prompt (its system prompt is model.chat()'s) and tools. */
 const turnOptionNames = generateOptionNames.filter(
-  (name) => !["system", "raw", "tools", "toolChoice", "onToolCall"].includes(name),
+  (name) => !(["system", "raw", ...toolOptionNames] as string[]).includes(name),
 );
 
 /** Loads a model by name (an alias from models.toml, a stored model, a source, a directory or a .gguf file; default: the default model). */
@@ -404,7 +404,7 @@ export class Model {
 }
 
 /** The options of a chat's turn: generate()'s but those of a text prompt and tools. */
-export type TurnOptions = Omit<GenerateOptions, "system" | "raw" | "tools" | "toolChoice" | "onToolCall">;
+export type TurnOptions = Omit<GenerateOptions, "system" | "raw" | (typeof toolOptionNames)[number]>;
 
 export class Chat {
   #closed = false;
@@ -451,7 +451,7 @@ export class Chat {
   async *#stream(text: string, options: TurnOptions, dropped: DroppedStream): AsyncGenerator<string, CompletionResult> {
     this.#checkOpen();
     if (typeof text !== "string") throw new InvalidParameterError("a chat message must be a string", "text");
-    for (const name of ["tools", "toolChoice", "onToolCall"])
+    for (const name of toolOptionNames)
       if (name in options)
         throw new InvalidParameterError(
           `${name} is for generate() and stream() with a list of messages, where a call's result can follow it`,
