@@ -28,6 +28,7 @@ import { listModels, openStoredModel } from "../src/store/store";
 import { resolveModelPath } from "../src/store/resolve";
 import { verifyStore } from "../src/store/verify";
 import { modelPooling } from "../src/models/pooling";
+import { cliRunner } from "./helpers/cli";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { post, serve, startServe } from "./helpers/serve";
 import {
@@ -1231,20 +1232,9 @@ describe("pull from the hub", () => {
 describe("mlx pull of a stored model whose hub branch moved", () => {
   const A = "a".repeat(40);
   const B = "b".repeat(40);
-  // -v: what pull did is logged on a terminal, or with it.
-  const cli = async (...args: string[]) => {
-    const proc = Bun.spawn([process.execPath, main, ...args, ...(args[0] === "pull" ? ["-v"] : [])], {
-      env: { ...process.env, NO_COLOR: "1" },
-      stdout: "pipe",
-      stderr: "pipe",
-    });
-    const [stdout, stderr, code] = await Promise.all([
-      new Response(proc.stdout).text(),
-      new Response(proc.stderr).text(),
-      proc.exited,
-    ]);
-    return { stdout, stderr, code };
-  };
+  // -v: what pull did is logged on a terminal, or with it. The environment as it is at each call:
+  // a test sets its hub's endpoint after this is made.
+  const cli = (...args: string[]) => cliRunner(process.env.MLX_HOME!)([...args, ...(args[0] === "pull" ? ["-v"] : [])]);
   /** The branch moved to commit B: new weights, its config and tokenizer as they were. */
   const moveBranch = (hub: Awaited<ReturnType<typeof startHub>>) => {
     const repo = hub.repos.get("org/tiny")!;
