@@ -295,6 +295,17 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
   // others, which would each report the lost connection as their error. It goes to every rank.
   const stopKillsRanks = command[0] !== "serve";
   let passedOn: NodeJS.Signals | undefined;
+  // Every rank's exit status, those still running after `ms` killed (forcedOut: some had to be).
+  async function allExited(ms: number): Promise<{ statuses: RankStatus[]; forcedOut: boolean }> {
+    let forcedOut = false;
+    const forced = setTimeout(() => {
+      forcedOut = true;
+      stopAll("SIGKILL");
+    }, ms);
+    const statuses = await Promise.all(ranks.map((r) => r.exit));
+    clearTimeout(forced);
+    return { statuses, forcedOut };
+  }
   // Any signal passed on to serve's rank 0 stops the server.
   function stoppingServer() {
     return passedOn !== undefined && !stopKillsRanks;
@@ -324,13 +335,7 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
       // A rank that is stopped (SIGSTOP: often the silent peer the others gave up on) takes the
       // stop only once continued: now, not when it is killed 2 s later.
       stopAll("SIGCONT");
-      let forcedOut = false;
-      const forced = setTimeout(() => {
-        forcedOut = true;
-        stopAll("SIGKILL");
-      }, 2000);
-      const statuses = await Promise.all(ranks.map((r) => r.exit));
-      clearTimeout(forced);
+      const { statuses, forcedOut } = await allExited(2000);
       // The first exit seen is not always the cause: a rank killed from outside (kill -9, a crash)
       // and its neighbour, which lost its connection to it, end together and are reaped in either
       // order. A rank ended by a signal we did not send is the one named.
@@ -347,13 +352,7 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
     // are stopped now, not left to find the ring gone (or killed 10 s later).
     if (killedAsAsked || (first.r.rank === 0 && stoppingServer())) stopAll("SIGTERM");
     // Rank 0 is done and told the others to stop: give them a moment, then make sure.
-    let forcedOut = false;
-    const forced = setTimeout(() => {
-      forcedOut = true;
-      stopAll("SIGKILL");
-    }, 10_000);
-    const statuses = await Promise.all(ranks.map((r) => r.exit));
-    clearTimeout(forced);
+    const { statuses, forcedOut } = await allExited(10_000);
     // Rank 0 answered, but a rank that then failed (or would not stop) is still a failed launch.
     const failed = passedOn ? -1 : statuses.findIndex((s) => s.code !== 0);
     if (failed > 0) {
