@@ -24,7 +24,7 @@ import {
 import { openPipeline, type CacheOptions, type PipelineSpec } from "../engine/pipeline";
 import type { LoadedModel } from "../models/load";
 import { readAdapterDirectory } from "../models/lora";
-import { aliasAdapter, aliasCacheSettings, loadAliases } from "../store/aliases";
+import { aliasAdapter, aliasCacheSettings, hasAlias, loadAliases } from "../store/aliases";
 import { readManifest } from "../store/manifest";
 import { locateModel, missingModelError, resolveModelPath } from "../store/resolve";
 import { openModel } from "./open-model";
@@ -88,7 +88,7 @@ function checked(flag: string, values: string[], valid: (value: string) => boole
 function namesAModel(name: string, base: string | undefined): boolean {
   const aliases = loadAliases();
   if (name === (base ?? aliases.defaultModel)) return true;
-  return aliases.models.has(name) || aliases.remotes.has(name) || readManifest(name) !== undefined;
+  return hasAlias(aliases, name) || readManifest(name) !== undefined;
 }
 
 export default defineCommand({

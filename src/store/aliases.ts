@@ -75,6 +75,11 @@ export interface AliasTable {
   remotes: Map<string, RemoteModelConfig>;
 }
 
+/** Whether `name` is an alias of the table, local or remote. */
+export function hasAlias(table: AliasTable, name: string): boolean {
+  return table.models.has(name) || table.remotes.has(name);
+}
+
 /** The settings a local alias may have. */
 const ALIAS_KEYS = [
   "source",

@@ -13,6 +13,7 @@ import { SAMPLING_DEFAULT_KEYS } from "../models/generation-config";
 import {
   closeMatches,
   entryLine,
+  hasAlias,
   loadAliases,
   readAliases,
   readUserFile,
@@ -226,7 +227,7 @@ function checkName(name: string, userText: string): void {
   if (readManifest(name))
     throw new InvalidParameterError(`'${name}' is a stored model: choose another name (or remove it first)`, "model");
   const aliases = loadAliases();
-  if (entryLine(userText, name) === undefined && (aliases.models.has(name) || aliases.remotes.has(name)))
+  if (entryLine(userText, name) === undefined && hasAlias(aliases, name))
     throw new InvalidParameterError(`'${name}' is an alias models.toml ships: choose another name`, "model");
 }
 

@@ -8,7 +8,7 @@ import { convertGGUF } from "../models/convert";
 import { fuseAdapter, type FuseOptions } from "../models/fuse";
 import { shellWord } from "../format";
 import { sourceHash } from "./source-hash" with { type: "macro" };
-import { loadAliases } from "./aliases";
+import { hasAlias, loadAliases } from "./aliases";
 import { addBlob, hashFile } from "./blobs";
 import { describeFiles, newManifest, readManifest, writeJsonAtomic } from "./manifest";
 import { withLock } from "./lock";
@@ -106,8 +106,7 @@ export async function fusedModel(
  */
 export function refuseTakenName(name: string, kind: "convert" | "fuse", remedy: string): void {
   const aliases = loadAliases();
-  if (aliases.models.has(name) || aliases.remotes.has(name))
-    throw new Error(`'${name}' is an alias in models.toml; ${remedy}`);
+  if (hasAlias(aliases, name)) throw new Error(`'${name}' is an alias in models.toml; ${remedy}`);
   const stored = readManifest(name);
   if (stored && !stored.source.startsWith(`${kind}:`))
     throw new Error(

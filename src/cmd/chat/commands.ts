@@ -21,7 +21,7 @@ import type { SamplingInput } from "../../api/common";
 import { settleSampling } from "../../engine/model-settings";
 import { fileErrorReason, writeErrorReason } from "../../format";
 import { Conversation } from "../../engine/conversation";
-import { loadAliases } from "../../store/aliases";
+import { hasAlias, loadAliases } from "../../store/aliases";
 import { readTextAtMost } from "../../files";
 
 /**
@@ -164,8 +164,7 @@ const commands: Record<string, Handler> = {
 /** Whether `name` is a model's alias, local or remote (models.toml). */
 function isAlias(name: string): boolean {
   try {
-    const table = loadAliases();
-    return table.models.has(name) || table.remotes.has(name);
+    return hasAlias(loadAliases(), name);
   } catch {
     return false; // a models.toml that cannot be read: /load says the file is missing, /model says why
   }

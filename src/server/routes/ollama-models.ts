@@ -17,7 +17,7 @@ import {
   type ModelRequest,
   type PullResult,
 } from "../../store/pull";
-import { loadAliases, userAliasFile } from "../../store/aliases";
+import { hasAlias, loadAliases, userAliasFile } from "../../store/aliases";
 import { copyUserAlias, createModel, isUserAlias, removeUserAlias } from "../../store/create";
 import { hubRepoNamed } from "../../store/hf";
 import { refuseRemoteAlias } from "../../store/resolve";
@@ -207,7 +207,7 @@ function copyDestination(s: ServerState, name: string): string {
       "destination",
     );
   const aliases = loadAliases();
-  if (aliases.models.has(name) || aliases.remotes.has(name))
+  if (hasAlias(aliases, name))
     throw badRequest(`cannot copy to '${name}': it is an alias in models.toml; choose another name`, "destination");
   if (isRemoteSource(name))
     throw badRequest(
