@@ -1,6 +1,7 @@
 // gpt-oss's harmony format: the analysis channel read as reasoning, the final channel as the
 // answer, commentary to=functions.NAME as tool calls, whole and cut into random pieces (markers
 // split across them); its template detected, and past reasoning and calls fed back through it.
+import { parseMessagesRequest } from "../src/api/anthropic";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -476,6 +477,12 @@ test("reasoning_effort is the template's reasoning_effort; thinking off closes t
     // OpenAI's newer "xhigh": the template's high.
     expect(await promptOf({ enabled: true, effort: "xhigh" })).toContain("Reasoning: high");
     expect(await promptOf({})).toContain("Reasoning: medium");
+    // Anthropic's output_config.effort as its route reads it: "max" is the template's high.
+    const anthropicEffort = (effort: string) =>
+      parseMessagesRequest({ max_tokens: 8, messages: [{ role: "user", content: "Hi" }], output_config: { effort } })
+        .thinking!;
+    expect(await promptOf(anthropicEffort("low"))).toContain("Reasoning: low");
+    expect(await promptOf(anthropicEffort("max"))).toContain("Reasoning: high");
   } finally {
     lm.free();
   }

@@ -471,6 +471,11 @@ provider = "openai"
 base_url = "${base}/v1"
 model = "${effortful}"
 
+[models.raeffort]
+provider = "anthropic"
+base_url = "${base}"
+model = "${effortful}"
+
 [models.rcoder]
 provider = "openai"
 base_url = "${base}/v1"
@@ -973,7 +978,7 @@ describe("thinking", () => {
     ).toEqual(noEffort);
   });
 
-  test("an effort (reasoning_effort, the Responses API's reasoning.effort, Ollama's think) reaches an OpenAI-compatible provider", async () => {
+  test("an effort (reasoning_effort, the Responses API's reasoning.effort, Ollama's think, Anthropic's output_config.effort) reaches either provider kind", async () => {
     // The remote's own prompt, with and without an effort: its template writes the effort into it.
     const promptTokens = async (body: Record<string, unknown>) =>
       (
@@ -1008,6 +1013,16 @@ describe("thinking", () => {
       options: { num_predict: 1 },
     });
     expect(ollama.prompt_eval_count).toBe(withLow);
+    // Anthropic's output_config.effort, to either provider kind (an Anthropic provider is sent it as that).
+    for (const model of ["reffort", "raeffort"]) {
+      const m = await anthropic.messages.create({
+        model,
+        max_tokens: 1,
+        messages: hi,
+        output_config: { effort: "low" },
+      });
+      expect(m.usage.input_tokens + (m.usage.cache_read_input_tokens ?? 0)).toBe(withLow);
+    }
   });
 
   test("mlx run and chat send --think and --thinking-budget, and show the reasoning", async () => {

@@ -590,21 +590,20 @@ describe("thinking", () => {
 });
 
 describe("structured output", () => {
-  test("output_config.format: the text is JSON the schema accepts (create, and the SDK's parse); effort is a 400", async () => {
+  test("output_config.format: the text is JSON the schema accepts (create, and the SDK's parse), beside an effort", async () => {
     const output_config = { format: { type: "json_schema" as const, schema: input_schema } };
     const m = await client.messages.create({ model, max_tokens: 60, messages: ask, output_config });
     expect(m.content.map((b) => b.type)).toEqual(["text"]);
     expect(validInput(JSON.parse(textOf(m)))).toBe(true);
     const parsed = await client.messages.parse({ model, max_tokens: 60, messages: ask, output_config });
     expect(validInput(parsed.parsed_output)).toBe(true);
-    const effort = await post(`${server.url}/v1/messages`, {
+    const effort = await client.messages.create({
       model,
-      max_tokens: 4,
+      max_tokens: 60,
       messages: ask,
-      output_config: { effort: "low" },
+      output_config: { ...output_config, effort: "low" },
     });
-    expect(effort.status).toBe(400);
-    expect(effort.json.error.message).toContain("'output_config.effort' is not supported");
+    expect(validInput(JSON.parse(textOf(effort)))).toBe(true);
   });
 
   test("an answer the budget closed early short of max_tokens is stop_reason max_tokens, not model_context_window_exceeded (whole and streamed)", async () => {
@@ -698,7 +697,7 @@ describe("errors", () => {
       [{ service_tier: "priority" }, /'service_tier' 'priority' is not supported/],
       // Anthropic's metadata has user_id alone: another key would be dropped unseen.
       [{ metadata: { user_id: "u1", session: "s1" } }, /'metadata.session' is not supported/],
-      [{ messages: [{ role: "system", content: "x" }] }, /messages\.0\.role/],
+      [{ messages: [{ role: "tool", content: "x" }] }, /'messages\.0\.role' must be one of user, assistant, system/],
       [
         { messages: [{ role: "user", content: [{ type: "image", source: {} }] }] },
         /content of type 'image' is not supported/,
@@ -828,5 +827,165 @@ describe("prefix cache", () => {
       end!.input_tokens!,
       end!.cache_read_input_tokens,
     ]);
+  });
+});
+
+describe("an agent's request as Claude Code sends it", () => {
+  // A history of four forecast calls, each answered with a long result.
+  const longResult = (i: number) => `Day ${i}: ${"snow and wind from the north, ".repeat(12)}`;
+  const calls: Anthropic.Beta.BetaMessageParam[] = [0, 1, 2, 3].flatMap((i) => [
+    {
+      role: "assistant" as const,
+      content: [
+        {
+          type: "tool_use" as const,
+          id: `toolu_${i}`,
+          name: i === 0 ? "clock" : "forecast",
+          input: { city: "Oslo", days: i + 1 },
+        },
+      ],
+    },
+    {
+      role: "user" as const,
+      content: [{ type: "tool_result" as const, tool_use_id: `toolu_${i}`, content: longResult(i) }],
+    },
+  ]);
+  const history: Anthropic.Beta.BetaMessageParam[] = [...ask, ...calls];
+  const betas = ["context-management-2025-06-27"];
+
+  test("system messages among the turns, effort, adaptive thinking and context_management are taken, whole and streamed", async () => {
+    // The shape of Claude Code 2.1's first request (its system blocks, a system message after the
+    // user's, its metadata and betas), each of which was a 400 before.
+    const params = {
+      model,
+      max_tokens: 6,
+      system: [
+        { type: "text" as const, text: "x-anthropic-billing-header: cc_version=2.1" },
+        { type: "text" as const, text: "You are an agent.", cache_control: { type: "ephemeral" as const } },
+      ],
+      messages: [
+        {
+          role: "user" as const,
+          content: [{ type: "text" as const, text: "Say hello", cache_control: { type: "ephemeral" as const } }],
+        },
+        { role: "system" as const, content: "Available agent types: none." },
+      ],
+      tools,
+      metadata: { user_id: '{"device_id":"d","session_id":"s"}' },
+      thinking: { type: "adaptive" as const },
+      output_config: { effort: "high" as const },
+      context_management: { edits: [{ type: "clear_thinking_20251015" as const, keep: "all" as const }] },
+      betas: ["claude-code-20250219", "interleaved-thinking-2025-05-14", ...betas],
+    };
+    const whole = await client.beta.messages.create(params);
+    expect(whole.stop_reason).toBe("max_tokens");
+    expect(whole.context_management).toEqual({ applied_edits: [] });
+    const stream = client.beta.messages.stream(params);
+    const deltas: unknown[] = [];
+    stream.on("streamEvent", (e) => e.type === "message_delta" && deltas.push(e.context_management));
+    const streamed = await stream.finalMessage();
+    expect(streamed.stop_reason).toBe("max_tokens");
+    expect(deltas).toEqual([{ applied_edits: [] }]);
+    // The system message among the turns is in the prompt.
+    const { system, messages } = params;
+    const counted = (await client.messages.countTokens({ model, system, messages, tools })).input_tokens;
+    const without = (await client.messages.countTokens({ model, system, messages: messages.slice(0, 1), tools }))
+      .input_tokens;
+    expect(counted).toBeGreaterThan(without + 5);
+    expect(whole.usage.input_tokens + whole.usage.cache_read_input_tokens!).toBe(counted);
+  }, 60_000);
+
+  test("clear_tool_uses clears the oldest tool results past its trigger, keeping the last and the excluded tools', and says so", async () => {
+    const original = (await client.beta.messages.countTokens({ model, messages: history, tools })).input_tokens;
+    const edit = {
+      type: "clear_tool_uses_20250919" as const,
+      trigger: { type: "tool_uses" as const, value: 2 },
+      keep: { type: "tool_uses" as const, value: 1 },
+      exclude_tools: ["clock"],
+    };
+    const params = { model, max_tokens: 2, messages: history, tools, betas, context_management: { edits: [edit] } };
+    const m = await client.beta.messages.create(params);
+    const [applied] = m.context_management!.applied_edits;
+    // Calls 1 and 2 cleared: 0 is the excluded clock's, 3 the one kept.
+    expect(applied).toMatchObject({ type: "clear_tool_uses_20250919", cleared_tool_uses: 2 });
+    expect(applied!.cleared_input_tokens).toBeGreaterThan(100);
+    const input = m.usage.input_tokens + m.usage.cache_read_input_tokens!;
+    expect(input).toBe(original - applied!.cleared_input_tokens);
+    const counted = await client.beta.messages.countTokens({
+      model,
+      messages: history,
+      tools,
+      betas,
+      context_management: { edits: [edit] },
+    });
+    expect(counted).toEqual({ input_tokens: input, context_management: { original_input_tokens: original } });
+    // Under its trigger, or clearing fewer tokens than clear_at_least, it clears nothing.
+    for (const quiet of [
+      { ...edit, trigger: { type: "input_tokens" as const, value: original } },
+      { ...edit, clear_at_least: { type: "input_tokens" as const, value: 10_000 } },
+    ]) {
+      const unchanged = await client.beta.messages.create({ ...params, context_management: { edits: [quiet] } });
+      expect(unchanged.context_management).toEqual({ applied_edits: [] });
+      expect(unchanged.usage.input_tokens + unchanged.usage.cache_read_input_tokens!).toBe(original);
+    }
+    // Clearing the calls' inputs too clears more.
+    const inputs = await client.beta.messages.create({
+      ...params,
+      context_management: { edits: [{ ...edit, clear_tool_inputs: true }] },
+    });
+    expect(inputs.context_management!.applied_edits[0]!.cleared_input_tokens).toBeGreaterThan(
+      applied!.cleared_input_tokens,
+    );
+  }, 60_000);
+
+  test("clear_thinking keeps the thinking of the last turns it keeps, and counts the turns it cleared", async () => {
+    const turn = (i: number): Anthropic.Beta.BetaMessageParam[] => [
+      { role: "user", content: `Question ${i}` },
+      {
+        role: "assistant",
+        content: [
+          { type: "thinking", thinking: `Reasoning about question ${i}.`, signature: "" },
+          { type: "text", text: `Answer ${i}` },
+        ],
+      },
+    ];
+    const messages = [...turn(1), ...turn(2), ...turn(3), { role: "user" as const, content: "And now?" }];
+    const keep = async (keep: Anthropic.Beta.BetaClearThinking20251015Edit["keep"]) =>
+      (
+        await client.beta.messages.create({
+          model,
+          max_tokens: 2,
+          messages,
+          betas,
+          context_management: { edits: [{ type: "clear_thinking_20251015", keep }] },
+        })
+      ).context_management!.applied_edits;
+    expect(await keep({ type: "thinking_turns", value: 1 })).toEqual([
+      // This template renders no earlier reasoning: clearing it changes no token.
+      { type: "clear_thinking_20251015", cleared_thinking_turns: 2, cleared_input_tokens: 0 },
+    ]);
+    expect(await keep("all")).toEqual([]);
+    expect(await keep({ type: "thinking_turns", value: 3 })).toEqual([]);
+  });
+
+  test("compaction, an unknown edit and an unknown effort are 400s naming the field", async () => {
+    const refused = async (body: Record<string, unknown>) => {
+      const r = await post(`${server.url}/v1/messages`, { model, max_tokens: 2, messages: ask, ...body });
+      expect(r.status).toBe(400);
+      expect(r.json.error.type).toBe("invalid_request_error");
+      return r.json.error.message as string;
+    };
+    expect(await refused({ context_management: { edits: [{ type: "compact_20260112" }] } })).toContain(
+      "context_management.edits.0.type",
+    );
+    expect(await refused({ context_management: { edits: [{ type: "clear_everything" }] } })).toContain(
+      "'context_management.edits.0.type' must be",
+    );
+    expect(await refused({ output_config: { effort: "extreme" } })).toContain("'output_config.effort' must be one of");
+    expect(
+      await refused({
+        context_management: { edits: [{ type: "clear_tool_uses_20250919", keep: { type: "turns", value: 1 } }] },
+      }),
+    ).toContain("keep.type");
   });
 });

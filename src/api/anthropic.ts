@@ -12,6 +12,7 @@ import {
 } from "../engine/tools";
 import type { FormatInput, PromptInput, RequestHints, SamplingInput, ThinkingRequest } from "./common";
 import { TEXT_PARTS_SEPARATOR } from "./common";
+import { contextEdits, type ContextEdit } from "./anthropic-context";
 import { MAX_TOOLS, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, messageFields, serviceTier, unsupported } from "./validate";
 
@@ -29,12 +30,18 @@ export interface AnthropicRequest {
   format?: FormatInput;
   /** metadata.user_id, as the end user a remote provider is told of. */
   hints: RequestHints;
+  /** `context_management.edits`: what to clear from the conversation before the model reads it. */
+  contextEdits?: ContextEdit[];
 }
 
 /** What count_tokens reads: the prompt, the tools it offers, thinking and the output format (a template may render them). */
-export type CountTokensRequest = Pick<AnthropicRequest, "model" | "prompt" | "tools" | "thinking" | "format">;
+export type CountTokensRequest = Pick<
+  AnthropicRequest,
+  "model" | "prompt" | "tools" | "thinking" | "format" | "contextEdits"
+>;
 
-const ROLES = new Set(["user", "assistant"]);
+// A system message may also stand among the turns (an agent's instructions that change midway).
+const ROLES = new Set(["user", "assistant", "system"]);
 const PROMPT_FIELDS = ["model", "messages", "system", "tools", "tool_choice"];
 // Fields Anthropic defines that this server does not implement are a 400 naming them (a client
 // asking for server tools must know it got none). `cache_control` passes: a hint our prefix
@@ -52,6 +59,7 @@ const MESSAGES_FIELDS = new Set([
   "cache_control",
   "thinking",
   "output_config",
+  "context_management",
 ]);
 
 /**
@@ -60,6 +68,27 @@ const MESSAGES_FIELDS = new Set([
  * Anthropic provider, whose models take them.
  */
 function thinkingParam(f: Fields, maxTokens = Infinity): ThinkingRequest | undefined {
+  const effort = outputEffort(f);
+  const thinking = thinkingConfig(f, maxTokens);
+  if (!effort) return thinking;
+  // As OpenAI's efforts name it, whose highest is xhigh.
+  return { ...(thinking ?? { param: "output_config.effort" }), effort: effort === "max" ? "xhigh" : effort };
+}
+
+/**
+ * `output_config.effort`, how hard the model works: a template that takes an effort (gpt-oss's)
+ * is given it; it switches no thinking on or off (`thinking` does).
+ */
+function outputEffort(f: Fields): string | undefined {
+  const effort = f.object("output_config")?.string("effort");
+  if (effort !== undefined && !ANTHROPIC_EFFORTS.includes(effort))
+    f.fail("output_config.effort", `must be one of ${ANTHROPIC_EFFORTS.join(", ")}; got '${effort}'`);
+  return effort;
+}
+
+const ANTHROPIC_EFFORTS = ["low", "medium", "high", "xhigh", "max"];
+
+function thinkingConfig(f: Fields, maxTokens: number): ThinkingRequest | undefined {
   const t = f.object("thinking");
   if (!t) return undefined;
   const type = t.string("type", { required: true });
@@ -98,7 +127,12 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
   const user = metadataUserId(f);
   // "auto" (priority capacity where the account has it) and "standard_only" alike: the one tier here.
   serviceTier(f, ["auto", "standard_only"]);
-  const request = { ...promptFields(f), thinking: thinkingParam(f, maxTokens), format: outputFormat(f) };
+  const request = {
+    ...promptFields(f),
+    thinking: thinkingParam(f, maxTokens),
+    format: outputFormat(f),
+    contextEdits: contextEdits(f),
+  };
   refuseConflicts(f, request);
   return {
     ...request,
@@ -132,12 +166,11 @@ function metadataUserId(f: Fields): string | undefined {
 
 /**
  * `output_config.format` {type: "json_schema", schema}: the answer is JSON the schema accepts,
- * naming no properties it does not (as Anthropic's structured outputs). No `effort`: a local
- * model's effort is its thinking, which `thinking` asks for.
+ * naming no properties it does not (as Anthropic's structured outputs).
  */
 function outputFormat(f: Fields): FormatInput | undefined {
   const config = f.object("output_config");
-  config?.onlyKnown(["format"]);
+  config?.onlyKnown(["format", "effort"]);
   const format = config?.object("format");
   if (!format) return undefined;
   const type = format.string("type", { required: true });
@@ -150,8 +183,13 @@ function outputFormat(f: Fields): FormatInput | undefined {
 export function parseCountTokensRequest(body: unknown): CountTokensRequest {
   const f = Fields.of(body);
   // The fields of a generation's request that shape its prompt pass, so a client can count what it sends.
-  f.onlyKnown([...PROMPT_FIELDS, "thinking", "output_config", "cache_control"]);
-  const request = { ...promptFields(f), thinking: thinkingParam(f), format: outputFormat(f) };
+  f.onlyKnown([...PROMPT_FIELDS, "thinking", "output_config", "cache_control", "context_management"]);
+  const request = {
+    ...promptFields(f),
+    thinking: thinkingParam(f),
+    format: outputFormat(f),
+    contextEdits: contextEdits(f),
+  };
   refuseConflicts(f, request);
   return request;
 }

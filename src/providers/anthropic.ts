@@ -67,6 +67,7 @@ export const anthropicAdapter: ProviderAdapter = {
         ...(req.stop?.length ? { stop_sequences: req.stop } : {}),
         ...(req.tools?.tools.length ? tools(req.tools) : {}),
         ...thinking(req.thinking),
+        ...effort(req.thinking),
         // The end user, Anthropic's only such hint (a safety identifier or cache key has no place in its API).
         ...(req.hints?.user !== undefined ? { metadata: { user_id: req.hints.user } } : {}),
         // An Anthropic client's automatic prompt caching, as it asked for it.
@@ -208,6 +209,12 @@ function thinking(t: ThinkingRequest | undefined): Record<string, unknown> {
   if (t?.adaptive) return { thinking: { type: "adaptive", ...display } };
   if (t?.enabled === undefined && t?.budget === undefined) return {};
   return { thinking: { type: "enabled", budget_tokens: t.budget ?? MIN_THINKING_BUDGET, ...display } };
+}
+
+/** The effort asked (OpenAI's reasoning_effort, Anthropic's own) as Anthropic's `output_config.effort`. */
+function effort(t: ThinkingRequest | undefined): Record<string, unknown> {
+  if (t?.effort === undefined || t.effort === "none") return {};
+  return { output_config: { effort: t.effort === "minimal" ? "low" : t.effort } };
 }
 
 /** Anthropic's sampling: temperature, top_p and top_k; anything else set is a 400 naming it. */

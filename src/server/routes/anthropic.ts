@@ -9,7 +9,9 @@ import {
   stopReason,
   toolUseBlock,
   type ContentBlock,
+  type CountTokensRequest,
 } from "../../api/anthropic";
+import { applyContextEdits, type AppliedEdit } from "../../api/anthropic-context";
 import { readJson } from "../../api/validate";
 import { remoteModel } from "../../providers";
 import { countPromptTokens } from "../../engine/request";
@@ -39,33 +41,67 @@ export function anthropicRoutes(s: ServerState): Hono {
   r.post("/v1/messages/count_tokens", async (c) => {
     const req = parseCountTokensRequest(await readJson(c.req));
     const model = requestedModel(s.config, req.model);
-    // A remote model's provider counts its own tokens (Anthropic's count_tokens).
-    const remote = remoteModel(model);
-    if (remote) {
-      const count = { prompt: req.prompt, sampling: {}, tools: req.tools, thinking: req.thinking, format: req.format };
-      return c.json({ input_tokens: await remote.countTokens(count, c.req.raw.signal) });
-    }
-    const lease = await holdModel(s, model, httpRequestBounds(s.config, c.req));
-    try {
-      const jsonOutput = req.format !== undefined;
-      const lm = lease.entry.lm;
-      return c.json({
-        input_tokens: await countPromptTokens(lm, req.prompt, req.tools, req.thinking, jsonOutput, modelPrompt(model)),
-      });
-    } finally {
-      lease.release();
-    }
+    return withPromptCounter(s, c, model, req, async (count) => {
+      if (!req.contextEdits) return c.json({ input_tokens: await count(req.prompt) });
+      const original = await count(req.prompt);
+      const { prompt } = await editedPrompt(req, count);
+      return c.json({ input_tokens: await count(prompt), context_management: { original_input_tokens: original } });
+    });
   });
   return r;
+}
+
+type PromptCounter = (prompt: CountTokensRequest["prompt"]) => Promise<number>;
+
+/**
+ * Runs `use` with a counter of prompt tokens as the model reads them, with the request's tools,
+ * thinking and output format: a local model's template and tokenizer (the model held meanwhile),
+ * or a remote provider's count (Anthropic's count_tokens).
+ */
+async function withPromptCounter<T>(
+  s: ServerState,
+  c: Context,
+  model: string,
+  req: CountTokensRequest,
+  use: (count: PromptCounter) => Promise<T>,
+): Promise<T> {
+  const remote = remoteModel(model);
+  if (remote) {
+    const { tools, thinking, format } = req;
+    return use((prompt) => remote.countTokens({ prompt, sampling: {}, tools, thinking, format }, c.req.raw.signal));
+  }
+  const lease = await holdModel(s, model, httpRequestBounds(s.config, c.req));
+  try {
+    const jsonOutput = req.format !== undefined;
+    const system = modelPrompt(model);
+    return await use((prompt) =>
+      countPromptTokens(lease.entry.lm, prompt, req.tools, req.thinking, jsonOutput, system),
+    );
+  } finally {
+    lease.release();
+  }
+}
+
+/** The request's conversation once its context edits have cleared what they clear, and what each cleared. */
+async function editedPrompt(req: CountTokensRequest, count: PromptCounter) {
+  const { messages, applied } = await applyContextEdits(req.prompt.messages, req.contextEdits ?? [], (messages) =>
+    count({ ...req.prompt, messages }),
+  );
+  return { prompt: { ...req.prompt, messages }, applied };
 }
 
 async function messages(s: ServerState, c: Context): Promise<Response> {
   const req = parseMessagesRequest(await readJson(c.req));
   const model = requestedModel(s.config, req.model);
+  const { prompt, applied } = req.contextEdits?.length
+    ? await withPromptCounter(s, c, model, req, (count) => editedPrompt(req, count))
+    : { prompt: req.prompt, applied: [] };
+  // Told only to a client that asked for context management (Anthropic's beta field).
+  const contextManagement = req.contextEdits && { context_management: { applied_edits: applied } };
   const gen = await startGeneration(s, {
     ...httpRequestBounds(s.config, c.req),
     model,
-    prompt: req.prompt,
+    prompt,
     sampling: req.sampling,
     // Anthropic's documented defaults: temperature 1, no top-p or top-k cut.
     defaults: { temperature: 1, topP: 1, topK: 0 },
@@ -84,8 +120,8 @@ async function messages(s: ServerState, c: Context): Promise<Response> {
   const contextFull = (outputTokens: number) =>
     gen.tokenizer !== undefined && !gen.closedEarly() && outputTokens < req.maxTokens;
   return req.stream
-    ? streamed(s, gen, meta, contextFull, req.omitThinking)
-    : whole(gen, meta, contextFull, req.omitThinking);
+    ? streamed(s, gen, meta, contextFull, req.omitThinking, contextManagement)
+    : whole(gen, meta, contextFull, req.omitThinking, contextManagement);
 }
 
 interface Meta {
@@ -95,11 +131,15 @@ interface Meta {
   model: string;
 }
 
+/** `context_management` with the edits applied, where the request asked for context management. */
+type ContextManagement = { context_management: { applied_edits: AppliedEdit[] } } | undefined;
+
 async function whole(
   gen: Generation,
   meta: Meta,
   contextFull: (outputTokens: number) => boolean,
   omitThinking: boolean,
+  contextManagement: ContextManagement,
 ): Promise<Response> {
   const result = await collectGeneration(gen);
   if (!result) return new Response(null, { status: 499 }); // the client is gone
@@ -132,6 +172,7 @@ async function whole(
       ),
       stop_sequence: calls.length === 0 ? (done.stopSequence ?? null) : null,
       usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens, u.cacheWriteTokens),
+      ...contextManagement,
     },
     { headers: closedEarlyHeaders(gen) },
   );
@@ -149,6 +190,7 @@ function streamed(
   meta: Meta,
   contextFull: (outputTokens: number) => boolean,
   omitThinking: boolean,
+  contextManagement: ContextManagement,
 ): Response {
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   let index = 0;
@@ -266,6 +308,7 @@ function streamed(
             type: "message_delta",
             delta,
             usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens, u.cacheWriteTokens),
+            ...contextManagement,
           }),
         );
         send(namedEvent({ type: "message_stop" }));
