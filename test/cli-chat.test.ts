@@ -111,6 +111,21 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     expect(alive()).toBe(true);
   });
 
+  test("a paste the terminal does not mark (no bracketed paste) is lines typed: each a message at its own prompt, answered in turn", async () => {
+    keys("C-l");
+    // paste-buffer without -p pastes as such a terminal does: in one read, each line break an Enter.
+    // Before, readline sent the lines at once and wrote them all under the first before its answer;
+    // the next prompt then showed the last line while it answered the second.
+    tmux("set-buffer", "-b", session, "unmarked one\nunmarked two\nunmarked three");
+    tmux("paste-buffer", "-b", session, "-t", session);
+    // The last line, without its Enter, waits at its prompt, and is sent by the Enter typed there.
+    await waitFor(
+      /^>>> unmarked one\n[\s\S]*?tokens\/s[^\n]*\n>>> unmarked two\n[\s\S]*?tokens\/s[^\n]*\n>>> unmarked three$/m,
+    );
+    keys("Enter");
+    await waitFor(/^>>> unmarked three\n[\s\S]*?tokens\/s[^\n]*\n>>>\s*$/m);
+  });
+
   test('a pasted """ block is sent with its line breaks, and closes with a line break after its fence', async () => {
     keys("/clear", "Enter");
     await waitFor(/conversation cleared\n>>>\s*$/m);
@@ -187,7 +202,8 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     oneRead("stop me at once\r\x03");
     await waitFor(/^>>> stop me at once\n\n\(stopped\)\n.*tokens\/s.*\n>>>\s*$/m);
     oneRead('"""\rstop this block\r"""\r\x03');
-    await waitFor(/stop this block\n"""\n\S*\s*\(stopped\)\n.*tokens\/s.*\n>>>\s*$/);
+    // Each line at its own continuation prompt, as typed.
+    await waitFor(/\.\.\. stop this block\n\.\.\. """\n\S*\s*\(stopped\)\n.*tokens\/s.*\n>>>\s*$/);
     expect(alive()).toBe(true);
   });
 

@@ -38,7 +38,7 @@ export class LineInput {
   readonly interactive: boolean;
   readonly #rl: Interface;
   /** What readline reads in a terminal: the keys typed at the prompt, through the bracketed-paste filter. */
-  readonly #terminalInput?: Transform;
+  readonly #terminalInput?: PasteAwareInput;
   /**
    * Where the terminal's keys go. The terminal stays in raw mode throughout, so every key is a
    * byte read here: at the prompt readline gets them; while an answer or a command runs they are
@@ -158,7 +158,9 @@ export class LineInput {
       // meanwhile unread in the terminal: a turn for them to arrive while they are still held.
       const held = this.#keysTo === "held";
       if (held) {
-        await Bun.sleep(keysSettleMs);
+        // Where the held keys go on after their first line, keys that come later are held behind
+        // them anyway: no turn to wait (each line of a block pasted without bracketed paste waited one).
+        if (!this.#heldKeysGoOn()) await Bun.sleep(keysSettleMs);
         this.#rl.resume();
       }
       this.#rl.setPrompt(prompt);
@@ -223,7 +225,7 @@ export class LineInput {
 
   #routeKeys(chunk: Buffer): void {
     const to = this.#keysTo;
-    if (to === "readline") this.#terminalInput?.write(chunk);
+    if (to === "readline") this.#typeAtPrompt(chunk);
     else if (to !== "held") to.write(chunk);
     else
       for (let start = 0; start < chunk.length; ) {
@@ -239,6 +241,25 @@ export class LineInput {
           this.#heldKeys.push(chunk.subarray(at, at + 1));
         start = at + 1;
       }
+  }
+
+  /**
+   * Gives readline the keys up to the end of the first line they send; those after it are held as
+   * if typed ahead, for the prompts that follow. A terminal without bracketed paste sends a pasted
+   * block as typed, each line break an Enter, in one read: given whole, readline sent every line
+   * at once, wrote them all under the first before its answer, and the next prompt answered one
+   * of them while showing another. Held, each line is a message at its own prompt, as Ollama reads them.
+   */
+  #typeAtPrompt(chunk: Buffer): void {
+    const input = this.#terminalInput!;
+    // A read that goes on with a bracketed paste (a line break inside it ends no line), whose end
+    // marker the last read may have cut.
+    const carry = Buffer.from(input.pasteCarry ?? "");
+    const end = firstLineEnd(Buffer.concat([carry, chunk]), input.pasteCarry !== undefined) - carry.length;
+    input.write(chunk.subarray(0, end));
+    if (end === chunk.length) return;
+    this.#keysTo = "held";
+    this.#routeKeys(chunk.subarray(end));
   }
 
   /** Holds the keys typed from now on (Ctrl-C calls `onCtrlC`, or see #routeKeys) until the next prompt. */
@@ -262,6 +283,12 @@ export class LineInput {
     if (this.#heldKeys.length === 0) this.#keysTo = "readline";
     this.#onCtrlC = undefined;
     if (end > 0) this.#terminalInput?.write(held.subarray(0, end));
+  }
+
+  /** Whether the keys held hold more than their first line (#releaseKeys leaves the rest held). */
+  #heldKeysGoOn(): boolean {
+    const held = Buffer.concat(this.#heldKeys);
+    return firstLineEnd(held) < held.length;
   }
 
   /** While an answer streams: Ctrl-C calls `stop`; other keys wait for the next prompt. */
@@ -311,12 +338,18 @@ export class LineInput {
   }
 }
 
+/** The keys readline reads, with where a bracketed paste stands at the end of those written so far. */
+type PasteAwareInput = Transform & {
+  /** Inside a paste, the start of its end marker the last read ended with ("" if none); undefined outside one. */
+  readonly pasteCarry: string | undefined;
+};
+
 /**
  * The keys as readline should see them: a bracketed paste (the terminal wraps it in ESC[200~ …
  * ESC[201~) becomes one line, its newlines replaced by a placeholder, so pasting a block
  * does not send each of its lines as a message.
  */
-function pasteAwareInput(): Transform {
+function pasteAwareInput(): PasteAwareInput {
   let pasting = false;
   // A long paste reaches us in several reads, cut anywhere: a character's bytes are decoded
   // once all have come, and the start of an end marker waits for its rest (read as text, it
@@ -346,7 +379,9 @@ function pasteAwareInput(): Transform {
   });
   // readline drives the terminal through its input: forward what it needs to the real stdin.
   Object.assign(transform, { isTTY: true, setRawMode: (mode: boolean) => process.stdin.setRawMode(mode) });
-  return transform;
+  return Object.defineProperty(transform as PasteAwareInput, "pasteCarry", {
+    get: () => (pasting ? markerStart : undefined),
+  });
 }
 
 /**
@@ -361,11 +396,10 @@ const pastedText = (text: string) =>
 /**
  * Where the first line in `keys` ends (their length where none does): after its Enter (a CR LF
  * as one), and the Ctrl-Cs typed right after it, which stop what that line starts (see
- * #ctrlCAfterLine). A line break inside a bracketed paste ends no line.
+ * #ctrlCAfterLine). A line break inside a bracketed paste ends no line (`pasting`: the keys start inside one).
  */
-function firstLineEnd(keys: Buffer): number {
+function firstLineEnd(keys: Buffer, pasting = false): number {
   const paste = { start: Buffer.from(pasteStart), end: Buffer.from(pasteEnd) };
-  let pasting = false;
   for (let at = 0; at < keys.length; at++) {
     const marker = pasting ? paste.end : paste.start;
     if (keys[at] === marker[0] && keys.subarray(at, at + marker.length).equals(marker)) {
