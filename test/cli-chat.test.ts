@@ -102,6 +102,22 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     await waitFor(/>>> café split↵over reads\n[\s\S]*tokens\/s[^\n]*\n>>>\s*$/m);
   });
 
+  test("a pasted line wider than the terminal is drawn again in its place when edited, not a row below its start", async () => {
+    keys("C-l");
+    const long = Array.from({ length: 40 }, (_, i) => `word${i}`).join(" "); // two rows of the pane's 150 columns
+    tmux("set-buffer", "-b", session, long);
+    tmux("paste-buffer", "-p", "-b", session, "-t", session);
+    await waitFor(/word39$/m);
+    keys("Home");
+    keys("X");
+    // Before, readline had not counted the rows the paste took: it drew the line again one row
+    // too low, and the line's first row stayed on the screen above it.
+    const text = await waitFor(/^>>> Xword0 /m);
+    expect(text.match(/word0 /g)).toHaveLength(1);
+    keys("C-e", "C-u");
+    await waitFor(/^>>>\s*$/m);
+  });
+
   test("control characters in a paste are not keys: a Ctrl-D does not leave, a Ctrl-A or an arrow key does not move the text", async () => {
     keys("-l", "\x1b[200~\x04pasted\x01 in\x1b[D order\tend\x1b[201~");
     // What is left of the escape sequence is text, as xterm pastes it.

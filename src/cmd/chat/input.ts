@@ -256,7 +256,7 @@ export class LineInput {
     // marker the last read may have cut.
     const carry = Buffer.from(input.pasteCarry ?? "");
     const end = firstLineEnd(Buffer.concat([carry, chunk]), input.pasteCarry !== undefined) - carry.length;
-    input.write(chunk.subarray(0, end));
+    this.#toReadline(chunk.subarray(0, end));
     if (end === chunk.length) return;
     this.#keysTo = "held";
     this.#routeKeys(chunk.subarray(end));
@@ -282,7 +282,28 @@ export class LineInput {
     this.#heldKeys = end < held.length ? [held.subarray(end)] : [];
     if (this.#heldKeys.length === 0) this.#keysTo = "readline";
     this.#onCtrlC = undefined;
-    if (end > 0) this.#terminalInput?.write(held.subarray(0, end));
+    if (end > 0) this.#toReadline(held.subarray(0, end));
+  }
+
+  /**
+   * Gives readline keys from the terminal, and draws its line again where they were several. Of
+   * the characters that come in one read, readline writes all but the last as they come, without
+   * keeping track of where they take the cursor (its quick path for pasted text): typed in the
+   * middle of the line they wrote over the text after the cursor, and past the terminal's width,
+   * the next redraw (Home, an edit further back) started a row too low, leaving the line's first
+   * rows on the screen above it. A bracketed paste always comes so.
+   */
+  #toReadline(keys: Buffer): void {
+    const linesSent = this.#linesSent;
+    this.#terminalInput!.write(keys);
+    const rl = this.#rl as Interface & { prevRows: number; _refreshLine(): void };
+    // Once a line is sent (or the chat is left), the next prompt draws what is left; a dumb
+    // terminal's readline draws no lines again.
+    if (this.#closed || this.#linesSent !== linesSent || rl.line.length === 0 || process.env.TERM === "dumb") return;
+    if ([...keys.toString("utf8")].length < 2) return; // one key: tracked
+    // Where the characters written took the cursor: the row of the line's cursor, as its text is right.
+    rl.prevRows = rl.getCursorPos().rows;
+    rl._refreshLine();
   }
 
   /** Whether the keys held hold more than their first line (#releaseKeys leaves the rest held). */
