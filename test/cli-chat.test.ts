@@ -36,6 +36,11 @@ const tmux = (...args: string[]) => Bun.spawnSync(["tmux", ...args], { stderr: "
 const screen = () => tmux("capture-pane", "-p", "-t", session).stdout.toString();
 const keys = (...k: string[]) => tmux("send-keys", "-t", session, ...k);
 const alive = () => tmux("has-session", "-t", session).exitCode === 0;
+/** Keys written at once (a paste without its markers): the chat reads them in one read. */
+const oneRead = (text: string) => {
+  tmux("set-buffer", "-b", session, text);
+  tmux("paste-buffer", "-r", "-b", session, "-t", session);
+};
 
 /** Waits until the screen matches, or fails after `ms`. */
 async function waitFor(pattern: RegExp, ms = 20_000): Promise<string> {
@@ -211,10 +216,6 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     // Written at once (a paste without its markers), the keys come in one read: before, readline
     // took the Ctrl-C as typed at an empty prompt, so the answer ran on to a full context and the
     // chat left after it; one after a """ block's closing line went to the block, already sent.
-    const oneRead = (text: string) => {
-      tmux("set-buffer", "-b", session, text);
-      tmux("paste-buffer", "-r", "-b", session, "-t", session);
-    };
     oneRead("stop me at once\r\x03");
     await waitFor(/^>>> stop me at once\n\n\(stopped\)\n.*tokens\/s.*\n>>>\s*$/m);
     oneRead('"""\rstop this block\r"""\r\x03');
@@ -255,6 +256,19 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     keys("C-u");
     await waitFor(/\(stopped\)\n(.*tokens\/s.*\n)?>>>\s*$/m);
     expect(alive()).toBe(true);
+  });
+
+  test("Ctrl-C at an empty prompt says how to leave, and the chat stays (a second Ctrl-C to stop an answer lost it)", async () => {
+    keys("C-l");
+    await waitFor(/^>>>\s*$/m);
+    keys("C-c");
+    await waitFor(/^>>> \^C\nCtrl-D or \/bye leaves the chat\n>>>\s*$/m);
+    expect(alive()).toBe(true);
+    // One read with the Enter of an empty line: it acts at the prompt that follows, once drawn.
+    keys("C-l");
+    await waitFor(/^>>>\s*$/m);
+    oneRead("\r\x03");
+    await waitFor(/^>>>[ ]*\n>>> \^C\nCtrl-D or \/bye leaves the chat\n>>>\s*$/m);
   });
 
   test("Up recalls the previous line; Ctrl-D leaves and history is kept on disk", async () => {
@@ -408,8 +422,9 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal, keys typed while a command ru
     await until(/^>>>\s*$/m);
     await whileLoading("C-c");
     await until(/loaded 0 messages from .*\n(\^C)?>>>\s*$/m);
-    await Bun.sleep(500); // time for a Ctrl-C that waited to reach the prompt, and leave
+    await Bun.sleep(500); // time for a Ctrl-C that waited to reach the prompt
     expect(existsSync(status)).toBe(false);
+    expect(view()).not.toContain("leaves the chat"); // what a Ctrl-C at the prompt says
     keysTo("hello", "Enter");
     await until(/>>> hello\n.*\n>>>\s*$/m);
     expect(existsSync(status)).toBe(false);

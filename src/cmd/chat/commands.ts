@@ -45,7 +45,7 @@ const help = `commands:
   /load <file>          load a conversation saved with /save (as in Ollama, /load <model alias> switches model)
   /model [name]         switch model (pick from a list without a name)
   /stats on|off         show tokens/s, time to first token and context use after each answer
-  /bye                  leave (also Ctrl-D, or Ctrl-C at an empty prompt)
+  /bye                  leave (also Ctrl-D at an empty prompt)
 multi-line input: start and end it with """ (a multi-line system prompt: /set system """ ... """)`;
 
 const commands: Record<string, Handler> = {

@@ -110,17 +110,21 @@ export class LineInput {
     if (this.interactive) process.stdout.write("\x1b[?2004h"); // ask the terminal to mark pastes
   }
 
-  /** Ctrl-C at the prompt: drops a """ block being written, clears a half-typed line, or leaves at an empty one. */
+  /**
+   * Ctrl-C at the prompt: drops a """ block being written, clears a half-typed line, or at an
+   * empty one says how to leave, as Ollama does. It left the chat there: a Ctrl-C pressed twice to
+   * stop an answer, the second once the prompt was back, lost the conversation.
+   */
   #ctrlCAtPrompt(): void {
+    process.stdout.write("^C\n");
     if (this.#inBlock) {
-      process.stdout.write("^C\n");
       this.#clearLine();
       this.#push(cancelBlock);
-    } else if (this.#rl.line.length > 0) {
-      process.stdout.write("^C\n");
-      this.#clearLine();
-      this.#rl.prompt();
-    } else this.#rl.close();
+      return;
+    }
+    if (this.#rl.line.length > 0) this.#clearLine();
+    else process.stdout.write("Ctrl-D or /bye leaves the chat\n");
+    this.#rl.prompt();
   }
 
   /** Empties the line being typed (Ctrl-U), before the prompt is drawn again. */
@@ -149,10 +153,8 @@ export class LineInput {
   }
 
   async #nextLine(prompt: string): Promise<Line> {
-    // The line sent before it started nothing (an empty line, a line of a """ block): the Ctrl-C
-    // that came with it acts as typed at this prompt.
     this.#lineSent = false;
-    if (this.#takeCtrlCAfterLine()) this.#ctrlCAtPrompt();
+    const ctrlCAfterLine = this.#takeCtrlCAfterLine();
     if (this.interactive && !this.#closed) {
       // Work that held the event loop (a model loading, a file read) leaves the keys typed
       // meanwhile unread in the terminal: a turn for them to arrive while they are still held.
@@ -168,6 +170,10 @@ export class LineInput {
       // prompt) are readline's line already, and a cursor moved back to its start left them there
       // when a Ctrl-C then cleared "the line before the cursor" (they reached the next prompt).
       this.#rl.prompt(true);
+      // The line sent before it started nothing (an empty line, a line of a """ block): the Ctrl-C
+      // that came with it acts as typed at this prompt, once it is drawn. Taken before, what it
+      // wrote went under the last line, and the prompt it drew was drawn again below.
+      if (ctrlCAfterLine) this.#ctrlCAtPrompt();
       // After the prompt, as if typed at it: a line typed ahead shows behind it, and is sent by its Enter.
       if (held) this.#releaseKeys();
     }
@@ -236,7 +242,7 @@ export class LineInput {
         if (this.#onCtrlC) this.#onCtrlC();
         // Nothing to stop yet, but a line typed ahead with its Enter will start an answer: kept
         // behind it, the Ctrl-C stops that answer (see #ctrlCAfterLine). Dropped, it let the
-        // answer run on. Else dropped: at the prompt it would leave the chat.
+        // answer run on. Else dropped: it is not one typed at the prompt.
         else if (this.#heldKeys.some((keys) => lineEnds.some((end) => keys.includes(end))))
           this.#heldKeys.push(chunk.subarray(at, at + 1));
         start = at + 1;
@@ -326,7 +332,7 @@ export class LineInput {
 
   /**
    * Runs a command. A Ctrl-C typed meanwhile (a model loading) is dropped, rather than reaching
-   * the prompt afterwards and leaving the chat; other keys wait for the prompt. The command gets a
+   * the prompt afterwards as typed there; other keys wait for the prompt. The command gets a
    * KeyLender for a prompt of its own, whose keys are that prompt's alone: fed to readline too,
    * they would edit the line behind it and send it (an Up, then the Enter that picks, would run
    * the recalled command again). Without a terminal it gets none.
