@@ -235,9 +235,13 @@ export class Model {
   readonly #closing = new AbortController();
   #closed = false;
 
-  /** @internal use load() */
+  /**
+   * @internal use load(). `lm` is the engine's (its weights, tokenizer, caches): a caller that
+   * freed or changed it would break the model under every call. TypeScript's `private`, not `#`:
+   * the tests read the settings an alias applied to it as model["lm"].
+   */
   constructor(
-    readonly lm: LoadedModel,
+    private readonly lm: LoadedModel,
     maxBatch: number,
   ) {
     this.#scheduler = new Scheduler(lm, { maxBatch, prefillChunk: 512, maxQueue: Number.MAX_SAFE_INTEGER });

@@ -146,10 +146,16 @@ describe("the library", () => {
           'const calls: ToolCall[] = called.toolCalls; console.log([...messages, { role: "assistant", content: called.text, toolCalls: calls }, { role: "tool", toolCallId: calls[0]!.id, content: "done" }] satisfies Message[]);',
           "model.close();",
           'console.log(new ModelLoadError("x") instanceof Error);',
-          // A misuse the types must catch: the only error expected.
+          // Misuses the types must catch: the only errors expected.
           'await model.generate("Hi", { maxTokens: "4" });',
+          // The engine's loaded model is the library's own: freed or changed under it, every call would break.
+          "console.log(model.lm);",
         ].join("\n"),
       );
+      // Nor are the engine's types part of the package's (its arrays, caches, tokenizer, weights).
+      const types = readFileSync(declarations, "utf8");
+      for (const internal of ["LoadedModel", "MxArray", "KVCache", "Tokenizer", "Conversation"])
+        expect(types).not.toContain(internal);
       // Under node10 (moduleResolution "node"), which reads no "exports", the package's top-level "types" leads there.
       for (const resolution of [{ module: "nodenext" }, { module: "esnext", moduleResolution: "node10" }]) {
         const compilerOptions = { ...resolution, target: "es2022", strict: true, noEmit: true, types: [] };
@@ -162,6 +168,7 @@ describe("the library", () => {
             expect.stringMatching(
               /^main\.ts\(15,\d+\): error TS2322: Type 'string' is not assignable to type 'number'/,
             ),
+            expect.stringMatching(/^main\.ts\(16,\d+\): error TS2341: Property 'lm' is private/),
           ],
         });
       }

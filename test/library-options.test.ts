@@ -299,9 +299,9 @@ describe("the library's options", () => {
     try {
       const tuned = await load("tiny-tuned");
       try {
-        expect(tuned.lm.kvQuantization).toEqual({ bits: 8, groupSize: 64 });
-        expect(tuned.lm.maxKvSize).toBe(64);
-        expect(tuned.lm.speculation).toEqual({ numDraft: 5 });
+        expect(tuned["lm"].kvQuantization).toEqual({ bits: 8, groupSize: 64 });
+        expect(tuned["lm"].maxKvSize).toBe(64);
+        expect(tuned["lm"].speculation).toEqual({ numDraft: 5 });
         const r = await tuned.generate("one two one two one two", { raw: true, maxTokens: 100, temperature: 0 });
         // Past the model's 48 positions: the cache rotates.
         expect(r.tokenIds).toHaveLength(100);
@@ -363,7 +363,7 @@ describe("tokenize() and detokenize()", () => {
     expect(model.tokenize(text)).toEqual(answer.promptTokenIds);
     expect(model.detokenize(answer.tokenIds)).toBe(answer.text);
     expect(model.detokenize(model.tokenize(text, { addSpecialTokens: false }))).toBe(text);
-    const vocab = model.lm.config.vocabSize;
+    const vocab = model["lm"].config.vocabSize;
     // Each would be dropped or read as some other id without a word.
     expect(await errorOf(async () => model.detokenize([1, vocab]))).toBe(
       `ids.1: token id ${vocab} is not one of the model's (whole numbers from 0 to ${vocab - 1})`,
@@ -458,7 +458,7 @@ describe("the library's close() and clear()", () => {
       "ClosedError: the model is closed (close() was called); load it again to use it",
     );
     const again = await load();
-    expect((await again.embed(["The first sentence."]))[0]?.length).toBe(again.lm.config.hiddenSize);
+    expect((await again.embed(["The first sentence."]))[0]?.length).toBe(again["lm"].config.hiddenSize);
     again.close();
   }, 120_000);
   test("embed()'s signal stops it part way with the signal's reason, and the model embeds on", async () => {
@@ -473,7 +473,7 @@ describe("the library's close() and clear()", () => {
     expect(await errorOf(() => model.embed(["Hi"], { signal: "no" as never }))).toBe(
       "signal: signal must be an AbortSignal",
     );
-    expect((await model.embed(["The first sentence."]))[0]?.length).toBe(model.lm.config.hiddenSize);
+    expect((await model.embed(["The first sentence."]))[0]?.length).toBe(model["lm"].config.hiddenSize);
   }, 120_000);
   test("a generation aborted while its long prompt is tokenized ends there, cancelled", async () => {
     // About 200,000 tokens, far more than the context: read to the end, it was a ContextLengthError.
