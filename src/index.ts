@@ -13,13 +13,7 @@
 import { Conversation } from "./engine/conversation";
 import { clearMemoryCache } from "./engine/device";
 import { embed, EmbeddingCancelled } from "./engine/embed";
-import {
-  cancelledBeforeStart,
-  complete,
-  streamCompletion,
-  type CompletionPiece,
-  type CompletionResult,
-} from "./engine/generate";
+import { cancelledBeforeStart, streamCompletion, type CompletionPiece, type CompletionResult } from "./engine/generate";
 import type { JsonFormat } from "./engine/grammar";
 import { modelMaxTokens, type GenerationSpec, type PromptInput } from "./engine/request";
 import { validateSampling, type SamplingParams } from "./engine/sampling";
@@ -33,11 +27,17 @@ import { InvalidParameterError, UnsupportedError } from "./errors";
 import { isJsonObject } from "./exact-json";
 import { toolRequest } from "./api/tools";
 import { Fields, ValidationError } from "./api/validate";
-import { requiredFunctions, type ConversationMessage, type ToolCall, type ToolRequest } from "./engine/tools";
+import {
+  requiredFunctions,
+  type ConversationMessage,
+  type ToolCall,
+  type ToolCallDelta,
+  type ToolRequest,
+} from "./engine/tools";
 import * as mx from "./mlx";
 
 export type { CompletionResult as Completion, CompletionStats } from "./engine/generate";
-export type { ToolCall } from "./engine/tools";
+export type { ToolCall, ToolCallDelta } from "./engine/tools";
 export type { FinishReason } from "./engine/scheduler";
 export type { DownloadProgress } from "./store/download";
 export type { JsonFormat } from "./engine/grammar";
@@ -96,6 +96,13 @@ export interface GenerateOptions {
    * `for await` loop over stream(), which never sees the stream's return value, gets them here.
    */
   onToolCall?: (call: ToolCall) => void;
+  /**
+   * Called as each call is written, as the server streams calls: `start` (its id and name) once
+   * its head is, `arguments` with each piece of its arguments' JSON (the pieces add up to the
+   * arguments read whole), `end` with the call as read. A format whose call cannot be told before
+   * it ends gives the three at the end; a call that did not read ends without `call`.
+   */
+  onToolCallDelta?: (delta: ToolCallDelta) => void;
   /** A system prompt (a text prompt only). */
   system?: string;
   /** Send a text prompt as it is, without the model's chat template. */
@@ -142,6 +149,7 @@ const generateOptionNames = Object.keys({
   tools: true,
   toolChoice: true,
   onToolCall: true,
+  onToolCallDelta: true,
   system: true,
   raw: true,
   think: true,
@@ -162,7 +170,12 @@ const numberOptionNames = [
 ] as const satisfies (keyof GenerateOptions)[];
 
 /** Tool calls' options: their calls and results are messages of generate()'s list, not a chat's text turns. */
-const toolOptionNames = ["tools", "toolChoice", "onToolCall"] as const satisfies (keyof GenerateOptions)[];
+const toolOptionNames = [
+  "tools",
+  "toolChoice",
+  "onToolCall",
+  "onToolCallDelta",
+] as const satisfies (keyof GenerateOptions)[];
 
 /** A chat's turn takes them all but those of a text prompt (its system prompt is model.chat()'s) and tools. */
 const turnOptionNames = generateOptionNames.filter(
@@ -259,7 +272,11 @@ export class Model {
   /** The whole answer to `prompt`. */
   async generate(prompt: Prompt, options: GenerateOptions = {}): Promise<CompletionResult> {
     this.#checkOpen();
-    return withCallsReported(await complete(this.#scheduler, spec(this.lm, prompt, options)), options);
+    const answer = answerText(streamCompletion(this.#scheduler, spec(this.lm, prompt, options)), options);
+    for (;;) {
+      const step = await answer.next();
+      if (step.done) return withCallsReported(step.value, options);
+    }
   }
 
   /**
@@ -280,6 +297,7 @@ export class Model {
     const request = spec(this.lm, prompt, options);
     const result = yield* answerText(
       streamCompletion(this.#scheduler, { ...request, signal: eitherSignal(request.signal, dropped) }),
+      options,
     );
     return withCallsReported(result, options);
   }
@@ -488,7 +506,7 @@ export class Chat {
         thinking: { enabled: options.think, budget: options.thinkingBudget, param: "think" },
         signal: eitherSignal(options.signal, dropped.signal),
       });
-      return (yield* answerText(turn)).result;
+      return (yield* answerText(turn, options)).result;
     } finally {
       // A turn cancelled while it waited ends before the turn it waited for: the next one still waits for that.
       void previous.then(endTurn);
@@ -654,8 +672,9 @@ function checkOptions(o: GenerateOptions): void {
       fail(`format.strict must be true or false (got ${JSON.stringify(strict)})`, "format");
   }
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) fail("signal must be an AbortSignal", "signal");
-  if (o.onToolCall !== undefined && typeof o.onToolCall !== "function")
-    fail("onToolCall must be a function", "onToolCall");
+  for (const callback of ["onToolCall", "onToolCallDelta"] as const)
+    if (o[callback] !== undefined && typeof o[callback] !== "function")
+      fail(`${callback} must be a function`, callback);
   if (o.system !== undefined && typeof o.system !== "string") fail("system must be a string", "system");
   checkSampling(o);
 }
@@ -819,10 +838,14 @@ function spec(lm: LoadedModel, prompt: Prompt, o: GenerateOptions): GenerationSp
 }
 
 /**
- * The answer's text pieces (a thinking model's reasoning left out: the result holds it). A
- * reader that stops early closes `pieces` too, which cancels the generation.
+ * The answer's text pieces (a thinking model's reasoning left out: the result holds it), the
+ * calls' progress to the caller's onToolCallDelta, after the prose written before it. A reader
+ * that stops early closes `pieces` too, which cancels the generation.
  */
-async function* answerText<R>(pieces: AsyncGenerator<CompletionPiece, R>): AsyncGenerator<string, R> {
+async function* answerText<R>(
+  pieces: AsyncGenerator<CompletionPiece, R>,
+  o: GenerateOptions,
+): AsyncGenerator<string, R> {
   let done = false;
   try {
     for (let step = await pieces.next(); ; step = await pieces.next()) {
@@ -831,6 +854,7 @@ async function* answerText<R>(pieces: AsyncGenerator<CompletionPiece, R>): Async
         return step.value;
       }
       if (step.value.text) yield step.value.text;
+      for (const delta of step.value.toolCalls ?? []) o.onToolCallDelta?.(delta);
     }
   } finally {
     if (!done) await pieces.return(undefined as R);

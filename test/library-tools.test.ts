@@ -1,6 +1,7 @@
 // Tool calls through the library, as the ollama and OpenAI libraries' users write them: tools
 // offered to generate() and stream(), the calls read back structured (never in the text, whole
-// or streamed), their results sent back as messages for the next answer; bad tools refused as
+// or streamed; their arguments streamed as they are written to onToolCallDelta), their results
+// sent back as messages for the next answer; bad tools refused as
 // InvalidParameterErrors naming the option. Tiny models written by the test: a required call is
 // valid only because the grammar makes it so; a scripted one writes prose, then a call.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -8,7 +9,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Ajv from "ajv";
-import { load, type GenerateOptions, type Message, type Model, type Tool } from "../src/index";
+import { load, type GenerateOptions, type Message, type Model, type Tool, type ToolCallDelta } from "../src/index";
 import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
 import { errorOf } from "./helpers/library";
 import { writeScriptedModel } from "./helpers/scripted-model";
@@ -145,5 +146,32 @@ describe("tool calls in the library", () => {
       expect(await errorOf(() => tiny.generate(messages({ role: "tool", content: "x", [key]: ["a"] })))).toBe(
         `prompt: message 1: unknown field ${key} (a message has role, content, toolCalls, toolCallId, toolName)`,
       );
+  }, 120_000);
+
+  test("streamed, a call is announced and its arguments come in pieces as they are written, adding up to the call", async () => {
+    for (const stream of [true, false]) {
+      const deltas: ToolCallDelta[] = [];
+      const options: GenerateOptions = {
+        tools,
+        toolChoice: { name: "forecast" },
+        maxTokens: 80,
+        onToolCallDelta: (delta) => deltas.push(delta),
+      };
+      let result;
+      if (stream) {
+        const pieces = tiny.stream("What will the weather be in Oslo?", options);
+        let step = await pieces.next();
+        while (!step.done) step = await pieces.next();
+        result = step.value;
+      } else result = await tiny.generate("What will the weather be in Oslo?", options);
+      const [call] = result.toolCalls;
+      expect(deltas[0]).toEqual({ type: "start", index: 0, id: call!.id, name: "forecast" });
+      const pieces = deltas.filter((d) => d.type === "arguments").map((d) => d.delta);
+      // Read whole at the end, a call's arguments would be one piece.
+      expect(pieces.length).toBeGreaterThan(1);
+      expect(JSON.parse(pieces.join(""))).toEqual(call!.arguments);
+      expect(deltas.at(-1)).toEqual({ type: "end", index: 0, call, arguments: pieces.join("") });
+      expect(deltas.filter((d) => d.type === "start" || d.type === "end")).toHaveLength(2);
+    }
   }, 120_000);
 });

@@ -8,7 +8,7 @@ import { memoryFigures, resetPeakMemory } from "./device";
 import type { PrefixCache } from "./prefix-cache";
 import { prepareGeneration, type GenerationSpec, type PreparedGeneration } from "./request";
 import { Scheduler, type FinishReason, type GenerationUsage } from "./scheduler";
-import { ToolCallStream, type ToolCall } from "./tools";
+import { ToolCallStream, type ToolCall, type ToolCallDelta } from "./tools";
 
 export interface CompletionStats {
   promptTokens: number;
@@ -55,10 +55,15 @@ export function soloScheduler(lm: LoadedModel, prefixCache?: PrefixCache): Sched
   return new Scheduler(lm, { maxBatch: 1, prefillChunk: DEFAULT_PREFILL_CHUNK, maxQueue: 1, prefixCache });
 }
 
-/** A piece of the answer as it streams: answer text, and a thinking model's reasoning apart. */
+/**
+ * A piece of the answer as it streams: answer text, a thinking model's reasoning apart, and the
+ * progress of the tool calls being written (announced, their arguments in pieces, ended), as the
+ * server's streams send them.
+ */
 export interface CompletionPiece {
   text: string;
   reasoning?: string;
+  toolCalls?: ToolCallDelta[];
 }
 
 /**
@@ -91,16 +96,19 @@ export async function* streamCompletion(
       if (event.type === "error") throw event.error;
       if (event.type === "text") {
         const shown = calls ? calls.push(event.text) : event.text;
-        if (!shown && !event.reasoning) continue;
+        const deltas = calls?.callDeltas() ?? [];
+        if (!shown && !event.reasoning && deltas.length === 0) continue;
         text += shown;
         reasoning += event.reasoning ?? "";
-        yield { text: shown, reasoning: event.reasoning };
+        yield { text: shown, reasoning: event.reasoning, ...(deltas.length > 0 && { toolCalls: deltas }) };
         continue;
       }
       const answer = calls?.end();
-      if (answer?.content) {
-        text += answer.content;
-        yield { text: answer.content };
+      // What finishes the calls announced, then those read whole at the end only (see ToolCallStream.end).
+      const deltas = calls?.callDeltas() ?? [];
+      if (answer?.content || deltas.length > 0) {
+        text += answer?.content ?? "";
+        yield { text: answer?.content ?? "", ...(deltas.length > 0 && { toolCalls: deltas }) };
       }
       const closedEarly = prepared.constraint?.closedEarly() ?? false;
       return {
