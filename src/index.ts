@@ -8,6 +8,7 @@
 //   for await (const piece of model.stream("Tell me a story.")) process.stdout.write(piece);
 //   const chat = model.chat({ system: "Be brief." });
 //   await chat.send("Hi!"); await chat.send("And then?"); // the second turn reuses the first's cache
+//   // (a turn takes tools too; their results are the next turn: chat.send([{ role: "tool", ... }]))
 //   model.detokenize(model.tokenize("Hi"));            // the model's token ids, and their text
 //   model.close();
 import { Conversation } from "./engine/conversation";
@@ -169,18 +170,8 @@ const numberOptionNames = [
   "thinkingBudget",
 ] as const satisfies (keyof GenerateOptions)[];
 
-/** Tool calls' options: their calls and results are messages of generate()'s list, not a chat's text turns. */
-const toolOptionNames = [
-  "tools",
-  "toolChoice",
-  "onToolCall",
-  "onToolCallDelta",
-] as const satisfies (keyof GenerateOptions)[];
-
-/** A chat's turn takes them all but those of a text prompt (its system prompt is model.chat()'s) and tools. */
-const turnOptionNames = generateOptionNames.filter(
-  (name) => !(["system", "raw", ...toolOptionNames] as string[]).includes(name),
-);
+/** A chat's turn takes them all but those of a text prompt (its system prompt is model.chat()'s). */
+const turnOptionNames = generateOptionNames.filter((name) => !["system", "raw"].includes(name));
 
 /** Loads a model by name (an alias from models.toml, a stored model, a source, a directory or a .gguf file; default: the default model). */
 export async function load(name?: string, options: LoadOptions = {}): Promise<Model> {
@@ -425,8 +416,14 @@ export class Model {
   }
 }
 
-/** The options of a chat's turn: generate()'s but those of a text prompt and tools. */
-export type TurnOptions = Omit<GenerateOptions, "system" | "raw" | (typeof toolOptionNames)[number]>;
+/** The options of a chat's turn: generate()'s but those of a text prompt. */
+export type TurnOptions = Omit<GenerateOptions, "system" | "raw">;
+
+/**
+ * What a chat's turn says: a text (the user's), or messages that follow the conversation: a tool
+ * message for each call the last answer made (its result), and user messages.
+ */
+export type TurnInput = string | Message[];
 
 export class Chat {
   #closed = false;
@@ -444,14 +441,14 @@ export class Chat {
     this.#onClose = onClose;
   }
 
-  /** The conversation so far (user and assistant turns). */
+  /** The conversation so far: user and assistant turns (an answer's calls in its toolCalls), tool results. */
   get messages(): readonly Message[] {
     return this.#conversation.messages as Message[];
   }
 
-  /** Answers `text`, as the next turn of the conversation. */
-  async send(text: string, options: TurnOptions = {}): Promise<CompletionResult> {
-    const turn = this.stream(text, options);
+  /** Answers `input` (a text, or tool results and user messages), as the next turn of the conversation. */
+  async send(input: TurnInput, options: TurnOptions = {}): Promise<CompletionResult> {
+    const turn = this.stream(input, options);
     for (;;) {
       const step = await turn.next();
       if (step.done) return step.value;
@@ -466,21 +463,20 @@ export class Chat {
    * A stream left unfinished and let go of is cancelled once it is garbage-collected, as an
    * abandoned turn: the next turn goes on from the conversation as it was.
    */
-  stream(text: string, options: TurnOptions = {}): AsyncGenerator<string, CompletionResult> {
-    return cancelledWhenDropped((dropped) => this.#stream(text, options, dropped));
+  stream(input: TurnInput, options: TurnOptions = {}): AsyncGenerator<string, CompletionResult> {
+    return cancelledWhenDropped((dropped) => this.#stream(input, options, dropped));
   }
 
-  async *#stream(text: string, options: TurnOptions, dropped: DroppedStream): AsyncGenerator<string, CompletionResult> {
+  async *#stream(
+    input: TurnInput,
+    options: TurnOptions,
+    dropped: DroppedStream,
+  ): AsyncGenerator<string, CompletionResult> {
     this.#checkOpen();
-    if (typeof text !== "string") throw new InvalidParameterError("a chat message must be a string", "text");
-    for (const name of toolOptionNames)
-      if (name in options)
-        throw new InvalidParameterError(
-          `${name} is for generate() and stream() with a list of messages, where a call's result can follow it`,
-          name,
-        );
+    checkTurnInput(input);
     checkOptionNames(options, turnOptionNames);
     checkOptions(options);
+    const offered = tools(options);
     const previous = this.#lastTurn;
     let endTurn!: () => void;
     this.#lastTurn = new Promise((resolve) => (endTurn = resolve));
@@ -493,20 +489,22 @@ export class Chat {
       this.#checkOpen();
       // Cancelled before it started: nothing was asked, so the conversation stays as it was.
       if (options.signal?.aborted) return cancelledBeforeStart();
-      const turn = this.#conversation.turn(text, {
+      const said = typeof input === "string" ? input : conversationMessages(input);
+      const turn = this.#conversation.turn(said, {
         sampling: sampling(options, this.#conversation.lm.sampling),
         maxTokens:
           options.maxTokens ??
           modelMaxTokens(this.#conversation.lm) ??
           this.#conversation.lm.config.maxPositionEmbeddings,
         maxTokensParam: "maxTokens",
-        promptParam: "text",
+        promptParam: "input",
         stop: stopList(options),
         format: options.format && { format: options.format, param: "format" },
         thinking: { enabled: options.think, budget: options.thinkingBudget, param: "think" },
+        tools: offered,
         signal: eitherSignal(options.signal, dropped.signal),
       });
-      return (yield* answerText(turn, options)).result;
+      return withCallsReported((yield* answerText(turn, options)).result, options);
     } finally {
       // A turn cancelled while it waited ends before the turn it waited for: the next one still waits for that.
       void previous.then(endTurn);
@@ -594,7 +592,8 @@ function undoTurn(
   endTurn: () => void,
 ) {
   return () => {
-    if (conversation.messages.at(-1)?.role === "user") conversation.messages = before;
+    const last = conversation.messages.at(-1);
+    if (last && last.role !== "assistant") conversation.messages = before;
     void previous.then(endTurn);
   };
 }
@@ -715,14 +714,38 @@ function checkPrompt(prompt: Prompt, o: GenerateOptions): void {
   if (o.system !== undefined)
     throw new InvalidParameterError("system is for a text prompt: put a system message first in the list", "system");
   if (o.raw) throw new InvalidParameterError("raw is for a text prompt, not a list of messages", "raw");
-  prompt.forEach((m, i) => {
+  checkMessages(prompt, "prompt");
+}
+
+/**
+ * A chat's turn: a text, or the messages that follow the conversation (its answers are the
+ * model's, its system prompt model.chat()'s).
+ */
+function checkTurnInput(input: TurnInput): void {
+  if (typeof input === "string") return;
+  const fail = (message: string) => {
+    throw new InvalidParameterError(message, "input");
+  };
+  if (!Array.isArray(input)) fail("a chat's turn is a string or a list of user and tool messages");
+  if (input.length === 0) fail("the turn has no messages");
+  checkMessages(input, "input");
+  const other = input.findIndex((m) => m.role !== "user" && m.role !== "tool");
+  if (other >= 0)
+    fail(
+      `message ${other}: a chat's turn takes user and tool messages (its answers are the model's, its system prompt model.chat()'s), not ${input[other]!.role}`,
+    );
+}
+
+/** Each message has a role, a text, and the fields of its role, as a result gives them; `param` names the list in errors. */
+function checkMessages(messages: Message[], param: string): void {
+  messages.forEach((m, i) => {
     if (!m || !roles.includes(m.role) || typeof m.content !== "string")
       throw new InvalidParameterError(
         `message ${i} must be { role: "system" | "user" | "assistant" | "tool", content: string }`,
-        "prompt",
+        param,
       );
     const fail = (message: string) => {
-      throw new InvalidParameterError(`message ${i}: ${message}`, "prompt");
+      throw new InvalidParameterError(`message ${i}: ${message}`, param);
     };
     if (m.toolCalls !== undefined) {
       if (m.role !== "assistant") fail("only an assistant's message has toolCalls");
@@ -763,7 +786,8 @@ const conversationMessages = (messages: Message[]): ConversationMessage[] =>
 
 /**
  * The functions offered and the choice among them, read as the server reads its requests'
- * (names, schemas, a forced function one of them), its errors named as the options are.
+ * (names, schemas, a forced function one of them), its errors named as the options are; with
+ * neither the raw prompt nor a format they would leave unheeded.
  */
 function tools(o: GenerateOptions): ToolRequest | undefined {
   if (o.tools === undefined && o.toolChoice === undefined) return undefined;
@@ -771,8 +795,9 @@ function tools(o: GenerateOptions): ToolRequest | undefined {
     throw new InvalidParameterError(`tools must be a list of functions (got ${JSON.stringify(o.tools)})`, "tools");
   // { name } is the Responses API's flat form of a named choice, which the server reads too.
   const choice = isJsonObject(o.toolChoice) ? { type: "function", ...o.toolChoice } : o.toolChoice;
+  let request: ToolRequest | undefined;
   try {
-    return toolRequest(Fields.of({ tools: o.tools, tool_choice: choice }), {
+    request = toolRequest(Fields.of({ tools: o.tools, tool_choice: choice }), {
       withChoice: true,
       flatNamedChoice: true,
     });
@@ -781,6 +806,12 @@ function tools(o: GenerateOptions): ToolRequest | undefined {
     const rename = (text: string) => text.replaceAll("tool_choice", "toolChoice");
     throw new InvalidParameterError(rename(error.message), error.param && rename(error.param));
   }
+  if (!request) return undefined;
+  if (o.raw) throw new InvalidParameterError("tools go through the chat template, which raw leaves out", "raw");
+  // The forced call's grammar would take the place of the format's, which went unheeded (as the server refuses it).
+  if (requiredFunctions(request) && o.format !== undefined)
+    throw new InvalidParameterError("format cannot be combined with a toolChoice that requires a call", "format");
+  return request;
 }
 
 /** `result`, once each of its calls has gone to the caller's onToolCall. */
@@ -797,11 +828,6 @@ function spec(lm: LoadedModel, prompt: Prompt, o: GenerateOptions): GenerationSp
   checkPrompt(prompt, o);
   checkOptions(o);
   const offered = tools(o);
-  if (offered && o.raw)
-    throw new InvalidParameterError("tools go through the chat template, which raw leaves out", "raw");
-  // The forced call's grammar would take the place of the format's, which went unheeded (as the server refuses it).
-  if (offered && requiredFunctions(offered) && o.format !== undefined)
-    throw new InvalidParameterError("format cannot be combined with a toolChoice that requires a call", "format");
   // A text prompt goes as it is without one; the engine's error would name the server's endpoints.
   if (!lm.tokenizer.chatTemplate) {
     if (typeof prompt !== "string")

@@ -511,7 +511,7 @@ describe("the library's close() and clear()", () => {
     expect(await paramOf(() => model.generate([{ role: "user", content: long }], { maxTokens: 3 }))).toBe("prompt");
     expect(await paramOf(() => model.generate(long, { maxTokens: 3 }))).toBe("prompt");
     const chat = model.chat();
-    expect(await paramOf(() => chat.send(long, { maxTokens: 3 }))).toBe("text");
+    expect(await paramOf(() => chat.send(long, { maxTokens: 3 }))).toBe("input");
     chat.close();
   }, 120_000);
   test("load() serves the event loop while it reads the weights, and a signal aborted meanwhile frees them", async () => {

@@ -1,7 +1,7 @@
 // Tool calls through the library, as the ollama and OpenAI libraries' users write them: tools
-// offered to generate() and stream(), the calls read back structured (never in the text, whole
-// or streamed; their arguments streamed as they are written to onToolCallDelta), their results
-// sent back as messages for the next answer; bad tools refused as
+// offered to generate(), stream() and a chat's turns, the calls read back structured (never in
+// the text, whole or streamed; their arguments streamed as they are written to onToolCallDelta),
+// their results sent back as messages for the next answer; bad tools refused as
 // InvalidParameterErrors naming the option. Tiny models written by the test: a required call is
 // valid only because the grammar makes it so; a scripted one writes prose, then a call.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -123,9 +123,25 @@ describe("tool calls in the library", () => {
     ];
     for (const [options, expected] of cases)
       expect(await errorOf(() => tiny.generate("Hi", bad({ maxTokens: 2, ...options })))).toMatch(expected);
-    // A chat's turns are text: a call's result has no place there.
+    // A chat's turn reads its tools as generate() does; what it says is a text, or user and tool messages.
     const chat = tiny.chat();
-    expect(await errorOf(() => chat.send("Hi", bad({ tools })))).toMatch(/^tools: tools is for generate\(\)/);
+    expect(await errorOf(() => chat.send("Hi", bad({ tools: "forecast" })))).toMatch(
+      /^tools: tools must be a list of functions/,
+    );
+    expect(await errorOf(() => chat.send("Hi", bad({ tools, toolChoice: "required", format: "json" })))).toMatch(
+      /^format: format cannot be combined/,
+    );
+    expect(await errorOf(() => chat.send("Hi", bad({ onToolCallDelta: 1 })))).toBe(
+      "onToolCallDelta: onToolCallDelta must be a function",
+    );
+    expect(await errorOf(() => chat.send(7 as never))).toMatch(/^input: a chat's turn is a string or a list/);
+    expect(await errorOf(() => chat.send([]))).toBe("input: the turn has no messages");
+    expect(await errorOf(() => chat.send([{ role: "assistant", content: "Hi" }]))).toMatch(
+      /^input: message 0: a chat's turn takes user and tool messages/,
+    );
+    expect(await errorOf(() => chat.send([{ role: "tool", content: "x", toolCallId: 5 as never }]))).toBe(
+      "input: message 0: toolCallId must be a string",
+    );
     expect(chat.messages).toEqual([]);
     // Calls only on an assistant's message, in the shape a result gives them.
     const call = { id: "c1", name: "forecast", arguments: { city: "Oslo", days: 1 } };
@@ -146,6 +162,40 @@ describe("tool calls in the library", () => {
       expect(await errorOf(() => tiny.generate(messages({ role: "tool", content: "x", [key]: ["a"] })))).toBe(
         `prompt: message 1: unknown field ${key} (a message has role, content, toolCalls, toolCallId, toolName)`,
       );
+  }, 120_000);
+
+  test("a chat's turn takes tools: its calls are kept with its answer, their results are the next turn, on the kept cache", async () => {
+    const chat = tiny.chat();
+    const heard: string[] = [];
+    const deltas: ToolCallDelta[] = [];
+    const asked = await chat.send("What will the weather be in Oslo?", {
+      tools,
+      toolChoice: { name: "forecast" },
+      maxTokens: 80,
+      onToolCall: (call) => heard.push(call.name),
+      onToolCallDelta: (delta) => deltas.push(delta),
+    });
+    expect(asked.toolCalls).toHaveLength(1);
+    const [call] = asked.toolCalls;
+    expect(validForecast(call!.arguments)).toBe(true);
+    expect(heard).toEqual(["forecast"]);
+    expect(deltas.at(-1)).toEqual({ type: "end", index: 0, call, arguments: expect.any(String) });
+    expect(chat.messages).toEqual([
+      { role: "user", content: "What will the weather be in Oslo?" },
+      { role: "assistant", content: asked.text, toolCalls: asked.toolCalls },
+    ]);
+    // The call's result, as generate()'s messages give it: the next turn's prompt has the call and the result.
+    const result: Message = { role: "tool", toolCallId: call!.id, content: "Sunny, 21 C" };
+    const next = await chat.send([result], { tools, maxTokens: 3 });
+    const prompt = tiny.detokenize(next.promptTokenIds);
+    expect(prompt).toContain("<tool_response>\nSunny, 21 C\n</tool_response>");
+    expect(prompt).toContain(`"name": "forecast"`);
+    expect(next.stats.cachedTokens).toBeGreaterThan(0);
+    expect(chat.messages.slice(2)).toEqual([
+      result,
+      { role: "assistant", content: next.text, ...(next.toolCalls.length > 0 && { toolCalls: next.toolCalls }) },
+    ]);
+    chat.close();
   }, 120_000);
 
   test("streamed, a call is announced and its arguments come in pieces as they are written, adding up to the call", async () => {

@@ -7,10 +7,9 @@ import type { LoadedModel } from "../models/load";
 import type { ChatMessage } from "../tokenizer/tokenizer";
 import { soloScheduler, streamCompletion, type CompletionPiece, type CompletionResult } from "./generate";
 import { PrefixCache } from "./prefix-cache";
-import { chatTokens } from "./prompt";
-import { withModelPrompt, type FormatInput, type TokenizedText } from "./request";
+import { renderChat, type FormatInput, type TokenizedText } from "./request";
 import type { ThinkingRequest } from "./reasoning";
-import type { ConversationMessage } from "./tools";
+import type { ConversationMessage, ToolRequest } from "./tools";
 import type { SamplingParams } from "./sampling";
 import type { Scheduler } from "./scheduler";
 
@@ -27,6 +26,8 @@ export interface TurnOptions {
   format?: FormatInput;
   /** Thinking on or off, and its budget, for models that think. */
   thinking?: ThinkingRequest;
+  /** The functions the model may call on this turn (its calls are kept with its answer); a local conversation's only. */
+  tools?: ToolRequest;
   signal?: AbortSignal;
 }
 
@@ -99,25 +100,23 @@ export class Conversation {
     return [...system, ...this.messages];
   }
 
-  /** As the generation renders it: with the turns the model's alias puts first (withModelPrompt). */
-  #render(): number[] {
-    const prompt = withModelPrompt(
-      { kind: "chat", messages: this.#withSystem() as ConversationMessage[] },
-      this.lm.prompt,
-      this.lm.tokenizer,
-    );
-    return chatTokens(
-      this.lm.tokenizer,
-      prompt.kind === "chat" ? (prompt.messages as ChatMessage[]) : this.#withSystem(),
-    );
+  /**
+   * As the generation renders it: with the turns the model's alias puts first, and the tools
+   * offered, the calls made and their results as the template writes them (renderChat).
+   */
+  #render(tools: ToolRequest | undefined): number[] {
+    const text = renderChat(this.lm, this.#withSystem() as ConversationMessage[], tools);
+    return this.lm.tokenizer.encode(text, { addSpecialTokens: false });
   }
 
   /**
-   * Answers `userText`, streaming pieces; returns the completion and how the prompt was
-   * assembled. Only the answer is kept in the conversation (a thinking model's reasoning is not).
+   * Answers `said` (the user's text, or the messages that follow: the results of the calls the
+   * last answer made, user messages), streaming pieces; returns the completion and how the
+   * prompt was assembled. Only the answer is kept in the conversation (with the calls it made;
+   * a thinking model's reasoning is not).
    */
   async *turn(
-    userText: string,
+    said: string | ConversationMessage[],
     o: TurnOptions,
   ): AsyncGenerator<CompletionPiece, { result: CompletionResult; info: TurnInfo }> {
     // A turn that fails (a message the context cannot hold even alone), or whose reader stops
@@ -125,12 +124,15 @@ export class Conversation {
     // the messages dropped to make room for it included: never a question without its answer.
     // A clear() while it runs (it ends the turn "cancelled") leaves the conversation empty.
     const before = this.messages;
-    this.messages = [...before, { role: "user", content: userText }];
+    this.messages = [
+      ...before,
+      ...(typeof said === "string" ? [{ role: "user", content: said }] : (said as ChatMessage[])),
+    ];
     const asked = this.messages;
     let result: CompletionResult | undefined;
     let droppedMessages: number;
     try {
-      droppedMessages = this.#fitContext(o.maxTokens);
+      droppedMessages = this.#fitContext(o.maxTokens, o.tools);
       result = yield* streamCompletion(this.#scheduler, {
         prompt: { kind: "chat", messages: this.#withSystem() as ConversationMessage[], param: o.promptParam },
         sampling: o.sampling,
@@ -139,6 +141,7 @@ export class Conversation {
         stop: o.stop,
         format: o.format,
         thinking: o.thinking,
+        tools: o.tools,
         signal: o.signal,
         earlierSequence: this.#sequence,
       });
@@ -147,7 +150,8 @@ export class Conversation {
     }
     if (this.messages === asked) {
       this.#contextUsed = result.stats.promptTokens + result.tokenIds.length;
-      this.messages.push({ role: "assistant", content: result.text });
+      const { toolCalls } = result;
+      this.messages.push({ role: "assistant", content: result.text, ...(toolCalls.length > 0 && { toolCalls }) });
       // Only ids that are the answer's text exactly: not a thinking model's reasoning, nor a stop
       // string cut from the text, nor the bytes of a character cut short.
       const answered = result.promptText !== undefined && this.lm.tokenizer.decode(result.tokenIds) === result.text;
@@ -164,17 +168,17 @@ export class Conversation {
    * until the prompt holds at most half of it. With a rotating cache (--max-kv-size) nothing is
    * dropped: the cache keeps the first and latest positions.
    */
-  #fitContext(maxTokens: number): number {
+  #fitContext(maxTokens: number, tools: ToolRequest | undefined): number {
     if (this.lm.maxKvSize !== undefined) return 0;
     const limit = this.lm.config.maxPositionEmbeddings;
     const room = Math.min(maxTokens, Math.floor(limit / 4));
-    if (this.#render().length + room <= limit) return 0;
+    if (this.#render(tools).length + room <= limit) return 0;
     // What is kept after a drop is prefilled again in full (its start changed): dropping only
     // what this turn needed left every later turn to drop an exchange and prefill all the rest
     // again. Down to half the context (llama.cpp's and Ollama's context shift discard half), the
     // next turns reuse the cache until it fills again; the room, at most a quarter, still fits.
     let dropped = 0;
-    while (this.messages.length > 1 && this.#render().length > limit / 2) {
+    while (this.messages.length > 1 && this.#render(tools).length > limit / 2) {
       this.messages.shift();
       dropped++;
       // Never start the kept history with an assistant reply.
