@@ -105,7 +105,7 @@ describe("the library", () => {
     }
   }, 300_000);
 
-  test("a TypeScript consumer on Node (nodenext or node10, strict, no Bun or Node types) checks against the package's types", () => {
+  test("a TypeScript consumer on Node (nodenext or node10, strict, no Bun or Node types), README's example too, checks against the package's types", () => {
     // The package as installed: its package.json "exports", its declarations built as scripts/setup.sh builds them.
     const dir = mkdtempSync(join(tmpdir(), "mlx-library-types-"));
     try {
@@ -156,6 +156,13 @@ describe("the library", () => {
       const types = readFileSync(declarations, "utf8");
       for (const internal of ["LoadedModel", "MxArray", "KVCache", "Tokenizer", "Conversation"])
         expect(types).not.toContain(internal);
+      // README's library example, as a user copies it (its one Node global declared: no Node types here).
+      const readme = readFileSync(join(root, "README.md"), "utf8");
+      const example = readme.slice(readme.indexOf("## As a library")).match(/```ts\n([^]*?)```/)![1]!;
+      writeFileSync(
+        join(dir, "readme.ts"),
+        `declare const process: { stdout: { write(text: string): void } };\n${example}`,
+      );
       // Under node10 (moduleResolution "node"), which reads no "exports", the package's top-level "types" leads there.
       for (const resolution of [{ module: "nodenext" }, { module: "esnext", moduleResolution: "node10" }]) {
         const compilerOptions = { ...resolution, target: "es2022", strict: true, noEmit: true, types: [] };
@@ -175,7 +182,7 @@ describe("the library", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
-  }, 120_000);
+  }, 300_000);
 
   test("on Node, process.exit() while a generation runs exits cleanly, run after run", async () => {
     const { dir, index } = buildForNode();
