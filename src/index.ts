@@ -251,6 +251,7 @@ export class Model {
     this.#scheduler = new Scheduler(lm, { maxBatch, prefillChunk: 512, maxQueue: Number.MAX_SAFE_INTEGER });
   }
 
+  /** Where the model's files are (its folder, or its .gguf file). */
   get path(): string {
     return this.lm.path;
   }
@@ -517,6 +518,7 @@ export class Chat {
     this.#conversation.clear();
   }
 
+  /** Frees the conversation's KV cache; later turns throw ClosedError (the model stays open). */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;

@@ -34,7 +34,7 @@ export interface CompletionResult {
   /** A thinking model's reasoning ("" when none). */
   reasoning: string;
   promptTokenIds: number[];
-  /** The text promptTokenIds stand for, where they are that text's alone (see PreparedGeneration.promptText). */
+  /** The text promptTokenIds stand for (the prompt as the chat template wrote it), where they are that text's alone. */
   promptText?: string;
   /** The answer's tokens (without the end-of-sequence token that ended it). */
   tokenIds: number[];
