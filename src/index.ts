@@ -457,7 +457,7 @@ export class Chat {
   }
 
   /**
-   * Answers `text` as it is written (reasoning left out); the generator's return value is the
+   * Answers `input` as it is written (reasoning and calls left out); the generator's return value is the
    * whole result. Overlapping calls answer one after another, in the order they started (a
    * turn reads every turn before it), so a stream left unfinished holds back the next turn.
    * A turn whose signal aborts before it starts ends at once, "cancelled", and asks nothing.
