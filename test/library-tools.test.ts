@@ -224,4 +224,29 @@ describe("tool calls in the library", () => {
       expect(deltas.filter((d) => d.type === "start" || d.type === "end")).toHaveLength(2);
     }
   }, 120_000);
+
+  test("a turn of tool results that fills the context keeps the question and the calls they answer", async () => {
+    const chat = tiny.chat();
+    const filler = (n: number) => " apple".repeat(n); // a token each
+    await chat.send(`Hello${filler(100)}`, { maxTokens: 1 });
+    const asked = await chat.send(`Weather in Oslo?${filler(300)}`, {
+      tools,
+      toolChoice: { name: "forecast" },
+      maxTokens: 80,
+    });
+    expect(asked.toolCalls).toHaveLength(1);
+    // Past the context (1,024 tokens): the oldest turns go, down to half of it, but not this turn's exchange.
+    const results = asked.toolCalls.map(
+      (call): Message => ({
+        role: "tool",
+        toolCallId: call.id,
+        content: `Sunny${filler(300)}`,
+      }),
+    );
+    const answer = await chat.send(results, { tools, maxTokens: 8 });
+    expect(chat.messages.map((m) => m.role)).toEqual(["user", "assistant", "tool", "assistant"]);
+    expect(chat.messages[1]!.toolCalls).toEqual(asked.toolCalls);
+    expect(tiny.detokenize(answer.promptTokenIds)).toContain("Weather in Oslo?");
+    chat.close();
+  }, 120_000);
 });

@@ -178,11 +178,14 @@ export class Conversation {
     // again. Down to half the context (llama.cpp's and Ollama's context shift discard half), the
     // next turns reuse the cache until it fills again; the room, at most a quarter, still fits.
     let dropped = 0;
-    while (this.messages.length > 1 && this.#render(tools).length > limit / 2) {
+    // The turn's own exchange stays, from its user message on: a turn of tool results keeps the
+    // calls they answer (dropped, the results were left alone, answering nothing).
+    const canDrop = () => this.messages.findLastIndex((m) => m.role === "user") > 0;
+    while (canDrop() && this.#render(tools).length > limit / 2) {
       this.messages.shift();
       dropped++;
-      // Never start the kept history with an assistant reply.
-      while (this.messages.length > 1 && this.messages[0]!.role !== "user") {
+      // Never start the kept history with an assistant reply (nor a tool result).
+      while (canDrop() && this.messages[0]!.role !== "user") {
         this.messages.shift();
         dropped++;
       }
