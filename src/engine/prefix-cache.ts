@@ -9,7 +9,7 @@
 // it, what is evicted or still held at the end goes to disk, and a longer prefix on disk is reloaded.
 import * as mx from "../mlx";
 import type { KVCache } from "../models";
-import type { Stored } from "../models/cache";
+import { shortestQuantized, type Stored } from "../models/cache";
 import { isChannelLayout, rowKeys } from "../models/channel-keys";
 import type { RemoteLayers } from "../models/model";
 import { RotatingKVCache } from "../models/rotating-cache";
@@ -215,6 +215,9 @@ export class PrefixCache {
     if (tokens.length === 0 || this.#covered(tokens, namespace)) return;
     const n = tokens.length - dropped;
     const shortest = shortestPrefix(caches, row);
+    // Quantized before its own positions passed --kv-quant-start (a batch another row took past
+    // it): no prefix of it is held as a prompt alone would hold it.
+    if (shortest > tokens.length) return;
     const { keys, values } = snapshotRow(caches, row, skip, n);
     const arrays = [...keys, ...values].flat();
     const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
@@ -368,15 +371,22 @@ export function seedCaches(caches: KVCache[], keys: Stored[], values: Stored[], 
   });
 }
 
-/** The shortest prefix of its tokens `entry` serves: any when it holds all its positions. */
+/**
+ * The shortest prefix of its tokens `entry` serves: the one it says (see shortestPrefix), else
+ * any when it holds all its positions and all of them when not.
+ */
 export function shortestServed(entry: Pick<PromptCacheEntry, "tokens" | "dropped" | "shortest">): number {
-  return entry.dropped === 0 ? 0 : Math.min(entry.shortest ?? entry.tokens.length, entry.tokens.length);
+  return Math.min(entry.shortest ?? (entry.dropped === 0 ? 0 : entry.tokens.length), entry.tokens.length);
 }
 
-/** The shortest prefix `row` of a cache can go back to (0 for a cache that keeps everything). */
-function shortestPrefix(caches: KVCache[], row: number): number {
+/**
+ * The shortest prefix `row` of a cache serves, held as a cache computing that prefix alone would
+ * hold it: no shorter than a rotating cache can go back to, and past --kv-quant-start once
+ * quantized (shortestQuantized). 0: any prefix.
+ */
+export function shortestPrefix(caches: KVCache[], row: number): number {
   const first = caches[0];
-  return first instanceof RotatingKVCache ? first.shortestTrim(row) : 0;
+  return Math.max(first instanceof RotatingKVCache ? first.shortestTrim(row) : 0, shortestQuantized(first));
 }
 
 /** Positions of `row` a rotating cache no longer holds (0 for a cache that keeps everything). */

@@ -35,7 +35,7 @@ import { fileErrorReason } from "../format";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
 import { promptTokens } from "./prompt";
-import { snapshotRow, type PrefixCache } from "./prefix-cache";
+import { shortestPrefix, snapshotRow, type PrefixCache } from "./prefix-cache";
 
 const FORMAT = "mlx-prompt-cache/1";
 
@@ -479,7 +479,8 @@ export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = DEFAULT
     const first = caches[0]!;
     const { keys, values } = snapshotRow(caches, 0, 0, first.offset);
     model.remote?.savePrefix(PREFILLED, caches, 0, 0, first.offset);
-    return { tokens, dropped: first instanceof RotatingKVCache ? first.dropped[0]! : 0, keys, values };
+    const dropped = first instanceof RotatingKVCache ? first.dropped[0]! : 0;
+    return { tokens, dropped, shortest: shortestPrefix(caches, 0), keys, values };
   } finally {
     freeCaches(caches);
     model.remote?.release(caches);

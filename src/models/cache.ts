@@ -36,6 +36,16 @@ export interface KvQuantization {
 }
 
 /**
+ * The shortest prefix a snapshot of `cache` serves as the cache it seeds would hold it: past
+ * --kv-quant-start when quantized, as a prompt ending at or before the start holds its positions
+ * in float (0: any prefix).
+ */
+export function shortestQuantized(cache: KVCache | undefined): number {
+  const start = cache?.quantization?.start ?? 0;
+  return cache?.quantized && start > 0 ? start + 1 : 0;
+}
+
+/**
  * Keys or values [B, H, T, ·] as stored: one float array, or three quantized parts (packed,
  * scales, biases), or for keys quantized per channel four (channel-keys.ts). Every part of the
  * first two has positions on axis 2, so slicing, padding and picking rows act on each part alike;
