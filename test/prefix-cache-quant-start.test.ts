@@ -76,6 +76,17 @@ describe("--kv-quant-start: an answer from a cached prefix is the answer without
     expectSame(warm!, cold!);
   }, 120_000);
 
+  test("a prompt past the start after a shorter one sharing its prefix, which stayed float (in memory)", async () => {
+    const [cold] = await onServer({}, [[long, 8]]);
+    const [, warm] = await onServer({}, [
+      [long.slice(0, 12), 3],
+      [long, 8],
+    ]);
+    // Its first 12 positions were reused, and read as a prefill of the whole prompt reads them.
+    expect(warm!.cached).toBe(12);
+    expectSame(warm!, cold!);
+  }, 120_000);
+
   test("from the disk prompt cache after a restart, and with n = 2 choices", async () => {
     const dir = join(root, "disk");
     const [cold] = await onServer({}, [[short, 12]], 2);

@@ -7,7 +7,7 @@ import { InvalidParameterError } from "../errors";
 import type { MxArray } from "../mlx";
 import { cacheState, freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
 import { BatchKVCache } from "../models/batch-cache";
-import type { KvQuantization } from "../models/cache";
+import { quantStartBound, type KvQuantization } from "../models/cache";
 import { isChannelLayout } from "../models/channel-keys";
 import type { Adapter } from "../models/lora";
 import { DEFAULT_KV_KEEP, RotatingKVCache } from "../models/rotating-cache";
@@ -626,6 +626,8 @@ export class BatchGenerator {
       }
       const { computed, first } = part;
       budget -= computed;
+      // A chunk cut at --kv-quant-start (quantStartBound) leaves budget for the rest of its prompt.
+      if (!first && computed > 0 && budget > 0) continue;
       if (!first) break;
       this.#prefill = undefined;
       this.options.prefixCache?.insert(prompt, p.caches, 0, 0, droppedBy(p.caches, 0), namespace(p.sequence));
@@ -705,7 +707,7 @@ export class BatchGenerator {
   #prefillPart(p: Prefill, budget: number): { computed: number; first?: PendingStep } {
     const s = p.sequence;
     const prompt = s.request.promptIds;
-    const end = Math.min(prompt.length, p.done + budget);
+    const end = quantStartBound(this.options.kvQuantization, p.done, Math.min(prompt.length, p.done + budget));
     if (end <= p.done) return { computed: 0 };
     const chunk = prompt.slice(p.done, end);
     const last = end === prompt.length;

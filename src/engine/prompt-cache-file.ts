@@ -24,7 +24,7 @@ import { open, readdir, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import * as mx from "../mlx";
 import { cacheState, freeCaches, makeCaches } from "../models";
-import type { KvQuantization, Stored } from "../models/cache";
+import { quantStartBound, type KvQuantization, type Stored } from "../models/cache";
 import { perChannelKeys } from "../models/channel-keys";
 import { directoryWeightFiles, type LoadedModel } from "../models/load";
 import { RotatingKVCache } from "../models/rotating-cache";
@@ -468,8 +468,11 @@ export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = DEFAULT
     joining: true,
   });
   try {
-    for (let done = 0; done < tokens.length; done += chunk) {
-      const ids = tokens.slice(done, done + chunk);
+    for (let done = 0; done < tokens.length; ) {
+      // As the scheduler's chunks, cut at --kv-quant-start (quantStartBound).
+      const end = quantStartBound(lm.kvQuantization, done, Math.min(tokens.length, done + chunk));
+      const ids = tokens.slice(done, end);
+      done = end;
       // Nothing returned from the scope: the hidden state's graph would hold the last layer's buffers (see #prefillPart).
       mx.scope(() => {
         model.layers(model.embed(mx.array(Int32Array.from(ids), [1, ids.length])), caches);

@@ -36,6 +36,19 @@ export interface KvQuantization {
 }
 
 /**
+ * Where a step of positions from `from` to at most `to` ends: at --kv-quant-start when it starts
+ * before it and would go past. A step's positions all read the cache as its update leaves it,
+ * quantized once it passes the start, so one across the start read quantized keys and values at
+ * positions that one token at a time, or a prompt ending before the start, read in float: a
+ * prompt's answer then depended on how its positions were split (a chunk, a stored prefix).
+ * Split there, a position reads the cache in float exactly when it comes before the start.
+ */
+export function quantStartBound(q: KvQuantization | undefined, from: number, to: number): number {
+  const start = q?.start ?? 0;
+  return from < start && to > start ? start : to;
+}
+
+/**
  * The shortest prefix a snapshot of `cache` serves as the cache it seeds would hold it: past
  * --kv-quant-start when quantized, as a prompt ending at or before the start holds its positions
  * in float (0: any prefix).
