@@ -207,13 +207,16 @@ export class KVCache implements AttentionCache {
   update(keys: MxArray, values: MxArray): [Stored, Stored] {
     const previous = this.offset;
     const length = keys.shape[2]!;
+    // Before quantizeHeld, which quantizes from it: a cache seeded with a stored float prefix
+    // has had no keys of its own yet, and quantized its float16 positions as they were (float16
+    // scales, not the float32 ones of the same prompt prefilled whole).
+    this.activations = keys.dtype;
     // Once quantized, always: a cache taken back below the start (a rejected draft) stays so.
     const quantize =
       this.quantization !== undefined && (this.quantized || this.positions + length > (this.quantization.start ?? 0));
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
     const channel = quantize && this.channelKeys;
     if (channel && this.tailTakes(keys.shape[2]!, keys.dtype)) return this.writeTailStep(keys, values);
-    this.activations = keys.dtype;
     const newKeys = channel ? undefined : quantize ? this.encodeRotatedKeys(keys) : [this.heldFloat(keys)];
     const newValues = quantize ? this.encode(values) : [this.heldFloat(values)];
     if (!this.values || previous + length > this.values[0]!.shape[2]!) this.grow(newKeys, newValues, length);
