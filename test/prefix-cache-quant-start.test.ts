@@ -2,7 +2,8 @@
 // memory, its files on disk, after a restart, in a batch of `n` choices) under --kv-quant-start:
 // a prompt that ends before the start holds its positions in float, so a quantized prefix stored
 // by a longer request cannot serve it, and every prompt's positions before the start are computed
-// reading the cache in float however its chunks fall (a stored prefix ends a chunk).
+// reading the cache in float however its chunks fall (a stored prefix ends a chunk), echo's
+// prompt log-probabilities included.
 import { describe, expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -106,3 +107,26 @@ describe("--kv-quant-start: an answer from a cached prefix is the answer without
     expectSame(warm!, cold!);
   }, 120_000);
 });
+
+test("echo's prompt log-probabilities read positions before --kv-quant-start in float, as a prompt ending there does", async () => {
+  const server = serve({ kvQuantization: kv });
+  try {
+    const echo = async (prompt: number[]) => {
+      const r = await post(`${server.url}/v1/completions`, {
+        model,
+        prompt,
+        max_tokens: 1,
+        temperature: 0,
+        logprobs: 0,
+        echo: true,
+      });
+      expect(r.status).toBe(200);
+      return (r.json.choices[0].logprobs.token_logprobs as (number | null)[]).slice(1, start) as number[];
+    };
+    const before = await echo(long.slice(0, start));
+    const within = await echo(long);
+    within.forEach((l, i) => expect(Math.abs(l - before[i]!)).toBeLessThan(1e-4));
+  } finally {
+    await server.stop();
+  }
+}, 120_000);

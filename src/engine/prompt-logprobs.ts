@@ -9,6 +9,7 @@ import { cacheState, forward, freeCaches, makeCaches } from "../models";
 import type { LoadedModel } from "../models/load";
 import type { Adapter } from "../models/lora";
 import * as mx from "../mlx";
+import { quantStartBound } from "../models/cache";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
 import type { TokenLogprob } from "./scheduler";
 
@@ -48,10 +49,12 @@ export async function promptLogprobs(
   const adapter = o.adapter ?? lm.adapter;
   try {
     // The last position predicts a token after the prompt: no pass reads it.
-    for (let start = 0; start < ids.length - 1; start += chunk) {
+    for (let start = 0, end = 0; start < ids.length - 1; start = end) {
       await nextTurn();
       if (o.signal?.aborted) throw o.signal.reason ?? new Error("cancelled");
-      const part = ids.slice(start, Math.min(start + chunk, ids.length - 1));
+      // Cut at --kv-quant-start as a prefill is (quantStartBound): positions before it read the cache in float.
+      end = quantStartBound(lm.kvQuantization, start, Math.min(start + chunk, ids.length - 1));
+      const part = ids.slice(start, end);
       const next = ids.slice(start + 1, start + 1 + part.length);
       const { chosen, alternatives, values } = mx.scope(() => {
         const pass = () => forward(lm.model, mx.array(Int32Array.from(part), [1, part.length]), caches);
