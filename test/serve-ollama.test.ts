@@ -213,6 +213,37 @@ describe("Ollama chat and generate", () => {
     }
   });
 
+  test("eval_count counts the end-of-sequence token that ended the answer, as Ollama's runners do", async () => {
+    const scripted = join(mkdtempSync(join(tmpdir(), "mlx-serve-ollama-")), "scripted");
+    writeScriptedModel(scripted, ["Hi", " there"]);
+    const options = { temperature: 0 };
+    // Each answer token has its logprob (the end token has none, as in Ollama), and a generate's
+    // context holds the answer's ids without it: eval_count is one more.
+    const chat = { model: scripted, messages: [{ role: "user", content: "Hi" }], options, logprobs: true };
+    const whole = await ollama.chat({ ...chat, stream: false });
+    expect(whole.message.content).toBe("Hi there");
+    expect(whole.done_reason).toBe("stop");
+    expect(whole.eval_count).toBe(whole.logprobs!.length + 1);
+    let streamed: Awaited<ReturnType<typeof ollama.chat>> | undefined;
+    let streamedTokens = 0;
+    for await (const part of await ollama.chat({ ...chat, stream: true })) {
+      streamedTokens += part.logprobs?.length ?? 0;
+      streamed = part;
+    }
+    expect(streamed!.eval_count).toBe(streamedTokens + 1);
+    const generate = { model: scripted, prompt: "Hi", options };
+    const generated = await ollama.generate({ ...generate, stream: false });
+    expect(generated.response).toBe("Hi there");
+    expect(generated.eval_count).toBe(generated.context!.length - generated.prompt_eval_count + 1);
+    let last: GenerateResponse | undefined;
+    for await (const part of await ollama.generate({ ...generate, stream: true })) last = part;
+    expect(last!.eval_count).toBe(generated.eval_count);
+    // Cut short by num_predict, no end token was sampled: each token counted once.
+    const cut = await ollama.generate({ ...generate, stream: false, options: { ...options, num_predict: 1 } });
+    expect(cut.done_reason).toBe("length");
+    expect(cut.eval_count).toBe(1);
+  });
+
   test("sampling options: a seed repeats", async () => {
     const options = {
       temperature: 0.9,

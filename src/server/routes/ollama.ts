@@ -568,7 +568,10 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     load_duration: nanos(gen.loadMs),
     prompt_eval_count: done.usage.promptTokens,
     prompt_eval_duration: nanos(done.usage.timeToFirstTokenMs - done.usage.queueMs),
-    eval_count: done.usage.completionTokens,
+    // As Ollama's runners (and llama-server's predicted_n) count: every token sampled, the
+    // end-of-sequence that ended the answer included (its decode step is in eval_duration too),
+    // though neither its text nor its id (context) is the answer's.
+    eval_count: done.usage.completionTokens + (done.usage.endedByToken ? 1 : 0),
     eval_duration: nanos(done.usage.totalMs - done.usage.timeToFirstTokenMs),
   });
 
