@@ -17,6 +17,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
+import { writeScriptedModel } from "./helpers/scripted-model";
 import { cliRunner } from "./helpers/cli";
 import { startServe } from "./helpers/serve";
 
@@ -758,16 +759,69 @@ describe("mlx chat with piped input", () => {
     writeTinyModel(piped);
     const { stderr, code } = await chatCli(
       ["-m", piped, "--max-tokens", "2"],
-      "/set parameter temperature 0.5\n/set parameter num_predict 3\n/set parameter top_k 4\n/set parameter num_ctx 9\n/set parameter\n/set verbose\nhi\n/set quiet\nhi\n/show\n",
+      "/set parameter temperature 0.5\n/set parameter num_predict 3\n/set parameter top_k 4\n/set parameter nonsense 9\n/set parameter\n/set verbose\nhi\n/set quiet\nhi\n/show\n",
     );
     expect(code).toBe(0);
     expect(stderr).toContain("temp = 0.5\nmax_tokens = 3\ntop_k = 4\n");
-    expect(stderr).toContain("error: unknown setting 'num_ctx'");
+    expect(stderr).toContain("error: unknown setting 'nonsense'");
     expect(stderr).toContain("error: usage: /set parameter <name> <value> (names: temperature, num_predict, temp,");
     expect(stderr).toMatch(/settings: +temp 0\.5, top_p 1, top_k 4, min_p 0, repeat_penalty 1, max_tokens 3,/);
     // The stats line after the first "hi" alone: verbose, then quiet.
     expect(stderr).toContain("stats on\n");
     expect(stderr.match(/tokens\/s/g)?.length).toBe(1);
+  });
+
+  test("/set parameter stop ... ends answers at those strings, as in Ollama; one of spaces as a JSON string; none clears them", async () => {
+    const scripted = join(root, "piped-ollama-stop");
+    writeScriptedModel(scripted, ["Hi", " there", ", friend"]);
+    const { stdout, stderr, code } = await chatCli(
+      ["-m", scripted, "--temp", "0"],
+      'hi\n/set parameter stop there nothing\nhi\n/set stop ", friend"\nhi\n/set stop\nhi\n/show parameters\n',
+    );
+    expect(code).toBe(0);
+    expect(stdout.split("\n").slice(0, 4)).toEqual(["Hi there, friend", "Hi ", "Hi there", "Hi there, friend"]);
+    expect(stderr).toContain('stop = ["there","nothing"]\nstop = [", friend"]\nstop strings cleared');
+    expect(stderr).not.toContain("error:");
+    // A remote model's answers stop there too: the strings go to its provider.
+    const { proc, url } = await startServe(scripted, [], { MLX_HOME: join(root, "stop-serve-home") });
+    try {
+      const remoteHome = join(root, "stop-remote-home");
+      mkdirSync(remoteHome, { recursive: true });
+      writeFileSync(
+        join(remoteHome, "models.toml"),
+        `[models.far]\nprovider = "openai"\nbase_url = "${url}/v1"\nmodel = "${scripted}"\n`,
+      );
+      const remote = await cliRunner(remoteHome)(["chat", "-m", "far", "--temp", "0"], "/set stop there\nhi\n");
+      expect(remote.code).toBe(0);
+      expect(remote.stdout.split("\n")[0]).toBe("Hi ");
+    } finally {
+      proc.kill();
+      await proc.exited;
+    }
+  });
+
+  test("/set parameter num_ctx bounds the conversation's context: its oldest messages make room there, as at the model's length", async () => {
+    const piped = join(root, "piped-ollama-num-ctx");
+    writeTinyModel(piped);
+    const long = "tell me about the weather in the mountains this week please";
+    const { stderr, code } = await chatCli(
+      ["-m", piped, "--max-tokens", "2", "--stats"],
+      `/set parameter num_ctx 80\n${long}\n${long}\n${long}\n/set parameter num_gpu 20\n/set parameter repeat_last_n -1\n/set parameter presence_penalty 0.5\n/set parameter mirostat 0\n/set parameter mirostat 2\n/show parameters\n`,
+    );
+    expect(code).toBe(0);
+    expect(stderr).toContain("num_ctx = 80\n");
+    expect(stderr).toContain("(context full: dropped the");
+    // Each answer's context use, within num_ctx.
+    const used = [...stderr.matchAll(/context (\d+)\/80/g)].map((m) => Number(m[1]));
+    expect(used.length).toBe(3);
+    for (const tokens of used) expect(tokens).toBeLessThanOrEqual(80);
+    // Ollama's hints to its runner are taken, and said to do nothing here.
+    expect(stderr).toContain("num_gpu is a hint to Ollama's runner that does nothing here");
+    // The rest of Ollama's sampling options; mirostat only off, as the server takes it.
+    expect(stderr).toContain("repeat_last_n = -1\npresence_penalty = 0.5\nmirostat = 0 (off");
+    expect(stderr).toContain("error: mirostat is not supported here");
+    expect(stderr.match(/error:/g)?.length).toBe(1);
+    expect(stderr).toMatch(/settings: .*, num_ctx 80, presence_penalty 0.5/);
   });
 
   test("/set think|nothink switch a thinking model's reasoning, as in Ollama; /set noformat is format off", async () => {

@@ -7,7 +7,14 @@ import type { LoadedModel } from "../models/load";
 import type { ChatMessage } from "../tokenizer/tokenizer";
 import { soloScheduler, streamCompletion, type CompletionPiece, type CompletionResult } from "./generate";
 import { PrefixCache } from "./prefix-cache";
-import { renderChat, type FormatInput, type TokenizedText } from "./request";
+import {
+  contextLimit,
+  modelContextBound,
+  renderChat,
+  type ContextBound,
+  type FormatInput,
+  type TokenizedText,
+} from "./request";
 import type { ThinkingRequest } from "./reasoning";
 import type { ConversationMessage, ToolRequest } from "./tools";
 import type { SamplingParams } from "./sampling";
@@ -22,6 +29,8 @@ export interface TurnOptions {
   promptParam?: string;
   /** Strings that end the answer (not included). */
   stop?: string[];
+  /** The context the conversation fills, where less than the model's (Ollama's num_ctx; default: its alias's). */
+  contextBound?: ContextBound;
   /** JSON the answer must be. */
   format?: FormatInput;
   /** Thinking on or off, and its budget, for models that think. */
@@ -61,6 +70,15 @@ export class Conversation {
 
   static #schedulerFor(lm: LoadedModel): Scheduler {
     return soloScheduler(lm, new PrefixCache(Number.MAX_SAFE_INTEGER, 1));
+  }
+
+  /**
+   * The context a turn fills: the model's, or less where `bound` (else the model's alias, its
+   * num_ctx) says so. Else a conversation outgrowing a num_ctx was refused every turn, its oldest
+   * messages kept, rather than making room as it does at the model's length.
+   */
+  contextLength(bound?: ContextBound): number {
+    return contextLimit(this.lm, bound ?? modelContextBound(this.lm)).tokens;
   }
 
   /** Tokens of context in use (as of the last turn). */
@@ -132,13 +150,14 @@ export class Conversation {
     let result: CompletionResult | undefined;
     let droppedMessages: number;
     try {
-      droppedMessages = this.#fitContext(o.maxTokens, o.tools);
+      droppedMessages = this.#fitContext(o.maxTokens, this.contextLength(o.contextBound), o.tools);
       result = yield* streamCompletion(this.#scheduler, {
         prompt: { kind: "chat", messages: this.#withSystem() as ConversationMessage[], param: o.promptParam },
         sampling: o.sampling,
         maxTokens: o.maxTokens,
         maxTokensParam: o.maxTokensParam,
         stop: o.stop,
+        contextBound: o.contextBound,
         format: o.format,
         thinking: o.thinking,
         tools: o.tools,
@@ -168,9 +187,8 @@ export class Conversation {
    * until the prompt holds at most half of it. With a rotating cache (--max-kv-size) nothing is
    * dropped: the cache keeps the first and latest positions.
    */
-  #fitContext(maxTokens: number, tools: ToolRequest | undefined): number {
+  #fitContext(maxTokens: number, limit: number, tools: ToolRequest | undefined): number {
     if (this.lm.maxKvSize !== undefined) return 0;
-    const limit = this.lm.config.maxPositionEmbeddings;
     const room = Math.min(maxTokens, Math.floor(limit / 4));
     if (this.#render(tools).length + room <= limit) return 0;
     // What is kept after a drop is prefilled again in full (its start changed): dropping only

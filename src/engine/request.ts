@@ -186,7 +186,7 @@ export function modelMaxTokens(lm: Pick<LoadedModel, "limits">): number | undefi
 }
 
 /** The context its alias gives a model opened by that name (models.toml's num_ctx), which a request's own replaces. */
-function modelContextBound(lm: LoadedModel): ContextBound | undefined {
+export function modelContextBound(lm: LoadedModel): ContextBound | undefined {
   const tokens = lm.limits?.numCtx;
   return tokens === undefined ? undefined : { tokens, param: "num_ctx in models.toml" };
 }

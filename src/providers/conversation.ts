@@ -97,6 +97,7 @@ export class RemoteConversation {
         },
         sampling: remoteSampling(o.sampling),
         maxTokens: o.maxTokens,
+        stop: o.stop,
         format: o.format,
         thinking: o.thinking,
       },

@@ -8,6 +8,7 @@ import { samplingFor, type ChatSettings } from "./settings";
 import { checkThinking, pieceWriter } from "../thinking";
 import { maxTokensFrom } from "../options";
 import type { SamplingParams } from "../../engine/sampling";
+import type { ContextBound } from "../../engine/request";
 
 export class ChatSession {
   conversation: Conversation | RemoteConversation;
@@ -79,6 +80,11 @@ export class ChatSession {
     return samplingFor(this.settings, c instanceof Conversation ? c.lm : c.remote);
   }
 
+  /** /set num_ctx's bound on the context, as a request's num_ctx bounds it. */
+  get contextBound(): ContextBound | undefined {
+    return this.settings.numCtx === undefined ? undefined : { tokens: this.settings.numCtx, param: "num_ctx" };
+  }
+
   /** Frees the model (a local one) and the conversation's cache. */
   close(): void {
     this.conversation.dispose();
@@ -91,6 +97,8 @@ export class ChatSession {
     const turn = this.conversation.turn(text, {
       sampling: this.sampling,
       maxTokens: this.settings.maxTokens,
+      stop: this.settings.stop,
+      contextBound: this.contextBound,
       signal,
       format: format && { format: format.format, param: "format" },
       thinking: this.settings.thinking,
@@ -118,7 +126,7 @@ export class ChatSession {
     if (this.settings.stats) {
       const s = result.stats;
       const c = this.conversation;
-      const limit = c instanceof Conversation ? contextLimit(c.lm) : "";
+      const limit = c instanceof Conversation ? contextLimit(c, this.contextBound) : "";
       this.say(
         `${s.generationTokensPerSecond.toFixed(1)} tokens/s · first token ${s.timeToFirstTokenSeconds.toFixed(2)} s · prompt ${info.newTokens} new + ${info.reusedTokens} cached tokens · context ${c.contextUsed}${limit}${s.draftedTokens > 0 ? ` · ${s.acceptedTokens}/${s.draftedTokens} drafted tokens accepted` : ""}`,
       );
@@ -136,13 +144,13 @@ export function answerLength(model: LoadedModel | RemoteModel): number {
 }
 
 /**
- * What bounds the context: the model's length, or with a rotating cache (--max-kv-size) the
+ * What bounds the context: the model's length (or less: /set num_ctx, its alias's), or with a rotating cache (--max-kv-size) the
  * positions it keeps, which the conversation outgrows ("context 746/256" read as an overflow).
  */
-function contextLimit(lm: LoadedModel): string {
-  return lm.maxKvSize === undefined
-    ? `/${lm.config.maxPositionEmbeddings}`
-    : ` (the rotating cache keeps ${lm.maxKvSize} positions)`;
+function contextLimit(c: Conversation, bound: ContextBound | undefined): string {
+  return c.lm.maxKvSize === undefined
+    ? `/${c.contextLength(bound)}`
+    : ` (the rotating cache keeps ${c.lm.maxKvSize} positions)`;
 }
 
 /**

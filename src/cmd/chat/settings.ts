@@ -9,6 +9,8 @@ import { settleSampling } from "../../engine/model-settings";
 import { parseWhole, readFormat, type OutputFormat } from "../options";
 import type { ThinkingRequest } from "../../engine/reasoning";
 import { InvalidParameterError } from "../../errors";
+import { IGNORED_OPTIONS, OFF_ONLY_OPTIONS } from "../../api/ollama";
+import { WHOLE_CONTEXT } from "../../api/common";
 
 export interface ChatSettings {
   /**
@@ -30,6 +32,10 @@ export interface ChatSettings {
   thinking?: ThinkingRequest;
   /** Leave a thinking model's reasoning unshown. */
   hideThinking?: boolean;
+  /** Strings that end each answer (/set stop), in place of the model's own (its alias's stop), as Ollama's options replace a Modelfile's. */
+  stop?: string[];
+  /** The context the conversation fills (/set num_ctx, Ollama's num_ctx), where less than the model's. */
+  numCtx?: number;
 }
 
 export const settingNames = [
@@ -40,6 +46,11 @@ export const settingNames = [
   "repeat_penalty",
   "max_tokens",
   "seed",
+  "stop",
+  "num_ctx",
+  "repeat_last_n",
+  "presence_penalty",
+  "frequency_penalty",
   "system",
   "format",
 ] as const;
@@ -82,16 +93,47 @@ const parameterNames = [
 
 const unknownSetting = (name: string) => new Error(`unknown setting '${name}' (settings: ${settingNames.join(", ")})`);
 
+/**
+ * `/set stop`'s strings: each word, as `ollama run` splits them, or a JSON string for one with
+ * spaces or escapes ("\n\n", "User: "); none clears them (the model's own apply again).
+ */
+function stopStrings(value: string): string[] {
+  return (value.match(/"(?:[^"\\]|\\.)*"|\S+/g) ?? []).map((word) => {
+    if (!/^".*"$/.test(word)) return word;
+    try {
+      return JSON.parse(word) as string;
+    } catch {
+      throw new Error(`/set stop: ${word} is not a JSON string`);
+    }
+  });
+}
+
 /** Applies `/set <name> <value>`; returns a confirmation line, or throws with what is wrong. */
 export function applySetting(s: ChatSettings, name: string, value: string): string {
   if (name === "system") {
     s.system = value || undefined;
     return value ? "system prompt set" : "system prompt cleared";
   }
+  if (name === "stop") {
+    const stop = stopStrings(value);
+    if (stop.includes("")) throw new Error("/set stop: a stop string cannot be empty");
+    s.stop = stop.length > 0 ? stop : undefined;
+    return s.stop ? `stop = ${JSON.stringify(s.stop)}` : "stop strings cleared (the model's own apply)";
+  }
+  // Ollama's runner's hints (num_gpu, num_thread, use_mmap, ...): taken by `ollama run`, of no use here.
+  if (Object.values(IGNORED_OPTIONS).some((names) => (names as readonly string[]).includes(name)))
+    return `${name} is a hint to Ollama's runner that does nothing here (MLX places and runs the model): not set`;
+  const off = OFF_ONLY_OPTIONS[name];
+  if (off !== undefined) {
+    if (Number(value) === off) return `${name} = ${off} (off, as this chat always samples)`;
+    throw new Error(
+      `${name} is not supported here, which samples with temperature, top_k, top_p and min_p (only ${off}, off, is taken)`,
+    );
+  }
   // Named before the value is read: "/set foo bar" is an unknown setting, not a value to fix.
   if (!(settingNames as readonly string[]).includes(name)) throw unknownSetting(name);
   // Whole numbers as the flags read them: 1e2 or 0x10 is refused for max_tokens as for --max-tokens.
-  const whole = name === "top_k" || name === "seed" || name === "max_tokens";
+  const whole = ["top_k", "seed", "max_tokens", "num_ctx", "repeat_last_n"].includes(name);
   const n = whole ? parseWhole(value.trim()) : Number(value);
   if (value.trim() === "" || !Number.isFinite(n))
     throw new Error(`/set ${name} needs a ${whole ? "whole number" : "number"} (got '${value}')`);
@@ -122,6 +164,22 @@ export function applySetting(s: ChatSettings, name: string, value: string): stri
       s.maxTokens = n;
       s.maxTokensChosen = true;
       return `max_tokens = ${n}`;
+    case "num_ctx":
+      if (n < 1) throw new Error("num_ctx must be a whole number > 0");
+      s.numCtx = n;
+      return `num_ctx = ${n}`;
+    case "repeat_last_n":
+      // As Ollama reads it: -1 the whole context, 0 no repetition penalty.
+      if (n < -1) throw new Error("repeat_last_n must be -1 (the whole context), 0 (off) or more");
+      sampling.repetitionContext = n === -1 ? WHOLE_CONTEXT : n;
+      break;
+    case "presence_penalty":
+    case "frequency_penalty":
+      if (!(n >= -2 && n <= 2)) throw new Error(`${name} must be in [-2, 2] (got ${n})`);
+      sampling[name === "presence_penalty" ? "presencePenalty" : "frequencyPenalty"] = n;
+      // As Ollama counts them: over the last repeat_last_n tokens, prompt included.
+      sampling.penaltiesInWindow = true;
+      break;
     default:
       throw unknownSetting(name);
   }
@@ -238,7 +296,15 @@ export function describeRemoteModel(remote: RemoteModel, s: ChatSettings, part?:
 }
 
 const describeSampling = (s: ChatSettings, sampling: SamplingParams) =>
-  `settings:       temp ${sampling.temperature}, top_p ${sampling.topP}, top_k ${sampling.topK}, min_p ${sampling.minP}, repeat_penalty ${sampling.repetitionPenalty}, max_tokens ${s.maxTokens}, seed ${sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`;
+  `settings:       temp ${sampling.temperature}, top_p ${sampling.topP}, top_k ${sampling.topK}, min_p ${sampling.minP}, repeat_penalty ${sampling.repetitionPenalty}, max_tokens ${s.maxTokens}, seed ${sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}${[
+    s.stop && `stop ${JSON.stringify(s.stop)}`,
+    s.numCtx && `num_ctx ${s.numCtx}`,
+    sampling.presencePenalty && `presence_penalty ${sampling.presencePenalty}`,
+    sampling.frequencyPenalty && `frequency_penalty ${sampling.frequencyPenalty}`,
+  ]
+    .filter(Boolean)
+    .map((part) => `, ${part}`)
+    .join("")}`;
 
 /** `model`: the turns the model's alias puts first (models.toml's system and messages), where /set system has not replaced them. */
 const describeSystem = (s: ChatSettings, model: ModelPrompt = {}) => [
