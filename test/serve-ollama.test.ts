@@ -504,7 +504,7 @@ describe("Ollama chat and generate", () => {
         prompt: prefix,
         suffix,
         raw,
-        system: "Be brief.",
+        ...(raw ? {} : { system: "Be brief." }),
         stream: false,
         options,
       });
@@ -547,6 +547,15 @@ describe("Ollama chat and generate", () => {
       5,
     ]);
     await ollama.generate({ model: coder, prompt: "", keep_alive: 0 });
+  });
+
+  test("raw with a system prompt is a 400 naming 'system', as in Ollama, not the system prompt dropped unsaid", async () => {
+    const request = { model, prompt: "Hi", raw: true, stream: false, options: { num_predict: 1 } } as const;
+    const refused = await ollama.generate({ ...request, system: "Be brief." }).catch((e) => e);
+    expect(refused.status_code).toBe(400);
+    expect(refused.error).toStartWith("'system' cannot be used with 'raw' true");
+    // An empty one is no system prompt, as Ollama takes it.
+    expect((await ollama.generate({ ...request, system: "" })).done).toBe(true);
   });
 
   test("a request's template (a Go template) is a 400 saying why and what to send instead", async () => {

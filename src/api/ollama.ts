@@ -368,8 +368,14 @@ export function parseOllamaGenerate(body: unknown): OllamaRequest {
   const images = f.array("images");
   if (images && images.length > 0) throw imagesRefused("images");
   const prompt = f.string("prompt") ?? "";
-  const system = f.string("system");
+  const system = f.string("system") || undefined;
   const raw = f.boolean("raw") ?? false;
+  // As Ollama refuses it: a raw prompt has no template to put a system prompt in, which was dropped unsaid.
+  if (raw && system !== undefined)
+    f.fail(
+      "system",
+      "cannot be used with 'raw' true: a raw prompt goes to the model as it is, with no template to place a system prompt in (write it into the prompt)",
+    );
   // Fill-in-the-middle: the prompt is the code before the answer, the suffix the code after it,
   // both given to the model around its FIM tokens (as Ollama's code models' templates put them),
   // raw or not, with no system prompt; an empty prompt is code that starts there.
