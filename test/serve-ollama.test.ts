@@ -999,6 +999,17 @@ describe("Ollama model management", () => {
     expect((await ollama.ps()).models).toEqual([]);
   });
 
+  test("a request without keep_alive keeps the one asked before, as Ollama (0.1.49 on) does, rather than the default", async () => {
+    const hoursLeft = async () =>
+      (new Date((await ollama.ps()).models.find((m) => m.model === model)!.expires_at).getTime() - Date.now()) / 3.6e6;
+    await ollama.generate({ model, prompt: "Hi", keep_alive: "2h", options: { num_predict: 1 } });
+    await ollama.generate({ model, prompt: "Hi", options: { num_predict: 1 } });
+    await ollama.chat({ model, messages, options: { num_predict: 1 } });
+    // The default (5 minutes) would be under a tenth of an hour.
+    expect(await hoursLeft()).toBeGreaterThan(1.9);
+    await ollama.generate({ model, prompt: "", keep_alive: 0 });
+  });
+
   test("keep_alive '-0s' unloads, as Go reads it (0), rather than keeping the model as a negative duration does", async () => {
     await ollama.generate({ model, prompt: "", keep_alive: -1 });
     const unloaded = await ollama.generate({ model, prompt: "", keep_alive: "-0s" });
