@@ -121,6 +121,15 @@ describe("Ollama model management", () => {
     // A source is still no name to copy to.
     const refused = await ollama.copy({ source: "copied-by-source", destination: "hf:org/other" }).catch((e) => e);
     expect(refused.status_code).toBe(400);
+    // Nor is a name Ollama would refuse ("destination is invalid"), which create refuses too: nothing is stored.
+    for (const destination of ["my copy", "copy!", "-copy"]) {
+      const invalid = await ollama.copy({ source: "copied-by-source", destination }).catch((e) => e);
+      expect(invalid.status_code).toBe(400);
+      expect(invalid.message).toBe(
+        `cannot copy to '${destination}': use letters, digits and . _ - : / (starting with a letter or digit)`,
+      );
+      expect(readManifest(destination)).toBeUndefined();
+    }
     await ollama.delete({ model: "copied-by-source" });
     await ollama.pull({ model: "hf:org/tiny", stream: false }); // as the tests after this one find it
   });
@@ -247,10 +256,11 @@ describe("Ollama model management", () => {
       expect(error.message).toContain("loads the path on the server's disk");
       expect(readManifest(destination.replace(":latest", ""))).toBeUndefined();
     }
-    // A name that is no path there is copied as before.
-    await ollama.copy({ source: "org/tiny", destination: join(local, "not-there") });
-    expect(readManifest(join(local, "not-there"))).toBeDefined();
-    await ollama.delete({ model: join(local, "not-there") });
+    // One that is no path there is no model name either (it starts with '/'), as Ollama and create take names.
+    const notThere = await ollama.copy({ source: "org/tiny", destination: join(local, "not-there") }).catch((e) => e);
+    expect(notThere.status_code).toBe(400);
+    expect(notThere.message).toContain("use letters, digits and . _ - : / (starting with a letter or digit)");
+    expect(readManifest(join(local, "not-there"))).toBeUndefined();
   });
 
   test("show describes a stored model without using it, and pulls nothing", async () => {

@@ -209,18 +209,22 @@ async function sourceOf(from: string, name: string, paths: boolean): Promise<str
   );
 }
 
+/** What a model's name may hold, as said in errors. */
+export const MODEL_NAME_RULE = "use letters, digits and . _ - : / (starting with a letter or digit)";
+
+/**
+ * Whether `name` may name a model made or copied here: as Ollama's names (namespace/model:tag), and
+ * one models.toml reads back as the key it was written as.
+ */
+export const isModelName = (name: string) => /^[A-Za-z0-9][A-Za-z0-9._:/-]*$/.test(name);
+
 /**
  * A name a model may be made under: one no stored model or remote alias has, nor an alias that
  * models.toml ships (the user's own file's entries are replaced, as Ollama's create replaces a model).
  */
 function checkName(name: string, userText: string): void {
   if (name.trim() === "") throw new InvalidParameterError("the model's name is empty", "model");
-  // As Ollama's names (namespace/model:tag); one models.toml reads back as the key it was written as.
-  if (!/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/.test(name))
-    throw new InvalidParameterError(
-      `'${name}' is not a model name: use letters, digits and . _ - : / (starting with a letter or digit)`,
-      "model",
-    );
+  if (!isModelName(name)) throw new InvalidParameterError(`'${name}' is not a model name: ${MODEL_NAME_RULE}`, "model");
   if (!modelNameFits(name))
     throw new InvalidParameterError(`a name of ${name.length} characters is too long; choose a shorter one`, "model");
   if (isRemoteSource(name)) throw new InvalidParameterError(`'${name}' is a source, not a model name`, "model");

@@ -18,7 +18,14 @@ import {
   type PullResult,
 } from "../../store/pull";
 import { hasAlias, loadAliases, userAliasFile } from "../../store/aliases";
-import { copyUserAlias, createModel, isUserAlias, removeUserAlias } from "../../store/create";
+import {
+  copyUserAlias,
+  createModel,
+  isModelName,
+  isUserAlias,
+  MODEL_NAME_RULE,
+  removeUserAlias,
+} from "../../store/create";
 import { hubRepoNamed } from "../../store/hf";
 import { refuseRemoteAlias } from "../../store/resolve";
 import { modelNameFits } from "../../store/paths";
@@ -219,6 +226,8 @@ function copyDestination(s: ServerState, name: string): string {
       `cannot copy to '${name}': a request naming it loads the path on the server's disk; choose another name`,
       "destination",
     );
+  // As Ollama refuses it ("destination is invalid"), and as create takes names: a space or a '!' was stored.
+  if (!isModelName(name)) throw badRequest(`cannot copy to '${name}': ${MODEL_NAME_RULE}`, "destination");
   return name;
 }
 
