@@ -342,7 +342,7 @@ describe("Ollama chat and generate", () => {
 
   test("runtime hints (num_batch, use_mmap...) are unused but typed, as Ollama types them", () => {
     expect(() =>
-      parseOllamaGenerate({ model, prompt: "Hi", options: { num_batch: 512, use_mmap: true } }),
+      parseOllamaGenerate({ model, prompt: "Hi", options: { num_batch: 512, use_mmap: true, draft_num_predict: 4 } }),
     ).not.toThrow();
     for (const [name, value, message] of [
       ["num_batch", "512", "must be a number, got a string"],
@@ -350,6 +350,7 @@ describe("Ollama chat and generate", () => {
       ["use_mmap", "yes", "must be true or false, got a string"],
       ["mirostat_tau", "5", "must be a number, got a string"],
       ["f16_kv", 1, "must be true or false, got a number"],
+      ["draft_num_predict", 2.5, "must be a whole number, got 2.5"],
     ] as const)
       expect(() => parseOllamaGenerate({ model, prompt: "Hi", options: { [name]: value } })).toThrow(
         `'options.${name}' ${message}`,

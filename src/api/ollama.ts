@@ -112,6 +112,7 @@ export const OPTIONS = [
   "numa",
   "low_vram",
   "num_keep",
+  "draft_num_predict",
   "f16_kv",
   "logits_all",
   "vocab_only",
@@ -126,7 +127,9 @@ export const OFF_ONLY_OPTIONS: Record<string, number> = { mirostat: 0, typical_p
  * taken, then unused (mirostat's tau and eta mean nothing without it).
  */
 export const IGNORED_OPTIONS = {
-  integer: ["num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep"],
+  // draft_num_predict: the tokens Ollama's runner drafts per step (speculative decoding, which
+  // leaves the answer as it is): here --num-draft or an alias's num_draft sets it for the model.
+  integer: ["num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "draft_num_predict"],
   boolean: [
     "penalize_newline",
     "use_mlock",
