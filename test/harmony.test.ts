@@ -491,6 +491,11 @@ test("reasoning_effort is the template's reasoning_effort; thinking off closes t
     effort: "high",
   });
   expect(parseOllamaChat({ model: "m", messages: hi, think: "low" }).thinking).toMatchObject({ effort: "low" });
+  // Ollama's newer "max" (its CLI's --think max), which it reads as gpt-oss's high, was a 400.
+  expect(parseOllamaChat({ model: "m", messages: hi, think: "max" }).thinking).toMatchObject({
+    enabled: true,
+    effort: "high",
+  });
   expect(parseResponsesRequest({ model: "m", input: "Hi", reasoning: { effort: "medium" } }).thinking).toMatchObject({
     effort: "medium",
   });

@@ -260,14 +260,17 @@ function common(f: Fields): Omit<OllamaRequest, "prompt" | "context"> {
   };
 }
 
-/** `think`: true or false, or an effort ("low", "medium", "high": thinking on, as hard as gpt-oss's template takes it). */
+/**
+ * `think`: true or false, or an effort ("low", "medium", "high": thinking on, as hard as gpt-oss's
+ * template takes it; Ollama's newer "max" is its "high", as Ollama maps it for gpt-oss).
+ */
 function think(f: Fields): ThinkingRequest | undefined {
   const value = f.raw("think");
   if (value === undefined || value === null) return undefined;
   if (typeof value === "boolean") return { enabled: value, param: "think" };
-  if (value === "low" || value === "medium" || value === "high")
-    return { enabled: true, param: "think", effort: value };
-  throw new ValidationError(`'think' must be true, false, "low", "medium" or "high"`, "think");
+  if (value === "low" || value === "medium" || value === "high" || value === "max")
+    return { enabled: true, param: "think", effort: value === "max" ? "high" : value };
+  throw new ValidationError(`'think' must be true, false, "low", "medium", "high" or "max"`, "think");
 }
 
 /** format: "json", or a JSON Schema object, enforced as Ollama enforces it (see closedObjects). */
