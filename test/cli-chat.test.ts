@@ -806,7 +806,7 @@ describe("mlx chat with piped input", () => {
     const long = "tell me about the weather in the mountains this week please";
     const { stderr, code } = await chatCli(
       ["-m", piped, "--max-tokens", "2", "--stats"],
-      `/set parameter num_ctx 80\n${long}\n${long}\n${long}\n/set parameter num_gpu 20\n/set parameter repeat_last_n -1\n/set parameter presence_penalty 0.5\n/set parameter mirostat 0\n/set parameter mirostat 2\n/show parameters\n`,
+      `/set parameter num_ctx 80\n${long}\n${long}\n${long}\n/set parameter num_gpu 20\n/set parameter num_predict -1\n/set parameter repeat_last_n -1\n/set parameter presence_penalty 0.5\n/set parameter mirostat 0\n/set parameter mirostat 2\n/show parameters\n`,
     );
     expect(code).toBe(0);
     expect(stderr).toContain("num_ctx = 80\n");
@@ -817,11 +817,13 @@ describe("mlx chat with piped input", () => {
     for (const tokens of used) expect(tokens).toBeLessThanOrEqual(80);
     // Ollama's hints to its runner are taken, and said to do nothing here.
     expect(stderr).toContain("num_gpu is a hint to Ollama's runner that does nothing here");
+    // num_predict -1 (Ollama's "until the context is full"): the model's context length (512), which num_ctx bounds.
+    expect(stderr).toContain("max_tokens = 512: until the context is full\n");
     // The rest of Ollama's sampling options; mirostat only off, as the server takes it.
     expect(stderr).toContain("repeat_last_n = -1\npresence_penalty = 0.5\nmirostat = 0 (off");
     expect(stderr).toContain("error: mirostat is not supported here");
     expect(stderr.match(/error:/g)?.length).toBe(1);
-    expect(stderr).toMatch(/settings: .*, num_ctx 80, presence_penalty 0.5/);
+    expect(stderr).toMatch(/settings: .*, max_tokens 512, .*, num_ctx 80, presence_penalty 0.5/);
   });
 
   test("/set think|nothink switch a thinking model's reasoning, as in Ollama; /set noformat is format off", async () => {

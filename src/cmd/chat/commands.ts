@@ -78,7 +78,10 @@ const commands: Record<string, Handler> = {
     if ((name === "think" || name === "nothink") && !value.trim()) return s.say(s.setThinking(name === "think"));
     if (name === "noformat" && !value.trim()) return s.say(await applyFormat(s.settings, "off"));
     if (name === "format") return s.say(await applyFormat(s.settings, value));
-    s.say(applySetting(s.settings, name, value));
+    const c = s.conversation;
+    s.say(
+      applySetting(s.settings, name, value, c instanceof Conversation ? c.lm.config.maxPositionEmbeddings : undefined),
+    );
     if (name === "system") s.conversation.system = s.settings.system;
   },
   stats: (s, args) => {

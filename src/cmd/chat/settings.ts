@@ -108,8 +108,13 @@ function stopStrings(value: string): string[] {
   });
 }
 
-/** Applies `/set <name> <value>`; returns a confirmation line, or throws with what is wrong. */
-export function applySetting(s: ChatSettings, name: string, value: string): string {
+/**
+ * Applies `/set <name> <value>`; returns a confirmation line, or throws with what is wrong.
+ * `wholeContext`: the max_tokens that lets an answer run until the context is full (the model's
+ * context length), which a max_tokens of 0 or less asks for, as Ollama's num_predict -1 and -2 do;
+ * undefined where there is none (a remote model's provider needs a limit).
+ */
+export function applySetting(s: ChatSettings, name: string, value: string, wholeContext?: number): string {
   if (name === "system") {
     s.system = value || undefined;
     return value ? "system prompt set" : "system prompt cleared";
@@ -160,10 +165,13 @@ export function applySetting(s: ChatSettings, name: string, value: string): stri
       sampling.randomSeed = n === -1 || undefined;
       break;
     case "max_tokens":
-      if (!Number.isInteger(n) || n <= 0) throw new Error("max_tokens must be a whole number > 0");
-      s.maxTokens = n;
+      if (!Number.isInteger(n) || n < -2 || (n <= 0 && wholeContext === undefined))
+        throw new Error(
+          `max_tokens must be a whole number > 0${wholeContext === undefined ? "" : ", or -1 (until the context is full)"}`,
+        );
+      s.maxTokens = n > 0 ? n : wholeContext!;
       s.maxTokensChosen = true;
-      return `max_tokens = ${n}`;
+      return n > 0 ? `max_tokens = ${n}` : `max_tokens = ${s.maxTokens}: until the context is full`;
     case "num_ctx":
       if (n < 1) throw new Error("num_ctx must be a whole number > 0");
       s.numCtx = n;
