@@ -826,6 +826,29 @@ describe("mlx chat with piped input", () => {
     expect(stderr).toMatch(/settings: .*, max_tokens 512, .*, num_ctx 80, presence_penalty 0.5/);
   });
 
+  test("/show modelfile and /show license, as in ollama run: the model's own settings, written as a Modelfile", async () => {
+    const piped = join(root, "piped-show-modelfile");
+    writeTinyModel(piped);
+    const aliasHome = join(root, "modelfile-home");
+    mkdirSync(aliasHome, { recursive: true });
+    writeFileSync(
+      join(aliasHome, "models.toml"),
+      `[models.pirate]\nsource = "${piped}"\nsystem = "Talk like a pirate."\nlicense = "MIT"\ntemperature = 0.5\nstop = ["Arr"]\n`,
+    );
+    const chat = (args: string[], stdin: string) => cliRunner(aliasHome)(["chat", ...args], stdin);
+    const { stderr, code } = await chat(["-m", "pirate"], "/set temp 0.9\n/show modelfile\n/show license\n");
+    expect(code).toBe(0);
+    // The alias's values, not this chat's /set temp.
+    expect(stderr).toContain(
+      `FROM ${piped}\nPARAMETER temperature 0.5\nPARAMETER stop Arr\nSYSTEM """Talk like a pirate."""\nLICENSE """MIT"""\nMIT\n`,
+    );
+    const bare = await chat(["-m", piped], "/show license\n/show\n");
+    expect(bare.stderr).toStartWith("No license was specified for this model.\n");
+    // /show alone leaves them out.
+    expect(bare.stderr).not.toContain("FROM ");
+    expect(bare.stderr.match(/No license/g)?.length).toBe(1);
+  });
+
   test("/set think|nothink switch a thinking model's reasoning, as in Ollama; /set noformat is format off", async () => {
     const thinks = join(root, "piped-ollama-think");
     // A template that opens the reasoning itself: a random model's answer stays inside it unless thinking is off.
@@ -867,8 +890,8 @@ describe("mlx chat with piped input", () => {
     expect(await show("/show info")).toMatch(/^model: [^\n]*\n(?:.+\n)*speculation: +off\n$/);
     expect(await show("/show info")).not.toContain("settings:");
     expect(await show("/show template")).toMatch(/^chat template:\n\{%/);
-    expect(await show("/show license")).toBe(
-      "error: unknown part 'license' to show; /show alone shows all, or /show info|parameters|system|template\n",
+    expect(await show("/show nonsense")).toBe(
+      "error: unknown part 'nonsense' to show; /show alone shows info, parameters, system, template, or /show info|parameters|system|template|modelfile|license\n",
     );
     // Alone, all of them, as before.
     const all = await show("/show");

@@ -133,3 +133,47 @@ function argument(rest: string, lines: string[], i: number, at: string): { value
   }
   return { value: rest.trim(), lastLine: i };
 }
+
+/** What a Modelfile written by writeModelfile says of a model. */
+export interface ModelfileParts {
+  from: string;
+  adapter?: string;
+  /** PARAMETER lines, by Ollama's names (ollamaParameters). */
+  parameters: [name: string, value: number | string][];
+  system?: string;
+  messages?: { role: string; content: string }[];
+  license?: string;
+}
+
+/**
+ * A model's Modelfile, as Ollama's /api/show and `ollama run`'s /show modelfile give it, which
+ * parseModelfile (mlx create -f) reads back.
+ */
+export function writeModelfile({ from, adapter, parameters, system, messages = [], license }: ModelfileParts): string {
+  return [
+    `FROM ${from}\n`,
+    adapter === undefined ? "" : `ADAPTER ${adapter}\n`,
+    ...parameters.map(([name, value]) => `PARAMETER ${name} ${modelfileParameter(value)}\n`),
+    system === undefined ? "" : `SYSTEM ${modelfileText(system)}\n`,
+    ...messages.map((m) => `MESSAGE ${m.role} ${modelfileText(m.content)}\n`),
+    license === undefined ? "" : `LICENSE ${modelfileText(license)}\n`,
+  ].join("");
+}
+
+/**
+ * A Modelfile's text argument, written so that a Modelfile reads it back as it is: in triple
+ * quotes, which keep its lines and quotes as they are (Ollama writes text over lines or with quotes
+ * so). Where they cannot hold it (a """ inside, a quote or a line break at an end, which the block
+ * would take as its own), a "quoted" string with its quotes and backslashes escaped, which mlx's
+ * Modelfile reads (Ollama's writes such text so that it does not read back at all).
+ */
+const modelfileText = (text: string) =>
+  /"""|"$|^\n|\n$/.test(text) ? `"${text.replace(/["\\]/g, "\\$&")}"` : `"""${text}"""`;
+
+/**
+ * A PARAMETER's value as a Modelfile reads it back: as Ollama writes it, a number or a stop string
+ * bare where a line holds it as it is (no line break, no space at an end, no quote to start it,
+ * which would open a quoted string), else quoted as modelfileText quotes.
+ */
+const modelfileParameter = (value: number | string) =>
+  typeof value === "number" || /^[^\s"](.*\S)?$/.test(value) ? String(value) : modelfileText(value);

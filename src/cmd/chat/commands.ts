@@ -39,7 +39,7 @@ const help = `commands:
                         (as in Ollama: /set parameter temperature|num_predict|top_k|... <value>, /set verbose|quiet,
                         /set think|nothink: a thinking model's reasoning on or off, /set noformat)
   /show [part]          the model (architecture, parameters, quantization, context, template) and settings;
-                        one part of it: /show ${showParts.join("|")}
+                        one part of it: /show ${showParts.join("|")} (the model's Modelfile, its license)
   /clear                forget the conversation
   /save <file>          save the conversation as JSON
   /load <file>          load a conversation saved with /save (as in Ollama, /load <model alias> switches model)
@@ -62,7 +62,12 @@ const commands: Record<string, Handler> = {
     const part = showPart(args);
     s.say(
       c instanceof Conversation
-        ? describeModel(c.lm, s.settings, part)
+        ? describeModel(
+            c.lm,
+            s.settings,
+            part,
+            part === "modelfile" || part === "license" ? aliasLicense(s.modelName) : undefined,
+          )
         : describeRemoteModel(c.remote, s.settings, part),
     );
   },
@@ -163,6 +168,15 @@ const commands: Record<string, Handler> = {
     await s.switchModel(name);
   },
 };
+
+/** The license models.toml gives the alias `name` (a Modelfile's LICENSE), if any. */
+function aliasLicense(name: string): string | undefined {
+  try {
+    return loadAliases().models.get(name)?.license;
+  } catch {
+    return undefined; // a models.toml that cannot be read: as a model without one
+  }
+}
 
 /** Whether `name` is a model's alias, local or remote (models.toml). */
 function isAlias(name: string): boolean {

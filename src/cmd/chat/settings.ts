@@ -10,6 +10,8 @@ import { parseWhole, readFormat, type OutputFormat } from "../options";
 import type { ThinkingRequest } from "../../engine/reasoning";
 import { InvalidParameterError } from "../../errors";
 import { IGNORED_OPTIONS, OFF_ONLY_OPTIONS } from "../../api/ollama";
+import { ollamaParameters } from "../../models/generation-config";
+import { writeModelfile } from "../../store/modelfile";
 import { WHOLE_CONTEXT } from "../../api/common";
 
 export interface ChatSettings {
@@ -242,28 +244,52 @@ function speculationOf(lm: LoadedModel): string {
   return `${s.draft ? `draft model ${s.draft.path}` : "prompt lookup"}, ${s.numDraft} tokens drafted per step`;
 }
 
-/** What /show shows of the model and settings, one part at a time, as `ollama run`'s /show takes them. */
-export const showParts = ["info", "parameters", "system", "template"] as const;
+/**
+ * What /show shows of the model and settings, one part at a time, as `ollama run`'s /show takes
+ * them; /show alone shows the first four (the Modelfile and license only when asked).
+ */
+export const showParts = ["info", "parameters", "system", "template", "modelfile", "license"] as const;
 export type ShowPart = (typeof showParts)[number];
 
-/** `/show [part]`: the part named, or all of them; an unknown part throws with the parts /show takes. */
+/** `/show [part]`: the part named, or undefined (the first four); an unknown part throws with the parts /show takes. */
 export function showPart(args: string): ShowPart | undefined {
   const part = args.trim();
   if (!part) return undefined;
   if (!(showParts as readonly string[]).includes(part))
-    throw new Error(`unknown part '${part}' to show; /show alone shows all, or /show ${showParts.join("|")}`);
+    throw new Error(
+      `unknown part '${part}' to show; /show alone shows ${showParts.slice(0, 4).join(", ")}, or /show ${showParts.join("|")}`,
+    );
   return part as ShowPart;
 }
 
-/** The parts asked for (all without `part`), each a block of lines. */
+/** The part asked for (without `part`, the first four), each a block of lines. */
 const describe = (parts: Partial<Record<ShowPart, string[]>>, part: ShowPart | undefined) =>
-  (part ? (parts[part] ?? []) : showParts.flatMap((name) => parts[name] ?? [])).join("\n");
+  (part ? (parts[part] ?? []) : showParts.slice(0, 4).flatMap((name) => parts[name] ?? [])).join("\n");
 
-export function describeModel(lm: LoadedModel, s: ChatSettings, part?: ShowPart): string {
+/** As `ollama run`'s /show license says there is none. */
+const NO_LICENSE = "No license was specified for this model.";
+
+/** `license`: the one its alias gives (models.toml's license, a Modelfile's LICENSE). */
+export function describeModel(lm: LoadedModel, s: ChatSettings, part?: ShowPart, license?: string): string {
   const template = lm.tokenizer.chatTemplate ?? "(none)";
   return describe(
     {
       info: part === undefined || part === "info" ? modelInfo(lm) : [],
+      // What the model's own settings are (its alias's), not this chat's /set: as Ollama's /show modelfile.
+      modelfile:
+        part === "modelfile"
+          ? [
+              writeModelfile({
+                from: lm.path,
+                adapter: lm.adapter?.path,
+                parameters: ollamaParameters(lm.sampling ?? {}, lm.limits),
+                system: lm.prompt?.system,
+                messages: lm.prompt?.messages,
+                license,
+              }).trimEnd(),
+            ]
+          : [],
+      license: part === "license" ? [license ?? NO_LICENSE] : [],
       parameters: [describeSampling(s, samplingFor(s, lm))],
       system: describeSystem(s, lm.prompt),
       // Whole where it alone is asked for.
@@ -298,6 +324,8 @@ export function describeRemoteModel(remote: RemoteModel, s: ChatSettings, part?:
       parameters: [describeSampling(s, samplingFor(s, remote))],
       system: describeSystem(s),
       template: ["chat template:  the provider's (a remote model is sent messages, not a rendered prompt)"],
+      modelfile: ["(a remote model has no Modelfile: models.toml names its provider)"],
+      license: [NO_LICENSE],
     },
     part,
   );

@@ -32,6 +32,7 @@ import { listedAliases, locateModel, missingModelError, storedByPath } from "../
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
 import { ollamaParameters, ollamaParameterText, type SamplingDefaults } from "../../models/generation-config";
+import { writeModelfile } from "../../store/modelfile";
 import { type ServerState, serverStartDate } from "../state";
 import { remoteModelConfigs, remoteModelNames } from "../../providers";
 import type { RemoteModelConfig } from "../../providers/config";
@@ -301,14 +302,7 @@ function showModel(
   const { system, messages = [] } = alias?.prompt ?? {};
   return {
     license: alias?.license ?? "",
-    modelfile: [
-      `FROM ${path}\n`,
-      adapter === undefined ? "" : `ADAPTER ${adapter}\n`,
-      ...values.map(([name, value]) => `PARAMETER ${name} ${modelfileParameter(value)}\n`),
-      system === undefined ? "" : `SYSTEM ${modelfileText(system)}\n`,
-      ...messages.map((m) => `MESSAGE ${m.role} ${modelfileText(m.content)}\n`),
-      alias?.license === undefined ? "" : `LICENSE ${modelfileText(alias.license)}\n`,
-    ].join(""),
+    modelfile: writeModelfile({ from: path, adapter, parameters: values, system, messages, license: alias?.license }),
     parameters: values.map(([name, value]) => `${name.padEnd(30)} ${ollamaParameterText(value)}`).join("\n"),
     // The alias's system prompt (models.toml's system), as Ollama shows a Modelfile's SYSTEM.
     ...(system === undefined ? {} : { system }),
@@ -339,24 +333,6 @@ function showModel(
     modified_at: stored ? (stored.lastUsedAt ?? stored.createdAt) : statSync(path).mtime.toISOString(),
   };
 }
-
-/**
- * A Modelfile's text argument, written so that a Modelfile reads it back as it is: in triple
- * quotes, which keep its lines and quotes as they are (Ollama writes text over lines or with quotes
- * so). Where they cannot hold it (a """ inside, a quote or a line break at an end, which the block
- * would take as its own), a "quoted" string with its quotes and backslashes escaped, which mlx's
- * Modelfile reads (Ollama's writes such text so that it does not read back at all).
- */
-const modelfileText = (text: string) =>
-  /"""|"$|^\n|\n$/.test(text) ? `"${text.replace(/["\\]/g, "\\$&")}"` : `"""${text}"""`;
-
-/**
- * A PARAMETER's value as a Modelfile reads it back: as Ollama writes it, a number or a stop string
- * bare where a line holds it as it is (no line break, no space at an end, no quote to start it,
- * which would open a quoted string), else quoted as modelfileText quotes.
- */
-const modelfileParameter = (value: number | string) =>
-  typeof value === "number" || /^[^\s"](.*\S)?$/.test(value) ? String(value) : modelfileText(value);
 
 /** /api/show's answer for a remote alias: no files to describe; any chat model of a provider takes tools. */
 function showRemoteModel(remote: RemoteModelConfig, listedAt: Date) {
