@@ -826,6 +826,23 @@ describe("mlx chat with piped input", () => {
     expect(stderr).toMatch(/settings: .*, max_tokens 512, .*, num_ctx 80, presence_penalty 0.5/);
   });
 
+  test("an alias's num_ctx bounds the conversation as /set num_ctx does: its oldest messages make room, no turn is refused", async () => {
+    const piped = join(root, "piped-alias-num-ctx");
+    writeTinyModel(piped);
+    const aliasHome = join(root, "num-ctx-home");
+    mkdirSync(aliasHome, { recursive: true });
+    writeFileSync(join(aliasHome, "models.toml"), `[models.short]\nsource = "${piped}"\nnum_ctx = 80\n`);
+    const long = "tell me about the weather in the mountains this week please";
+    const { stderr, code } = await cliRunner(aliasHome)(
+      ["chat", "-m", "short", "--max-tokens", "2", "--stats"],
+      `${long}\n${long}\n${long}\n`,
+    );
+    expect(stderr).not.toContain("error:");
+    expect(code).toBe(0);
+    expect(stderr).toContain("(context full: dropped the");
+    expect([...stderr.matchAll(/context \d+\/80/g)].length).toBe(3);
+  });
+
   test("/show modelfile and /show license, as in ollama run: the model's own settings, written as a Modelfile", async () => {
     const piped = join(root, "piped-show-modelfile");
     writeTinyModel(piped);
