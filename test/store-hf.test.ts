@@ -30,7 +30,7 @@ import { verifyStore } from "../src/store/verify";
 import { modelPooling } from "../src/models/pooling";
 import { cliRunner } from "./helpers/cli";
 import { writeTinyModel } from "./helpers/tiny-model";
-import { post, serve, startServe } from "./helpers/serve";
+import { eventually, post, serve, startServe } from "./helpers/serve";
 import {
   fakeWeights,
   serveBytes,
@@ -1382,7 +1382,9 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
         reader.kill();
         await reader.exited;
       }
-      // The reader gone, the next update leaves only the current revision.
+      // The reader gone, the next update leaves only the current revision. This process loaded
+      // none of them: it lets go of the mark its pulls took (else it would be using the model too).
+      releaseModel("org/tiny");
       Object.assign(hub.repos.get("org/tiny")!, revision(41));
       await pullModel(modelRequest("hf:org/tiny"), { update: true });
       releaseModel("org/tiny");
@@ -1454,6 +1456,47 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
         expect((await statuses("org/tiny")).at(-1)).toBe("success");
         expect(paths(hub).slice(asked)).toEqual(["GET /api/models/org/tiny/revision/main"]);
         for (let i = 0; i < 3; i++) expect((await ask()).status).toBe(200);
+      } finally {
+        await server.stop();
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a server that pulls an update of the model it has loaded keeps that model's revision until it unloads it; then it goes",
+    async () => {
+      const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });
+      await pull("hf:org/tiny");
+      releaseModel("org/tiny");
+      const revisions = join(process.env.MLX_HOME!, "revisions", modelKey("org/tiny"));
+      const server = serve();
+      const ask = () => post(`${server.url}/v1/completions`, { model: "org/tiny", prompt: "Hi", max_tokens: 2 });
+      const loadedNames = async () =>
+        ((await (await fetch(`${server.url}/api/ps`)).json()) as { models: { name: string }[] }).models.length;
+      try {
+        expect((await ask()).status).toBe(200);
+        moveBranch(hub);
+        expect((await post(`${server.url}/api/pull`, { model: "org/tiny", stream: false })).status).toBe(200);
+        expect(readManifest("org/tiny")!.revision).toBe(B);
+        // The revision its loaded model was read from, and the weights it links, stay: the server
+        // reads them again (a reload), as it would had another process pulled the update.
+        expect(readdirSync(revisions)).toHaveLength(2);
+        expect(existsSync(oldWeights())).toBe(true);
+        // mlx verify, another process, leaves them to the server too.
+        expect((await cli("verify")).code).toBe(0);
+        expect(readdirSync(revisions)).toHaveLength(2);
+        expect(existsSync(oldWeights())).toBe(true);
+        expect((await ask()).status).toBe(200);
+        // Unloaded, the server uses them no longer: the old revision and its weights go.
+        expect((await post(`${server.url}/api/generate`, { model: "org/tiny", keep_alive: 0 })).status).toBe(200);
+        await eventually(async () => (await loadedNames()) === 0, 10_000);
+        // Behind whatever store work the unload queued in this process.
+        await listModels();
+        expect(readdirSync(revisions)).toHaveLength(1);
+        expect(existsSync(oldWeights())).toBe(false);
+        // The next load reads the new revision.
+        expect((await ask()).status).toBe(200);
       } finally {
         await server.stop();
       }

@@ -572,8 +572,9 @@ export class ModelRegistry {
     entry.lm.free();
     // The model's buffers go back to the system, not to MLX's cache and the heap.
     clearMemoryCache();
-    // Its files (and its draft's) no longer in use here, unless another loaded model uses them.
-    this.releaseUnused(paths);
+    // Its files (and its draft's) no longer in use here, unless another loaded model uses them
+    // (the revisions kept for it removed meanwhile, which no request waits for).
+    void this.releaseUnused(paths);
     this.options.onUnload?.(entry);
   }
 
@@ -581,8 +582,10 @@ export class ModelRegistry {
    * Ends this server's use of the stored models at `paths` that no loaded model holds, nor drafts
    * with: from then on `mlx rm` and eviction may take them.
    */
-  releaseUnused(paths: string[]): void {
-    releaseStoredModels(paths.filter((path) => !this.loaded.some((e) => e.paths.includes(path) || usesDraft(e, path))));
+  releaseUnused(paths: string[]): Promise<void> {
+    return releaseStoredModels(
+      paths.filter((path) => !this.loaded.some((e) => e.paths.includes(path) || usesDraft(e, path))),
+    );
   }
 
   /** Unloads everything (the server is stopping); a load under way frees its model when done. */

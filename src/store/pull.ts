@@ -10,6 +10,7 @@ import { loadAliases, type ModelAlias } from "./aliases";
 import { addBlob, blobPresent, blobsOnDisk } from "./blobs";
 import { ensureFreeSpace, type DownloadProgress } from "./download";
 import { hubCommit, hubOffline, parseHFSpec, pinsCommit, pullHFRepo } from "./hf";
+import { modelsHeld } from "./in-use";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
 import { neededFiles } from "./model-files";
@@ -171,6 +172,8 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
       `cannot store a model named '${request.name}': ${request.name.length} characters is too long for the store's file names; rename it`,
       "model",
     );
+  // Whether this process used the model before (a server that has it loaded): opening it marks it.
+  const usedHere = modelsHeld().includes(request.name);
   const present = await openIfIntact(request);
   const latest = present && options.update ? await branchCommit(request.source, options) : undefined;
   const storedRevision = present ? readManifest(request.name)?.revision : undefined;
@@ -213,7 +216,7 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
               files,
               revision,
             });
-            const { path, evicted } = await commitModel(manifest);
+            const { path, evicted } = await commitModel(manifest, { usedHere });
             options.log?.(`pulled ${request.name} (${formatBytes(manifest.totalBytes)}) in ${took()}`);
             return { path, fromDisk: false, evicted, revision, ...(before && { updated: changes(before, files) }) };
           } catch (error) {

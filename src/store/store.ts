@@ -69,13 +69,26 @@ export function loadPath(manifest: Pick<ModelManifest, "name" | "format" | "file
 /**
  * Ends this process's use of the stored models that load from one of `paths` (a server that
  * unloaded them, or pulled one it does not hold): from then on `mlx rm` and eviction may take
- * them, as they could not while the server ran.
+ * them, as they could not while the server ran. The revisions an update kept for this process
+ * (commitModel's usedHere) go with it, unless another process uses the model too; what cannot
+ * go now (the store lock not had) stays for `mlx verify` to remove.
  */
-export function releaseStoredModels(paths: string[]): void {
-  for (const name of modelsHeld()) {
+export async function releaseStoredModels(paths: string[]): Promise<void> {
+  const released = modelsHeld().filter((name) => {
     const manifest = readManifest(name);
-    if (!manifest || paths.includes(loadPath(manifest))) releaseModel(name);
-  }
+    return !manifest || paths.includes(loadPath(manifest));
+  });
+  for (const name of released) releaseModel(name);
+  if (released.length === 0) return;
+  await withStoreLock(
+    async (locked) => {
+      if (!locked) return;
+      const index = loadIndex();
+      for (const name of released)
+        if (modelUsers(name).length === 0) await removeUnreferencedBlobs(removeOldRevisions(name), index);
+    },
+    { readOnly: true },
+  ).catch(() => {});
 }
 
 /**
@@ -198,8 +211,13 @@ export function storingFailed(what: string, error: unknown): unknown {
 /**
  * Records a model whose blobs are all in place, and makes room for it by evicting the least
  * recently used models (never one in use). Returns its load path and the evicted names.
+ * `usedHere`: this process used the model before (a server that has it loaded pulls its update):
+ * the revision it read stays, as for another process using it, until releaseStoredModels.
  */
-export function commitModel(manifest: ModelManifest): Promise<{ path: string; evicted: string[] }> {
+export function commitModel(
+  manifest: ModelManifest,
+  { usedHere = false }: { usedHere?: boolean } = {},
+): Promise<{ path: string; evicted: string[] }> {
   // Read before anything is written: a bad $MLX_CACHE_MAX_BYTES must leave no model behind its error.
   const limit = storeLimitBytes();
   return withStoreLock(async () => {
@@ -223,12 +241,13 @@ export function commitModel(manifest: ModelManifest): Promise<{ path: string; ev
     const index = loadIndex();
     index.set(manifest.name, indexEntry(manifest));
     // A process using the model (a server that loaded it) keeps the files of the revision it
-    // loaded: they stay, unreferenced, for `mlx verify` to remove once it has stopped.
-    const othersUsing = modelUsers(manifest.name).some((pid) => pid !== process.pid);
-    if (!othersUsing) removeOldRevisions(manifest.name);
-    if (previous && !othersUsing)
+    // loaded: they stay, unreferenced, until it lets go of the model (this process) or for
+    // `mlx verify` to remove once it has stopped (another). This process's own mark is no use
+    // but where it held it before (usedHere): the pull that commits the model took one too.
+    const inUse = usedHere || modelUsers(manifest.name).some((pid) => pid !== process.pid);
+    if (!inUse)
       await removeUnreferencedBlobs(
-        previous.files.map((f) => f.sha256),
+        [...removeOldRevisions(manifest.name), ...(previous?.files.map((f) => f.sha256) ?? [])],
         index,
       );
     const evicted = await evictToFit(index, manifest.name, limit);
@@ -321,15 +340,11 @@ export function copyModel(source: string, destination: string): Promise<void> {
     const copy = newManifest({ ...manifest, name: destination });
     writeManifest(copy);
     materialize(copy);
-    // A destination replaced was refused while in use: its earlier revision is no one's now.
-    if (previous && destination !== source) removeOldRevisions(destination);
+    // A destination replaced was refused while in use: its earlier revisions are no one's now.
+    const oldLinks = previous && destination !== source ? removeOldRevisions(destination) : [];
     const index = loadIndex();
     index.set(destination, indexEntry(copy));
-    if (previous)
-      await removeUnreferencedBlobs(
-        previous.files.map((f) => f.sha256),
-        index,
-      );
+    if (previous) await removeUnreferencedBlobs([...oldLinks, ...previous.files.map((f) => f.sha256)], index);
     saveIndex(index);
   });
 }
@@ -406,9 +421,17 @@ export function blobsLinkedIn(dir: string): Record<string, number> {
   return blobs;
 }
 
-/** Removes those of the candidates no model in the index uses; returns the ones removed. */
+/**
+ * Removes those of the candidates no model in the index uses, nor a revision kept for a process
+ * reading it (an update's old one); returns the ones removed.
+ */
 async function removeUnreferencedBlobs(candidates: string[], index: Map<string, IndexEntry>): Promise<string[]> {
-  const referenced = new Set([...index.values()].flatMap((m) => Object.keys(m.blobs)));
+  const referenced = new Set([
+    ...[...index.values()].flatMap((m) => Object.keys(m.blobs)),
+    ...entriesOf(revisionsDir()).flatMap((key) =>
+      entriesOf(join(revisionsDir(), key)).flatMap((id) => Object.keys(blobsLinkedIn(join(revisionsDir(), key, id)))),
+    ),
+  ]);
   const unreferenced = candidates.filter((sha) => !referenced.has(sha));
   for (const sha of unreferenced) await removeBlob(sha);
   return unreferenced;
@@ -488,13 +511,20 @@ function linkTarget(dir: string, file: ManifestFile): string {
 
 /**
  * Removes the model's revisions but its current one: those a process that used the model may
- * still read, so only once no other process uses it (under the store lock).
+ * still read, so only once no other process uses it (under the store lock). Returns the blobs
+ * they linked (each removed unless a stored model, or a revision kept, uses it: removeUnreferencedBlobs).
  */
-function removeOldRevisions(name: string): void {
+function removeOldRevisions(name: string): string[] {
   const revisions = join(revisionsDir(), modelKey(name));
   const current = currentRevision(join(modelsDir(), modelKey(name)));
-  for (const entry of entriesOf(revisions))
-    if (join(revisions, entry) !== current) rmSync(join(revisions, entry), { recursive: true, force: true });
+  const linked: string[] = [];
+  for (const entry of entriesOf(revisions)) {
+    const dir = join(revisions, entry);
+    if (dir === current) continue;
+    linked.push(...Object.keys(blobsLinkedIn(dir)));
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return linked;
 }
 
 /**

@@ -293,7 +293,7 @@ async function pull(
   }
   // Stored for later: the store marked it in use by this server as it kept it, which only a
   // model the server holds loaded should be (else `mlx rm` and eviction left it until the server stopped).
-  s.models.releaseUnused([pulled.path]);
+  await s.models.releaseUnused([pulled.path]);
   for (const name of pulled.evicted) s.logWarning(evictionNote(name));
   const note = pulled.updated || pulled.kept ? pullNote(request.name, pulled) : undefined;
   if (note) s.logInfo(note);
