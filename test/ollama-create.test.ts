@@ -481,6 +481,32 @@ describe("POST /api/create", () => {
     expect(server.state.models.loaded).toEqual([]);
   });
 
+  test("a made model `mlx rm` removed in another process while loaded answers no more, nor is listed, as /api/delete's", async () => {
+    await ollama.create({ model: "scuttled", from: "tiny", system: "Bye." });
+    for (const model of ["tiny", "scuttled", "scuttled:latest"])
+      await ollama.chat({ model, messages: [user], stream: false, options: once });
+    const removed = await cliRunner(home)(["rm", "-y", "scuttled"]);
+    expect(removed.code).toBe(0);
+    // Listed no more, before any request names it.
+    const loaded = (await ollama.ps()).models.map((m) => m.name);
+    expect(loaded.filter((name) => name.startsWith("scuttled"))).toEqual([]);
+    expect(loaded).toContain("tiny");
+    const served = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { id: string }[] };
+    expect(served.data.map((m) => m.id).filter((id) => id.startsWith("scuttled"))).toEqual([]);
+    for (const model of ["scuttled", "scuttled:latest"])
+      await expect(ollama.chat({ model, messages: [user], stream: false, options: once })).rejects.toMatchObject({
+        status_code: 404,
+      });
+    // Loaded by the removed name alone (it has its own settings: another entry), it is unloaded with it.
+    for (const name of loaded) await ollama.generate({ model: name, prompt: "", keep_alive: 0 });
+    await ollama.create({ model: "scuttled", from: "tiny", parameters: { num_ctx: 128 } });
+    await ollama.chat({ model: "scuttled", messages: [user], stream: false, options: once });
+    expect((await ollama.ps()).models.map((m) => m.name)).toEqual(["scuttled"]);
+    expect((await cliRunner(home)(["rm", "-y", "scuttled"])).code).toBe(0);
+    expect((await ollama.ps()).models).toEqual([]);
+    expect(server.state.models.loaded).toEqual([]);
+  });
+
   test("a loaded made model's context is its num_ctx, as /api/ps, mlx ps, /v1/models and /stats report it", async () => {
     await ollama.create({ model: "narrow", from: "tiny", parameters: { num_ctx: 64 } });
     await ollama.create({ model: "wide", from: "tiny", parameters: { num_ctx: 4096 } });

@@ -175,6 +175,8 @@ export class ModelRegistry {
   readonly #pathOf = new Map<string, string>();
   /** What each name in #pathOf named when it was resolved (#meaning). */
   readonly #meaningOf = new Map<string, string | undefined>();
+  /** The names (as resolvedName gives them) that were models.toml aliases when resolved: see #aliasGone. */
+  readonly #aliasNames = new Set<string>();
   readonly #loading = new Map<string, Promise<LoadedEntry>>();
   /** By key, the name of each model whose weights are being read now (past #makeRoom, not yet loaded or failed). */
   readonly #loadingNames = new Map<string, string>();
@@ -315,7 +317,10 @@ export class ModelRegistry {
     const known = this.#pathOf.get(name);
     if (known && this.loaded.some((e) => e.paths.includes(known))) {
       const now = this.#meaning(located(), paths);
-      if (now === undefined || now === this.#meaningOf.get(name)) return known;
+      // A name that stood for an alias removed since (elsewhere) is forgotten, as /api/delete's here.
+      if (now === undefined && !served && this.#aliasGone(this.resolvedName(name)))
+        this.forget(this.resolvedName(name));
+      else if (now === undefined || now === this.#meaningOf.get(name)) return known;
     }
     const offered = (known: string) => this.offersAlias(known);
     const resolving = {
@@ -334,7 +339,32 @@ export class ModelRegistry {
     });
     this.#pathOf.set(name, path);
     this.#meaningOf.set(name, this.#meaning(located(), paths));
+    if (!served && loadAliases().models.has(this.resolvedName(name))) this.#aliasNames.add(this.resolvedName(name));
     return path;
+  }
+
+  /**
+   * Whether `name`, an alias when a request resolved it, names nothing now: its models.toml entry
+   * is gone (a made model `mlx rm` removed in another process, an entry deleted by hand) and no
+   * stored model or path has that name. A models.toml that cannot be read says nothing is gone.
+   */
+  #aliasGone(name: string): boolean {
+    if (!this.#aliasNames.has(name)) return false;
+    try {
+      const location = locateModel(name, undefined, { paths: this.mayBePath(name) });
+      return location.kind === "missing" && !location.alias;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Forgets the aliases removed since requests named them (#aliasGone), as forget() does for
+   * /api/delete: a listing of what is loaded and served is read after it, so that a made model
+   * removed by another process (`mlx rm`) is listed no more, before any request names it again.
+   */
+  forgetRemoved(): void {
+    for (const name of this.#aliasNames) if (this.#aliasGone(name)) this.forget(name);
   }
 
   /**
@@ -503,6 +533,7 @@ export class ModelRegistry {
       this.#pathOf.delete(n);
       this.#meaningOf.delete(n);
       this.#untagged.delete(n);
+      this.#aliasNames.delete(n);
     }
     for (const entry of this.loaded) {
       if (!entry.names.some((n) => names.has(n))) continue;

@@ -66,6 +66,7 @@ export function ollamaRoutes(s: ServerState): Hono {
   r.get("/api/tags", async (c) => c.json({ models: await listedModels(s) }));
 
   r.get("/api/ps", async (c) => {
+    s.models.forgetRemoved();
     // A stored model reads as /api/tags lists it, whatever name it was loaded by: the same digest
     // and quantization's name.
     const byPath = storedByPath(await s.models.stored());
@@ -591,6 +592,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
  * here and the remote ones; /api/ps gives each loaded name the digest and details listed here.
  */
 async function listedModels(s: ServerState) {
+  s.models.forgetRemoved();
   const models = [];
   const stored = await s.models.offered();
   const byPath = storedByPath(stored);

@@ -44,6 +44,7 @@ type Kind = "chat" | "completion";
 
 /** Every model a request may name: loaded, the default, adapters, stored, then remote ones. */
 async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObject>[]> {
+  s.models.forgetRemoved();
   const stored = await s.models.offered();
   // A stored model was created when it was stored, loaded or not: one `created` per model, however often asked.
   const storedAt = new Map(stored.map((m) => [m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0]));
