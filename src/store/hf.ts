@@ -426,8 +426,6 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
   if (file.sha256 && file.size !== undefined && (await blobPresent({ sha256: file.sha256, size: file.size }))) {
     return { name: file.name, sha256: file.sha256, size: file.size };
   }
-  const unchanged = await unchangedGitFile(file, options.previous);
-  if (unchanged) return unchanged;
   const download = {
     expectedSha256: file.sha256,
     expectedSize: file.size,
@@ -439,7 +437,7 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
     return { name: file.name, sha256: result.sha256, size: result.size };
   }
   const gitBlob = gitBlobIdOf(file);
-  if (gitBlob) return fetchGitFile(file, gitBlob, download);
+  if (gitBlob) return fetchGitFile(file, gitBlob, download, options.previous);
   // Named after the hub's URL, which stays the same where a storage link changes each time, and
   // the file's ETag: where the listing names no commit (a mirror's), that URL is a branch's, and a
   // file changed on it since a download was cut short must not be resumed from the old one's bytes.
@@ -454,22 +452,6 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
   const claim = async () => void (blob = await addBlob(staging, { move: true }));
   await downloadFromStorage(file, staging, { ...download, claim });
   return { name: file.name, ...blob! };
-}
-
-/**
- * The stored revision's file of `file`'s name where the hub's ETag for it (a git-stored file's git
- * blob id) is that of the stored blob: its content did not change.
- */
-async function unchangedGitFile(
-  file: RemoteFile,
-  previous: ManifestFile[] | undefined,
-): Promise<ManifestFile | undefined> {
-  const etag = gitBlobIdOf(file);
-  const before = previous?.find((f) => f.name === file.name);
-  if (!before || !etag || (file.size !== undefined && file.size !== before.size)) return undefined;
-  // Git-stored files are small (configs, tokenizers): hashing one is cheaper than asking for it.
-  if (before.size > GIT_FILE_MAX_BYTES || !(await blobPresent(before))) return undefined;
-  return (await gitBlobIdOfFile(blobPath(before.sha256))) === etag ? before : undefined;
 }
 
 /** A git-stored file's git blob id (a sha1 of its content), as the hub's ETag for it gives it; undefined for any other ETag. */
@@ -490,32 +472,21 @@ const GIT_FILE_LOCK_TIMEOUT_MS = 6 * 3600_000;
 /**
  * A git-stored file (a config, a tokenizer) by what it is, its git blob id: two pulls fetching the
  * same content, under two names or from two repositories, download it once, the second waiting
- * for the first and taking its blob, as two pulls of an LFS file share its blob's download. The
- * blob a git blob id was stored as is recorded (refs/hf-git/<id>.json) once its content is checked
- * to be what the id names.
+ * for the first and taking its blob, as two pulls of an LFS file share its blob's download; and
+ * an update keeps the stored revision's file (`previous`) whose content did not change.
  */
 async function fetchGitFile(
   file: RemoteFile,
   gitBlob: string,
   download: Omit<DownloadOptions, "headers">,
+  previous: ManifestFile[] | undefined,
 ): Promise<ManifestFile> {
-  const ref = join(refsDir(), "hf-git", `${gitBlob}.json`);
-  const stored = async (): Promise<ManifestFile | undefined> => {
-    let blob: BlobRef;
-    try {
-      blob = JSON.parse(await readFile(ref, "utf8"));
-    } catch {
-      return undefined; // none yet, or unreadable: downloaded again, and recorded anew
-    }
-    if (typeof blob?.sha256 !== "string" || !isSha256Hex(blob.sha256) || !(await blobPresent(blob))) return undefined;
-    return { name: file.name, sha256: blob.sha256, size: blob.size };
-  };
-  const earlier = await stored();
+  const earlier = await heldGitFile(file, gitBlob, previous);
   if (earlier) return earlier;
   return withLock(
     join(locksDir(), `git-file-${gitBlob}.lock`),
     async () => {
-      const meanwhile = await stored();
+      const meanwhile = await heldGitFile(file, gitBlob, undefined);
       if (meanwhile) return meanwhile;
       const staging = join(downloadsDir(), "hf", `git-${gitBlob}`);
       let blob: BlobRef | undefined;
@@ -526,11 +497,40 @@ async function fetchGitFile(
       };
       await downloadFromStorage(file, staging, { ...download, claim });
       // A mirror's ETag that is not the content's git blob id records nothing: the file is stored all the same.
-      if (named) writeJsonAtomic(ref, { sha256: blob!.sha256, size: blob!.size });
+      if (named) writeJsonAtomic(gitFileRef(gitBlob), { sha256: blob!.sha256, size: blob!.size });
       return { name: file.name, ...blob! };
     },
     { timeoutMs: GIT_FILE_LOCK_TIMEOUT_MS, signal: download.signal },
   );
+}
+
+/** Where the blob a git blob id was stored as is recorded, once its content is checked to be what the id names. */
+const gitFileRef = (gitBlob: string) => join(refsDir(), "hf-git", `${gitBlob}.json`);
+
+/**
+ * The blob the store holds already for git blob id `gitBlob`, as `file`: the one recorded for it
+ * (gitFileRef), else the file of that name in `previous` (the revision an update replaces) where
+ * its content has that id; undefined where there is none on disk.
+ */
+async function heldGitFile(
+  file: RemoteFile,
+  gitBlob: string,
+  previous: ManifestFile[] | undefined,
+): Promise<ManifestFile | undefined> {
+  let recorded: BlobRef | undefined;
+  try {
+    recorded = JSON.parse(await readFile(gitFileRef(gitBlob), "utf8"));
+  } catch {
+    // none yet, or unreadable: looked for in the previous revision, else downloaded again and recorded anew
+  }
+  if (typeof recorded?.sha256 === "string" && isSha256Hex(recorded.sha256) && (await blobPresent(recorded)))
+    return { name: file.name, sha256: recorded.sha256, size: recorded.size };
+  // A file stored before its git blob id was recorded (an earlier mlx's pull) is known by hashing
+  // it: git-stored files are small (configs, tokenizers), hashing one is cheaper than asking for it.
+  const before = previous?.find((f) => f.name === file.name);
+  if (!before || (file.size !== undefined && file.size !== before.size)) return undefined;
+  if (before.size > GIT_FILE_MAX_BYTES || !(await blobPresent(before))) return undefined;
+  return (await gitBlobIdOfFile(blobPath(before.sha256))) === gitBlob ? before : undefined;
 }
 
 /** Larger files than this are LFS's on the hub, named by their sha256. */
