@@ -61,10 +61,12 @@ export interface LoadedEntry {
    */
   paths: string[];
   /**
-   * Its files (as weightsOf reads them) and load settings: names of one model with other settings
-   * (models.toml) get models of their own.
+   * Its files (weights) and load settings: names of one model with other settings (models.toml)
+   * get models of their own.
    */
   key: string;
+  /** Its files as weightsOf read them when it was loaded (see #weightsOf). */
+  weights: string;
   lm: LoadedModel;
   scheduler: Scheduler;
   loadedAt: Date;
@@ -427,7 +429,8 @@ export class ModelRegistry {
     try {
       path = await this.resolve(name);
       const settings = this.#settings(this.resolvedName(name));
-      const wanted = this.#key(path, settings);
+      const weights = this.#weightsOf(path);
+      const wanted = loadKey(settings, weights);
       if (name === this.options.pinned) this.#pinnedKey = wanted;
       // First come, first served: a request for a loaded model waits behind the loads that
       // wait for room, or a steady flow of requests would keep it busy and them waiting for ever.
@@ -444,7 +447,7 @@ export class ModelRegistry {
         waitedForLoad = true;
         const started = performance.now();
         if (keepAliveMs !== undefined) this.#keepAliveAsked.set(key, this.#keepAlive(keepAliveMs));
-        entry = await untilAborted(this.#load(this.#listedName(name, path, key), path, key, settings), signal);
+        entry = await untilAborted(this.#load(this.#listedName(name, path, key), path, key, weights, settings), signal);
         loadMs = performance.now() - started;
       }
       if (name === this.options.pinned) this.#pinnedFailure = undefined;
@@ -660,7 +663,7 @@ export class ModelRegistry {
   }
 
   #key(path: string, settings: LoadSettings): string {
-    return `${JSON.stringify(settings)}\n${this.#weightsOf(path)}`;
+    return loadKey(settings, this.#weightsOf(path));
   }
 
   /**
@@ -671,11 +674,10 @@ export class ModelRegistry {
    * new revision beside or instead of the old and let go of the name's in-use mark meanwhile.
    */
   #weightsOf(path: string): string {
-    const loaded = this.loaded.find((e) => e.paths.includes(path));
-    return loaded ? loaded.key.slice(loaded.key.indexOf("\n") + 1) : weightsOf(path);
+    return this.loaded.find((e) => e.paths.includes(path))?.weights ?? weightsOf(path);
   }
 
-  async #load(name: string, path: string, key: string, settings: LoadSettings): Promise<LoadedEntry> {
+  async #load(name: string, path: string, key: string, weights: string, settings: LoadSettings): Promise<LoadedEntry> {
     const pending = this.#loading.get(key);
     if (pending) return pending;
     const promise = (async () => {
@@ -733,6 +735,7 @@ export class ModelRegistry {
           path,
           paths: [path],
           key,
+          weights,
           lm,
           scheduler,
           loadedAt: new Date(),
@@ -885,6 +888,9 @@ export class ModelRegistry {
     wait();
   }
 }
+
+/** A loaded model's LoadedEntry.key: its load settings and its files (weightsOf). */
+const loadKey = (settings: LoadSettings, weights: string) => `${JSON.stringify(settings)}\n${weights}`;
 
 /**
  * The files a model path stands for, links followed: the store's names of one model (a copy, aliases
