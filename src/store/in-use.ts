@@ -6,7 +6,7 @@
 // interrupted (Ctrl-C) where nothing else handles it exits with 130 after removing its markers,
 // where the signal would have killed it before its exit handlers ran.
 import { mkdirSync, readdirSync, readFileSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { noSpaceLeft } from "../format";
 import { isProcessAlive, processStartTime } from "./lock";
 import { inUseDir, modelKey } from "./paths";
@@ -15,10 +15,13 @@ import { inUseDir, modelKey } from "./paths";
 const held = new Map<string, string>();
 let exitHookInstalled = false;
 
+/** This process's marker for `name` in the store it uses. */
+const markerOf = (name: string) => join(inUseDir(), modelKey(name), String(process.pid));
+
 /** Marks `name` as used by this process until it exits (or `releaseModel` is called). */
 export function markInUse(name: string): void {
-  const dir = join(inUseDir(), modelKey(name));
-  const marker = join(dir, String(process.pid));
+  const marker = markerOf(name);
+  const dir = dirname(marker);
   if (held.has(marker)) return;
   // Before the marker exists, so no interrupt falls between the two.
   if (!exitHookInstalled) {
@@ -43,9 +46,14 @@ function exitOnInterrupt(): void {
 }
 
 export function releaseModel(name: string): void {
-  const marker = join(inUseDir(), modelKey(name), String(process.pid));
+  const marker = markerOf(name);
   if (!held.delete(marker)) return;
   removeQuietly(marker);
+}
+
+/** Whether this process marks `name` as in use in the store it uses. */
+export function holdsModel(name: string): boolean {
+  return held.has(markerOf(name));
 }
 
 /** The models this process marks as in use. */

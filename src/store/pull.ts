@@ -10,7 +10,7 @@ import { loadAliases, type ModelAlias } from "./aliases";
 import { addBlob, blobPresent, blobsOnDisk } from "./blobs";
 import { ensureFreeSpace, type DownloadProgress } from "./download";
 import { hubCommit, hubOffline, parseHFSpec, pinsCommit, pullHFRepo } from "./hf";
-import { modelsHeld } from "./in-use";
+import { holdsModel } from "./in-use";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
 import { neededFiles } from "./model-files";
@@ -173,7 +173,7 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
       "model",
     );
   // Whether this process used the model before (a server that has it loaded): opening it marks it.
-  const usedHere = modelsHeld().includes(request.name);
+  const usedHere = holdsModel(request.name);
   const present = await openIfIntact(request);
   const latest = present && options.update ? await branchCommit(request.source, options) : undefined;
   const storedRevision = present ? readManifest(request.name)?.revision : undefined;
