@@ -240,6 +240,23 @@ describe("mlx create", () => {
     expect(run).toMatchObject({ code: 0, stderr: "" });
   });
 
+  test("mlx rm of the stored model a made model is made from is refused, naming that one; it goes once that one does", async () => {
+    writeFileSync(aliasFile(), "");
+    expect((await mlx(["pull", tiny])).code).toBe(0); // stored as "tiny"
+    expect((await mlx(["create", "tiny-mario", "-f", modelfile("FROM tiny\nSYSTEM Wahoo.\n")])).code).toBe(0);
+    const refused = await mlx(["rm", "-y", "tiny"]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain(
+      "'tiny-mario' is made from 'tiny': delete it first, or make it from another model",
+    );
+    // Nothing removed: the made model still runs.
+    expect((await mlx(["run", "-m", "tiny-mario", "--max-tokens", "1", "hi"])).code).toBe(0);
+    // Removed in one command with the made model, it goes.
+    expect((await mlx(["rm", "-y", "tiny-mario", "tiny"])).code).toBe(0);
+    expect(readFileSync(aliasFile(), "utf8")).not.toContain("tiny-mario");
+    expect((await mlx(["list"])).stdout).not.toMatch(/^tiny /m);
+  });
+
   test("mlx rm of a made model removes its entry alone", async () => {
     writeFileSync(aliasFile(), `# mine\n[models.other]\nsource = "${tiny}"\n`);
     expect((await mlx(["create", "gone", "-f", modelfile(`FROM ${tiny}\nSYSTEM Bye.\n`)])).code).toBe(0);

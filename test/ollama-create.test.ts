@@ -455,6 +455,11 @@ describe("POST /api/create", () => {
     expect(r.status).toBe(400);
     expect(((await r.json()) as { error: string }).error).toContain("'chick' is made from 'parrot'");
     expect(readFileSync(file, "utf8")).toBe(before);
+    // Nor the stored model one is made from by its name.
+    const base = await fetch(`${server.url}/api/delete`, { method: "DELETE", body: JSON.stringify({ model: "tiny" }) });
+    expect(base.status).toBe(400);
+    expect(((await base.json()) as { error: string }).error).toMatch(/^'[^']+' is made from 'tiny'/);
+    expect((await ollama.list()).models.map((m) => m.name)).toContain("tiny");
   });
 
   test("a made model deleted while loaded answers no more, nor is listed as loaded or served, by either name", async () => {

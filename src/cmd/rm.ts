@@ -8,7 +8,7 @@ import { formatBytes } from "../format";
 import { modelRequest } from "../store/pull";
 import { refuseInUse, removeModel } from "../store/store";
 import { userAliasFile } from "../store/aliases";
-import { isUserAlias, removeUserAlias } from "../store/create";
+import { isUserAlias, refuseRemovingMadeFrom, removeUserAlias } from "../store/create";
 import { fail, log } from "./log";
 import { variadic } from "./strict-flags";
 
@@ -29,7 +29,10 @@ export default defineCommand({
       // An unreadable manifest still names a model whose files take space: removing it is the repair.
       for (const name of names)
         if (!existsSync(manifestPath(name))) throw new Error(`no stored model named '${name}' (see mlx list)`);
-      for (const name of names) refuseInUse(name);
+      for (const name of names) {
+        refuseInUse(name);
+        refuseRemovingMadeFrom(name, made);
+      }
       // Only a person at a terminal can answer; scripts pass -y.
       if (!args.yes && process.stdin.isTTY) {
         const listed = [...made.map((name) => `${name} (an alias in models.toml)`), ...names.map(described)];
@@ -44,7 +47,7 @@ export default defineCommand({
         log.success(`removed ${name} from ${userAliasFile()}`);
       }
       for (const name of names) {
-        const { freedBytes } = await removeModel(name);
+        const { freedBytes } = await removeModel(name, (stored) => refuseRemovingMadeFrom(stored));
         log.success(`removed ${name}, freed ${formatBytes(freedBytes)}`);
       }
     } catch (error) {

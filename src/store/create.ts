@@ -5,7 +5,7 @@
 // temporary file and a rename, under the store's lock, its other entries and comments kept as
 // they are written; a change whose result would not load is refused before anything is written.
 import { existsSync, statSync } from "node:fs";
-import { resolve } from "node:path";
+import { isAbsolute, resolve } from "node:path";
 import { parse, stringify } from "smol-toml";
 import { InvalidParameterError, ModelNotFoundError, UnsupportedError } from "../errors";
 import { IGNORED_OPTIONS, OFF_ONLY_OPTIONS } from "../api/ollama";
@@ -24,7 +24,7 @@ import { withStoreLock } from "./lock";
 import type { LocateOptions } from "./resolve";
 import { readManifest, writeFileAtomic } from "./manifest";
 import { modelNameFits } from "./paths";
-import { isRemoteSource, refuseMalformedSource } from "./pull";
+import { isRemoteSource, refuseMalformedSource, storedModelNamed } from "./pull";
 import { listModels } from "./store";
 
 /** What a model is made of, as Ollama's create request and a Modelfile give it. */
@@ -70,9 +70,31 @@ export async function createModel(
     const file = userAliasFile();
     const text = existsSync(file) ? readUserFile(file) : "";
     checkName(recipe.name, text);
+    // What it is made from, removed by another process since it was found (mlx rm, which
+    // refuses under this lock once the model is written): the model would name nothing.
+    const source = settings.source as string;
+    if (!isAbsolute(source) && !isRemoteSource(source) && !loadAliases().models.has(source) && !readManifest(source))
+      throw new ModelNotFoundError(`model '${recipe.from}' not found: it was removed while '${recipe.name}' was made`);
     writeUserAliases(withEntry(text, recipe.name, entryText(recipe.name, settings)));
   });
   return settings;
+}
+
+/**
+ * Refuses removing stored model `name` while a model made from it by its name needs it (mlx
+ * create, /api/create: an alias whose source it is): that one would name nothing, as
+ * removeUserAlias refuses for one made from an alias (none of `removedToo`, going with it).
+ * removeModel's `refuse`.
+ */
+export function refuseRemovingMadeFrom(name: string, removedToo: string[] = []): void {
+  const made = [...loadAliases().models.values()].find(
+    (alias) => alias.source === name && !removedToo.includes(alias.name) && storedModelNamed(alias),
+  );
+  if (made)
+    throw new InvalidParameterError(
+      `'${made.name}' is made from '${name}': delete it first, or make it from another model`,
+      "model",
+    );
 }
 
 /** Removes alias `name` from the user's models.toml: false where the file has no such entry. */

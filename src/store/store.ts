@@ -289,15 +289,17 @@ export async function blobsPresent(model: IndexEntry): Promise<boolean> {
 }
 
 /**
- * Removes a model and the blobs no other model uses; refuses while a process is using it. A
- * model whose manifest is unreadable is removed too (its files found through its directory).
+ * Removes a model and the blobs no other model uses; refuses while a process is using it, or
+ * where `refuse` throws (run under the store lock, so that what it checks cannot change before
+ * the model goes). A model whose manifest is unreadable is removed too (its files found through its directory).
  */
-export function removeModel(name: string): Promise<{ freedBytes: number }> {
+export function removeModel(name: string, refuse?: (name: string) => void): Promise<{ freedBytes: number }> {
   return withStoreLock(async () => {
     const index = loadIndex();
     if (!index.has(name) && !existsSync(manifestPath(name)))
       throw new ModelNotFoundError(`no stored model named '${name}'`);
     refuseInUse(name);
+    refuse?.(name);
     const freedBytes = await deleteModel(index, name);
     saveIndex(index);
     return { freedBytes };

@@ -24,6 +24,7 @@ import {
   isModelName,
   isUserAlias,
   MODEL_NAME_RULE,
+  refuseRemovingMadeFrom,
   removeUserAlias,
 } from "../../store/create";
 import { hubRepoNamed } from "../../store/hf";
@@ -139,7 +140,7 @@ export function ollamaModelRoutes(s: ServerState): Hono {
     }
     const name = storedName(given, { orSource: true });
     letGo(s, name, "delete it");
-    await removeModel(name);
+    await removeModel(name, (stored) => refuseRemovingMadeFrom(stored));
     return c.body(null, 200);
   });
 
