@@ -16,7 +16,14 @@ import {
   type SpeculationChoice,
 } from "../models/load";
 import { locateModel, resolveModelPath, type ModelLocation } from "../store/resolve";
-import { aliasAdapter, aliasAdapterBase, aliasCacheSettings, aliasSpeculation, loadAliases } from "../store/aliases";
+import {
+  aliasAdapter,
+  aliasAdapterBase,
+  aliasCacheSettings,
+  aliasSpeculation,
+  loadAliases,
+  type AliasTable,
+} from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
 import { applySettings } from "../engine/model-settings";
 import { clearMemoryCache } from "../engine/device";
@@ -350,10 +357,10 @@ export class ModelRegistry {
    * is gone (a made model `mlx rm` removed in another process, an entry deleted by hand) and no
    * stored model or path has that name. A models.toml that cannot be read says nothing is gone.
    */
-  #aliasGone(name: string): boolean {
+  #aliasGone(name: string, aliases?: AliasTable): boolean {
     if (!this.#aliasNames.has(name)) return false;
     try {
-      const location = locateModel(name, undefined, { paths: this.mayBePath(name) });
+      const location = locateModel(name, aliases ?? loadAliases(), { paths: this.mayBePath(name) });
       return location.kind === "missing" && !location.alias;
     } catch {
       return false;
@@ -366,7 +373,14 @@ export class ModelRegistry {
    * removed by another process (`mlx rm`) is listed no more, before any request names it again.
    */
   forgetRemoved(): void {
-    for (const name of this.#aliasNames) if (this.#aliasGone(name)) this.forget(name);
+    if (this.#aliasNames.size === 0) return;
+    let aliases: AliasTable;
+    try {
+      aliases = loadAliases();
+    } catch {
+      return; // models.toml unreadable: nothing can be told gone
+    }
+    for (const name of this.#aliasNames) if (this.#aliasGone(name, aliases)) this.forget(name);
   }
 
   /**
