@@ -1425,6 +1425,62 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
   );
 
   test(
+    "an older mlx that links the model's name as a directory again: the revision a process reads stays until it stops, then goes whole; reads, updates and rm lose nothing",
+    async () => {
+      const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });
+      await pull("hf:org/tiny");
+      releaseModel("org/tiny");
+      const home = process.env.MLX_HOME!;
+      const dir = join(home, "models", modelKey("org/tiny"));
+      const revisions = join(home, "revisions", modelKey("org/tiny"));
+      const [stop, ready] = [join(home, "stop"), join(home, "ready")];
+      // A process using the model (it marks it in use and reads it through its name).
+      const reader = Bun.spawn(
+        [process.execPath, join(import.meta.dir, "fixtures", "store-revision-reader.ts"), dir, "org/tiny", stop, ready],
+        { env: process.env, stdout: "pipe", stderr: "inherit" },
+      );
+      try {
+        while (!existsSync(ready)) await Bun.sleep(10);
+        // An mlx from before revisions opens it: the links it finds are not its own (one folder
+        // deeper), so it links the name as a directory of its own, as it always did.
+        rmSync(dir);
+        mkdirSync(dir);
+        for (const f of readManifest("org/tiny")!.files)
+          symlinkSync(join("..", "..", "blobs", `sha256-${f.sha256}`), join(dir, f.name));
+        expect(await openStoredModel("org/tiny")).toBe(dir);
+        releaseModel("org/tiny");
+        expect(lstatSync(dir).isDirectory()).toBe(true);
+        // The revision the process may read stays, and nothing it links is taken.
+        expect((await verifyStore()).leftovers).toEqual({ files: 0, bytes: 0 });
+        expect(readdirSync(revisions)).toHaveLength(1);
+        writeFileSync(stop, "");
+        expect(await reader.exited).toBe(0);
+      } finally {
+        reader.kill();
+        await reader.exited;
+      }
+      // Stopped: its revision goes, folder and all; the model's files stay.
+      const report = await verifyStore();
+      expect(report).toMatchObject({ leftovers: { files: 0, bytes: 0 }, damagedModels: [] });
+      expect(existsSync(revisions)).toBe(false);
+      load(dir);
+      // Its update moves it to revisions again, the old weights gone with it.
+      moveBranch(hub);
+      await pullModel(modelRequest("hf:org/tiny"), { update: true });
+      releaseModel("org/tiny");
+      expect(lstatSync(dir).isSymbolicLink()).toBe(true);
+      expect(sha256Hex(storedWeights())).toBe(sha256Hex(retrainedWeights));
+      expect(existsSync(oldWeights())).toBe(false);
+      load(dir);
+      // Removed, nothing of it is left.
+      expect((await cli("rm", "-y", "org/tiny")).code).toBe(0);
+      expect([existsSync(dir), existsSync(revisions)]).toEqual([false, false]);
+      expect(readdirSync(join(home, "blobs"))).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "/api/pull of a stored model updates it as mlx pull does, saying so in its status lines; up to date, it fetches nothing",
     async () => {
       const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });

@@ -526,6 +526,8 @@ function removeOldRevisions(name: string): string[] {
     linked.push(...Object.keys(blobsLinkedIn(dir)));
     rmSync(dir, { recursive: true, force: true });
   }
+  // None left (the name a directory again, as an mlx from before revisions links it): its folder goes too.
+  if (current === undefined || dirname(current) !== revisions) rmSync(revisions, { recursive: true, force: true });
   return linked;
 }
 
