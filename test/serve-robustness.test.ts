@@ -654,6 +654,60 @@ describe("disconnects and the event loop", () => {
     }
   });
 
+  test("a client that stops reading its stream is cut off once it leaves the bound unread: its generation is cancelled and its batch slot freed", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-unread-"));
+    const long = join(root, "long");
+    writeTinyModel(long, { contextLength: 8192 });
+    // The body is read as Bun reads it for a client whose socket is full: not at all. (Over a real
+    // socket the kernel's and Bun's buffers take some megabytes first, minutes of a tiny model.)
+    const state = createState({ version: "t", logError: () => {}, maxBatch: 1, unreadStreamBytes: 16 * 1024 });
+    const app = createApp(state);
+    const request = (path: string, body: Record<string, unknown>) =>
+      app.fetch(
+        new Request(`http://127.0.0.1${path}`, { method: "POST", body: JSON.stringify({ model: long, ...body }) }),
+      );
+    const maxTokens = 8000;
+    try {
+      for (const [path, body] of [
+        [
+          "/v1/chat/completions",
+          { messages: [{ role: "user", content: "Hi" }], max_tokens: maxTokens, stream: true, ignore_eos: true },
+        ],
+        ["/api/generate", { prompt: "Once", options: { num_predict: maxTokens } }],
+      ] as const) {
+        const answer = await request(path, body);
+        expect(answer.status).toBe(200);
+        const reader = answer.body!.getReader();
+        await reader.read(); // its first chunk, then nothing more
+        await eventually(() => state.inflight.list.length === 1, 30_000);
+        const [flight] = state.inflight.list;
+        await eventually(() => state.inflight.list.length === 0, 30_000);
+        expect(flight!.tokens).toBeLessThan(maxTokens);
+        // What waited for it is dropped, and its connection closed: no more to read.
+        let rest = 0;
+        await expect(
+          (async () => {
+            for (let part = await reader.read(); !part.done; part = await reader.read()) rest += part.value.length;
+          })(),
+        ).rejects.toBeUndefined();
+        expect(rest).toBeLessThanOrEqual(16 * 1024 + 4096);
+      }
+      const metrics = state.metrics.registry.render();
+      expect(metrics).toContain('mlx_generations_total{route="/v1/chat/completions",finish_reason="cancelled"} 1');
+      expect(metrics).toContain('mlx_generations_total{route="/api/generate",finish_reason="cancelled"} 1');
+      // The one batch slot is free: another request is answered.
+      const next = await request("/v1/chat/completions", {
+        messages: [{ role: "user", content: "Hi" }],
+        max_tokens: 4,
+      });
+      expect(next.status).toBe(200);
+      expect(((await next.json()) as any).choices[0].finish_reason).toBe("length");
+    } finally {
+      state.models.dispose();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 90_000);
+
   test("clients that leave while waiting for their model stop waiting, and nothing is loaded for them", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-wait-model-"));
     const [busy, next] = [join(root, "busy"), join(root, "next")];

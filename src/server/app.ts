@@ -37,6 +37,7 @@ import { openaiRoutes } from "./routes/openai";
 import { keylessProbes, opsRoutes, queueFigures } from "./routes/ops";
 import { isPublicPage, webRoutes } from "./routes/web";
 import { InFlight } from "./inflight";
+import { DEFAULT_UNREAD_STREAM_BYTES } from "./respond";
 import { memoryFigures } from "../engine/device";
 import { DEFAULT_PREFILL_CHUNK } from "../engine/batch";
 import { Scheduler } from "../engine/scheduler";
@@ -206,6 +207,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       requestTimeoutMs: Math.min(o.requestTimeoutMs ?? 600_000, MAX_TIMER_MS),
       defaultModel: o.defaultModel,
       storedResponseBytes: o.storedResponseBytes ?? 256 * 1024 * 1024,
+      unreadStreamBytes: o.unreadStreamBytes ?? DEFAULT_UNREAD_STREAM_BYTES,
       maxSequences,
       version: o.version ?? "0.0.0",
     },

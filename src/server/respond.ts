@@ -8,6 +8,7 @@ import type { GenerationEvent, TokenLogprob } from "../engine/scheduler";
 import type { ThinkingBlock } from "../engine/tools";
 import { toApiError, type ApiError } from "./errors";
 import type { Generation } from "./generation";
+import type { ServerState } from "./state";
 
 type TextEvent = Extract<GenerationEvent, { type: "text" }>;
 type DoneEvent = Extract<GenerationEvent, { type: "done" }>;
@@ -60,6 +61,39 @@ export async function collectGeneration(gen: Generation): Promise<Collected | un
 
 export type Send = (bytes: Uint8Array) => void;
 
+/**
+ * Bytes of a streamed answer that may wait in the server for a client that does not read them
+ * (ServerConfig.unreadStreamBytes). The sockets' own buffers hold a few megabytes more; past both,
+ * a client has stopped reading (a process stalled, a reader paused for good, one that reads a
+ * byte a second), and the rest of its answer would otherwise pile up in memory, its sequence
+ * holding its batch slot, until its generation ended (the request timeout, ten minutes by default).
+ */
+export const DEFAULT_UNREAD_STREAM_BYTES = 4 * 1024 * 1024;
+
+/**
+ * What a streamed answer's body writes with: `bytes` queued for its client, who may leave at
+ * most `limit` of them unread (make the stream with `unreadLimit(limit)`). Past that the client is
+ * cut off as one gone: `gone` is called (its generations stop) and the connection is closed.
+ */
+export function sendWithin(controller: ReadableStreamDefaultController<Uint8Array>, gone: () => void): Send {
+  return (bytes) => {
+    try {
+      controller.enqueue(bytes);
+    } catch {
+      gone(); // the stream is closed: the client went away, or was cut off
+      return;
+    }
+    if (controller.desiredSize! >= 0) return;
+    gone();
+    // Failing the body closes the connection, which frees what it held. Without a reason: Bun
+    // writes a body's error to stderr, and a client that stopped reading is no server error.
+    controller.error();
+  };
+}
+
+/** The queue of a streamed answer's body, in bytes, up to what its client may leave unread. */
+export const unreadLimit = (limit: number) => new ByteLengthQueuingStrategy({ highWaterMark: limit });
+
 const encoder = new TextEncoder();
 
 /** A server-sent event named by its data's `type` (as Anthropic's and OpenAI Responses' streams are). */
@@ -90,58 +124,55 @@ export interface StreamWriter {
 export function generationStream(
   gen: Generation,
   writer: StreamWriter,
-  logError?: (error: unknown) => void,
+  s: Pick<ServerState, "config" | "logError">,
 ): ReadableStream<Uint8Array> {
-  return new ReadableStream<Uint8Array>({
-    async start(controller) {
-      let outcome = "error";
-      let done: DoneEvent | undefined;
-      const send: Send = (bytes) => {
+  return new ReadableStream<Uint8Array>(
+    {
+      async start(controller) {
+        let outcome = "error";
+        let done: DoneEvent | undefined;
+        const send = sendWithin(controller, gen.abort);
         try {
-          controller.enqueue(bytes);
-        } catch {
-          gen.abort(); // the stream is closed: the client went away
-        }
-      };
-      try {
-        // Read by hand, as start may wait for the first event: a generation may end before its
-        // prefill begins. Left early, it needs no return(): finish ends what it holds.
-        const events = gen.events[Symbol.asyncIterator]();
-        const first = events.next();
-        if (writer.startAdmitted) await Promise.race([gen.admitted, first]);
-        writer.start?.(send);
-        for (let read = await first; !read.done; read = await events.next()) {
-          const event = read.value;
-          if (event.type === "text") writer.text(event, send);
-          else if (event.type === "error") throw event.error;
-          else {
-            done = event;
-            if (event.finishReason === "cancelled") {
-              const cut = gen.cutShort();
-              outcome = cut?.outcome ?? "cancelled";
-              if (cut) send(writer.error(toApiError(cut.error)));
-              break;
+          // Read by hand, as start may wait for the first event: a generation may end before its
+          // prefill begins. Left early, it needs no return(): finish ends what it holds.
+          const events = gen.events[Symbol.asyncIterator]();
+          const first = events.next();
+          if (writer.startAdmitted) await Promise.race([gen.admitted, first]);
+          writer.start?.(send);
+          for (let read = await first; !read.done; read = await events.next()) {
+            const event = read.value;
+            if (event.type === "text") writer.text(event, send);
+            else if (event.type === "error") throw event.error;
+            else {
+              done = event;
+              if (event.finishReason === "cancelled") {
+                const cut = gen.cutShort();
+                outcome = cut?.outcome ?? "cancelled";
+                if (cut) send(writer.error(toApiError(cut.error)));
+                break;
+              }
+              outcome = event.finishReason;
+              writer.done(event, send);
             }
-            outcome = event.finishReason;
-            writer.done(event, send);
+          }
+          writer.end?.(send);
+        } catch (error) {
+          send(writer.error(toApiError(error, s.logError)));
+        } finally {
+          gen.finish(outcome, done?.usage);
+          try {
+            controller.close();
+          } catch {
+            // already closed by a cancel, or failed: its client was cut off
           }
         }
-        writer.end?.(send);
-      } catch (error) {
-        send(writer.error(toApiError(error, logError)));
-      } finally {
-        gen.finish(outcome, done?.usage);
-        try {
-          controller.close();
-        } catch {
-          // already closed by a cancel
-        }
-      }
+      },
+      cancel() {
+        gen.abort();
+      },
     },
-    cancel() {
-      gen.abort();
-    },
-  });
+    unreadLimit(s.config.unreadStreamBytes),
+  );
 }
 
 /**

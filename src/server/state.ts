@@ -18,6 +18,8 @@ export interface ServerConfig {
   defaultModel?: string;
   /** Bytes the Responses API's stored responses (`store: true`) may hold in all; the oldest go first. */
   storedResponseBytes: number;
+  /** Bytes of a streamed answer its client may leave unread before it is cut off (respond.ts's DEFAULT_UNREAD_STREAM_BYTES). */
+  unreadStreamBytes: number;
   /** Most sequences a model's scheduler ever holds at once (its largest batch plus its queue). */
   maxSequences: number;
   version: string;

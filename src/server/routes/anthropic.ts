@@ -315,7 +315,7 @@ function streamed(
       },
       error: (e) => namedEvent(errorBody(e, "anthropic") as { type: string }),
     },
-    s.logError,
+    s,
   );
   return new Response(body, { headers: eventStreamHeaders });
 }

@@ -582,7 +582,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
       },
       error: (e) => line(errorBody(e, "ollama")),
     },
-    s.logError,
+    s,
   );
   return new Response(body, { headers: { "Content-Type": "application/x-ndjson", "Cache-Control": "no-cache" } });
 }

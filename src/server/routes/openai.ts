@@ -29,6 +29,8 @@ import {
   collectGeneration,
   eventStreamHeaders,
   generationStream,
+  sendWithin,
+  unreadLimit,
   type Send,
 } from "../respond";
 import { readJson, unsupported } from "../../api/validate";
@@ -451,36 +453,52 @@ function streamed(
       usages[index] = u;
     }),
   );
-  const body = mergeStreams(choices, (send) => {
-    if (req.includeUsage && usages.length === gens.length && usages.every(Boolean))
-      send(sse({ ...meta, object, choices: [], usage: totalUsage(usages, req.n) }));
-    send(encoder.encode("data: [DONE]\n\n"));
-  });
+  const body = mergeStreams(
+    choices,
+    (send) => {
+      if (req.includeUsage && usages.length === gens.length && usages.every(Boolean))
+        send(sse({ ...meta, object, choices: [], usage: totalUsage(usages, req.n) }));
+      send(encoder.encode("data: [DONE]\n\n"));
+    },
+    s.config.unreadStreamBytes,
+  );
   return new Response(body, { headers: eventStreamHeaders });
 }
 
-/** The chunks of several streams as they come, then `end`'s; cancelling it cancels them all. */
-function mergeStreams(streams: ReadableStream<Uint8Array>[], end: (send: Send) => void): ReadableStream<Uint8Array> {
+/**
+ * The chunks of several streams as they come, then `end`'s; cancelling it cancels them all, as
+ * does a client that leaves more than `unreadBytes` of it unread (the chunks are read from the
+ * streams as soon as they come, so what waits for the client waits here).
+ */
+function mergeStreams(
+  streams: ReadableStream<Uint8Array>[],
+  end: (send: Send) => void,
+  unreadBytes: number,
+): ReadableStream<Uint8Array> {
   const readers = streams.map((stream) => stream.getReader());
-  return new ReadableStream<Uint8Array>({
-    async start(controller) {
-      const send: Send = (bytes) => controller.enqueue(bytes);
-      try {
-        await Promise.all(
-          readers.map(async (reader) => {
-            for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) send(chunk.value);
-          }),
-        );
-        end(send);
-        controller.close();
-      } catch {
-        // cancelled: the client went away
-      }
+  const cancelAll = () => Promise.all(readers.map((reader) => reader.cancel()));
+  return new ReadableStream<Uint8Array>(
+    {
+      async start(controller) {
+        const send = sendWithin(controller, () => void cancelAll());
+        try {
+          await Promise.all(
+            readers.map(async (reader) => {
+              for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) send(chunk.value);
+            }),
+          );
+          end(send);
+          controller.close();
+        } catch {
+          // cancelled: the client went away, or was cut off
+        }
+      },
+      async cancel() {
+        await cancelAll();
+      },
     },
-    async cancel() {
-      await Promise.all(readers.map((reader) => reader.cancel()));
-    },
-  });
+    unreadLimit(unreadBytes),
+  );
 }
 
 function choiceStream(
@@ -566,6 +584,6 @@ function choiceStream(
       },
       error: (e) => sse(errorBody(e, "openai")),
     },
-    s.logError,
+    s,
   );
 }

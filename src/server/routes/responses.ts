@@ -466,7 +466,7 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
         ]);
       },
     },
-    s.logError,
+    s,
   );
   return new Response(body, { headers: eventStreamHeaders });
 }
