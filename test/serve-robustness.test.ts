@@ -8,6 +8,7 @@ import { createApp, createState, type RunningServer } from "../src/server/app";
 import { mkdirSync, mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
+import { gzipSync } from "node:zlib";
 import { dirname, join } from "node:path";
 import { eventually, post, serve, healthWhile, tinyModel } from "./helpers/serve";
 import { writeShardedTinyModel, writeTinyModel } from "./helpers/tiny-model";
@@ -397,6 +398,28 @@ describe("limits", () => {
     const r = await post(`${server.url}/v1/chat/completions`, big);
     expect(r.status).toBe(413);
     expect(r.json.error.code).toBe("request_too_large");
+    await answersNormally();
+  });
+
+  test("a compressed body (Content-Encoding gzip) is a 415 saying so, in each API's error shape, not a 400 about its bytes as JSON", async () => {
+    for (const [path, body] of [
+      ["/v1/chat/completions", chat()],
+      ["/api/chat", chat({ stream: false })],
+    ] as const) {
+      const r = await post(`${server.url}${path}`, gzipSync(JSON.stringify(body)), { "Content-Encoding": "gzip" });
+      expect(r.status).toBe(415);
+      expect(r.headers.get("accept-encoding")).toBe("identity");
+      const message = "the request body's Content-Encoding 'gzip' is not supported: send it uncompressed";
+      expect(r.json).toEqual(
+        path === "/api/chat"
+          ? { error: message }
+          : { error: { message, type: "invalid_request_error", param: null, code: "unsupported_content_encoding" } },
+      );
+    }
+    // "identity" is no compression.
+    expect((await post(`${server.url}/v1/chat/completions`, chat(), { "Content-Encoding": "identity" })).status).toBe(
+      200,
+    );
     await answersNormally();
   });
 

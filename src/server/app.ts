@@ -24,6 +24,7 @@ import {
   serverStopping,
   toApiError,
   unauthorized,
+  unsupportedContentEncoding,
 } from "./errors";
 import { serverMetrics } from "./metrics";
 import { ModelRegistry, type LoadSettings } from "./model-registry";
@@ -353,6 +354,13 @@ export function createApp(s: ServerState): Hono {
       return next();
     });
   }
+
+  // 4b. A body is read as sent: one compressed would be read as JSON, and fail as such.
+  app.use("*", async (c, next) => {
+    const coding = c.req.header("content-encoding")?.trim().toLowerCase();
+    if (c.req.raw.body && coding && coding !== "identity") throw unsupportedContentEncoding(coding);
+    return next();
+  });
 
   // 5. The body must arrive within the request timeout: a client that stops sending part way
   // gets a 504 instead of holding its request open forever (the server has no idle cut-off);

@@ -59,6 +59,21 @@ export const requestTimeout = () => new TimeoutError("the request took longer th
 export const serverStopping = () =>
   new ApiError(503, "the server is shutting down", "server_error", null, "server_shutting_down");
 
+/**
+ * A request body compressed (Content-Encoding gzip, br, ...): not decoded here, as neither vLLM nor
+ * Ollama decodes one, and said so (RFC 9110's 415 naming the codings taken), where the compressed
+ * bytes read as JSON were a 400 about an "unrecognized token".
+ */
+export const unsupportedContentEncoding = (coding: string) =>
+  new ApiError(
+    415,
+    `the request body's Content-Encoding '${coding}' is not supported: send it uncompressed`,
+    "invalid_request_error",
+    null,
+    "unsupported_content_encoding",
+    { "Accept-Encoding": "identity" },
+  );
+
 export const notFound = (message: string, code = "not_found") =>
   new ApiError(404, message, "invalid_request_error", null, code);
 export const unauthorized = () =>

@@ -61,7 +61,7 @@ export async function post(
 ): Promise<{ status: number; json: any; headers: Headers }> {
   const r = await fetch(url, {
     method: "POST",
-    body: typeof body === "string" ? body : JSON.stringify(body),
+    body: typeof body === "string" || body instanceof Uint8Array ? body : JSON.stringify(body),
     headers: { "Content-Type": "application/json", ...headers },
   });
   const text = await r.text();
