@@ -1,9 +1,9 @@
 // Answering with one generation, for both API families: whole (its events collected) or
-// streamed (a body whose writes stop the generation once the client is gone). Both end the
-// same way: a cancelled generation is either cut short by the server (past the request timeout,
-// a 504, or still running when a stopping server's grace ended, a 503; in a stream, a last error
-// message) or a client that went away (nothing more to say), and the outcome reaches /metrics
-// exactly once.
+// streamed (a body whose writes stop the generation once the client is gone, or has stopped
+// reading: sendWithin). Both end the same way: a cancelled generation is either cut short by the
+// server (past the request timeout, a 504, or still running when a stopping server's grace ended,
+// a 503; in a stream, a last error message) or a client that went away (nothing more to say),
+// and the outcome reaches /metrics exactly once.
 import type { GenerationEvent, TokenLogprob } from "../engine/scheduler";
 import type { ThinkingBlock } from "../engine/tools";
 import { toApiError, type ApiError } from "./errors";
