@@ -740,6 +740,32 @@ describe("n against the server's capacity", () => {
     expect(full.choices.map((c) => c.index)).toEqual([0, 1, 2, 3, 4]);
   });
 
+  test("with the tuner on, an idle server whose limit it cut still takes n up to --max-batch plus --max-queue", async () => {
+    // An unreachable target: two streams at a limit of 2 make it cut the limit to 1.
+    const tuned = serve({ defaultModel: model, targetItlMs: 1, maxBatch: 2, maxQueue: 1 });
+    try {
+      const c = new OpenAI({ baseURL: `${tuned.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 20_000 });
+      const body = { model, max_tokens: 30, temperature: 0 };
+      await Promise.all([1, 2].map(() => c.chat.completions.create({ ...body, messages })));
+      const stats: any = await (await fetch(`${tuned.url}/stats`)).json();
+      const m = stats.models[0];
+      expect({ max_batch: m.max_batch, running: m.running, waiting: m.waiting }).toEqual({
+        max_batch: 1,
+        running: 0,
+        waiting: 0,
+      });
+      // Three choices fit: the queue was full to them (a 429 with nothing running, no retry clearing it).
+      const full = await c.chat.completions.create({ ...body, max_tokens: 2, messages, n: 3 });
+      expect(full.choices.map((choice) => choice.index)).toEqual([0, 1, 2]);
+      // Four never fit: a 400 naming the flags' limit, not the tuner's largest batch (it was a 429 too).
+      const over = await post(`${tuned.url}/v1/chat/completions`, { ...body, max_tokens: 2, messages, n: 4 });
+      expect(over.status).toBe(400);
+      expect(over.json.error.message).toMatch(/'n' must be <= 3/);
+    } finally {
+      await tuned.stop();
+    }
+  });
+
   test("a batch of prompts counts n choices for each against the same limit", async () => {
     const r = await post(`${small.url}/v1/completions`, { model, prompt: ["a", "b", "c"], n: 2, max_tokens: 1 });
     expect(r.status).toBe(400);

@@ -281,10 +281,13 @@ export class Scheduler {
   /**
    * Whether submit() would be accepted now: the queue holds maxQueue requests beyond those the
    * batch has room for (a burst, or a request's n choices, that an idle batch would take at
-   * its next step is not refused as if it had to wait).
+   * its next step is not refused as if it had to wait). The room is counted from the larger of
+   * the tuner's limit and the one it started from (--max-batch): a request of as many choices as
+   * the server takes (--max-batch plus --max-queue) would otherwise meet a full queue after a cut,
+   * also on an idle server, where no step runs to raise the limit again and no retry clears it.
    */
   get accepting(): boolean {
-    const roomInBatch = Math.max(0, this.limits.maxBatch - this.running);
+    const roomInBatch = Math.max(0, Math.max(this.limits.maxBatch, this.options.maxBatch) - this.running);
     return this.waiting < this.options.maxQueue + roomInBatch;
   }
 

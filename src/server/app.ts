@@ -154,8 +154,11 @@ export function createState(o: ServerOptions = {}): ServerState {
   const maxBatch = o.maxBatch ?? 8;
   // The adaptive tuner may grow the batch up to this; without it the batch stays at maxBatch.
   const largestBatch = o.targetItlMs ? Math.max(maxBatch, 32) : maxBatch;
-  // The most sequences a model's scheduler holds at once (its largest batch and its queue).
-  const maxSequences = largestBatch + maxQueue;
+  // The most sequences a model's scheduler is sure to hold at once: --max-batch running and
+  // --max-queue waiting. Not the tuner's largest batch: it grows the limit only under a full batch,
+  // so a request of more choices than this would meet a full queue on an idle server, a 429 no
+  // retry clears (the scheduler counts its room from --max-batch however low the tuner cut it).
+  const maxSequences = maxBatch + maxQueue;
   const prefillChunk = o.prefillChunk ?? DEFAULT_PREFILL_CHUNK;
   const prefixCacheBytes = o.prefixCacheBytes ?? 512 * 1024 * 1024;
   const logWarning = o.logWarning ?? ((message: string) => o.logError?.(new Error(message)));
