@@ -416,6 +416,30 @@ describe("the adaptive tuner", () => {
     expect(await sample(server.url, `mlx_batch_limit{model="${model}"}`)).toBe(2);
   });
 
+  test("an unreachable target leaves the prefill chunk alone while prompts fit in it: its size would change no step", async () => {
+    // Before, any step with a prompt to prefill counted: four short prompts halved the chunk.
+    const model = tinyModel();
+    server = serve({ defaultModel: model, targetItlMs: 1, maxBatch: 4, prefillChunk: 512 });
+    await Promise.all([1, 2, 3, 4].map((i) => complete(server!.url, model, `Story ${i}`, 30)));
+    const m = await modelStats(server.url);
+    expect(m.tuner.adjustments).toBeGreaterThan(0); // it shed sequences instead
+    expect(m.prefill_chunk).toBe(512);
+  });
+
+  test("an unreachable target cuts the prefill chunk where a long prompt's prefill fills it beside a decoding stream", async () => {
+    // A context for the long stream's 8,000 tokens and the prompt beside it.
+    const model = join(mkdtempSync(join(tmpdir(), "mlx-serve-metrics-")), "tiny");
+    writeTinyModel(model, { contextLength: 16_384 });
+    server = serve({ defaultModel: model, targetItlMs: 1, maxBatch: 4, prefillChunk: 64 });
+    const decoding = await longStream(server.url, model);
+    try {
+      await complete(server.url, model, "word ".repeat(400), 2);
+    } finally {
+      decoding.stop.abort();
+    }
+    expect((await modelStats(server.url)).prefill_chunk).toBeLessThan(64);
+  });
+
   test("a full batch that keeps up raises the limit", async () => {
     const model = tinyModel();
     server = serve({ defaultModel: model, targetItlMs: easyTarget, maxBatch: 2, prefillChunk: 64 });

@@ -169,6 +169,12 @@ export class BatchGenerator {
    * waited a whole turn of the groups for them: that interval (ms).
    */
   lastTurn?: { ms: number };
+  /**
+   * Whether the last step's prefill used its whole chunk with prompt tokens left to prefill: a
+   * bigger chunk would have prefilled more, a smaller one less (the tuner moves the chunk only
+   * then; a prompt shorter than the chunk is prefilled whole at any size).
+   */
+  chunkFilled = false;
 
   constructor(
     readonly model: DecoderModel,
@@ -341,6 +347,7 @@ export class BatchGenerator {
 
   /** A step, paused (yield) before each wait for the model's layers in other processes (arrive()). */
   *#step(): Generator<void, SequenceEvent[]> {
+    this.chunkFilled = false;
     if (this.#groups.length > 1) return yield* this.#stepInTurn();
     const events = yield* this.#prefillChunk();
     const group = this.#groups[0]!;
@@ -635,6 +642,7 @@ export class BatchGenerator {
       const older = this.#groups.length > 1 ? this.#groups.filter((g) => g.ahead).length : 0;
       this.#joining.push({ prefill: p, first, older });
     }
+    this.chunkFilled = budget <= 0 && (this.#prefill !== undefined || this.#waiting.length > 0);
     return [...failed, ...(yield* this.#arriveJoining(oneLeft))];
   }
 

@@ -337,12 +337,11 @@ export class Scheduler {
     this.#looping = true;
     // A step that only gave newcomers their first tokens ended no decoding stream's wait: they
     // wait on through the next step, and the tuner and the inter-token figures see both as one.
-    let carried = { ms: 0, prefilling: false };
+    let carried = { ms: 0, chunkFilled: false };
     try {
       while (!this.#generator.idle) {
         const started = performance.now();
         const decoding = this.#generator.running;
-        const prefilling = this.#prefillsThisStep;
         let events: SequenceEvent[];
         try {
           events = await this.#generator.stepAsync();
@@ -355,16 +354,17 @@ export class Scheduler {
         }
         const turn = this.#generator.lastTurn;
         const ms = (turn?.ms ?? performance.now() - started) + carried.ms;
-        if (decoding === 0) carried = { ms: 0, prefilling: false };
+        const chunkFilled = this.#generator.chunkFilled || carried.chunkFilled;
+        if (decoding === 0) carried = { ms: 0, chunkFilled: false };
         else if (events.length > 0) {
           const intervals = this.#intervalsEnded(events);
           // (A split model's turn already spans the time since the group's last read.)
-          if (intervals === 0 && turn === undefined) carried = { ms, prefilling: carried.prefilling || prefilling };
+          if (intervals === 0 && turn === undefined) carried = { ms, chunkFilled };
           else {
             if (intervals > 0) this.options.onStep?.(ms, intervals);
-            const changed = this.options.tuner?.observe(ms, decoding, prefilling || carried.prefilling);
+            const changed = this.options.tuner?.observe(ms, decoding, chunkFilled);
             if (changed) Object.assign(this.#generator.options, changed);
-            carried = { ms: 0, prefilling: false };
+            carried = { ms: 0, chunkFilled: false };
           }
         }
         for (const event of events) this.#deliver(event);
@@ -374,14 +374,6 @@ export class Scheduler {
     } finally {
       this.#looping = false;
     }
-  }
-
-  /**
-   * Whether the next step prefills a prompt chunk: a request waits (or is part way through its
-   * prefill, which began with room in the batch) and the batch has room to start one.
-   */
-  get #prefillsThisStep(): boolean {
-    return this.#generator.waiting > 0 && this.#generator.running < this.limits.maxBatch;
   }
 
   /**

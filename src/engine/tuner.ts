@@ -2,10 +2,11 @@
 // adjusts the decode batch limit and the prefill chunk size within bounds. Too slow: fewer
 // sequences per step and smaller prefill chunks (shorter steps); comfortably fast: more, but a
 // bigger batch only once the batch is full (a fast step of fewer sequences says nothing of more).
-// It moves only a knob whose effect its observations show: the prefill chunk only while prompts
-// were prefilled in the steps its estimate stands on (otherwise no step reads it, and a change
-// would go unseen); those steps, not the latest alone, since a slow prefill step lifts the
-// estimate for the plain decode steps after it too.
+// It moves only a knob whose effect its observations show: the prefill chunk only while it bounded
+// a prefill in the steps its estimate stands on (a prompt left over when the chunk was used up:
+// otherwise the chunk's size changes no step, short prompts being prefilled whole at any size);
+// those steps, not the latest alone, since a slow prefill step lifts the estimate for the plain
+// decode steps after it too.
 export interface TunerLimits {
   maxBatch: number;
   prefillChunk: number;
@@ -47,8 +48,8 @@ export class AdaptiveTuner {
   /** Adjustments made in all, also those no longer kept. */
   adjustmentCount = 0;
   #sinceChange = 0;
-  /** Observations since the latest step that shared a prompt chunk. */
-  #sincePrefill = Infinity;
+  /** Observations since the latest step whose prefill filled the chunk. */
+  #sinceChunkFilled = Infinity;
   readonly #alpha: number;
   readonly #settle: number;
   readonly #now: () => number;
@@ -70,27 +71,28 @@ export class AdaptiveTuner {
   }
 
   /**
-   * Records one inter-token latency, of a decode step of `batch` sequences that `prefilling` tells
-   * whether a prompt chunk shared; returns the new limits when they changed.
+   * Records one inter-token latency, of a decode step of `batch` sequences that `chunkFilled`
+   * tells whether a prefill used the whole chunk in, prompt left over; returns the new limits
+   * when they changed.
    */
-  observe(itlMs: number, batch: number, prefilling: boolean): TunerLimits | undefined {
+  observe(itlMs: number, batch: number, chunkFilled: boolean): TunerLimits | undefined {
     if (!Number.isFinite(itlMs) || itlMs < 0) return undefined;
     if (this.emaMs === undefined) this.emaMs = itlMs;
     else {
       this.emaDeviationMs = (1 - this.#alpha) * this.emaDeviationMs + this.#alpha * Math.abs(itlMs - this.emaMs);
       this.emaMs = (1 - this.#alpha) * this.emaMs + this.#alpha * itlMs;
     }
-    this.#sincePrefill = prefilling ? 0 : this.#sincePrefill + 1;
+    this.#sinceChunkFilled = chunkFilled ? 0 : this.#sinceChunkFilled + 1;
     if (++this.#sinceChange < this.#settle) return undefined;
-    // Whether the steps the estimate stands on (about the latest `settle`) read the prefill chunk.
-    const prefilled = this.#sincePrefill < this.#settle;
+    // Whether the chunk bounded a prefill in the steps the estimate stands on (about the latest `settle`).
+    const chunkBound = this.#sinceChunkFilled < this.#settle;
     const p99 = this.estimatedP99Ms!;
     const { bounds } = this.options;
     const from = { ...this.limits };
     let reason: string;
     if (p99 > this.targetMs) {
       // Over target: halve the prefill chunk first (it stalls every stream), then shed a sequence.
-      if (prefilled && this.limits.prefillChunk > bounds.minChunk)
+      if (chunkBound && this.limits.prefillChunk > bounds.minChunk)
         this.limits.prefillChunk = Math.max(bounds.minChunk, Math.floor(this.limits.prefillChunk / 2));
       // One fewer than the batch that was too slow: a limit above it would shed nothing. A batch
       // already at the smallest has nothing to shed, and says nothing of what a lower limit would
@@ -103,7 +105,7 @@ export class AdaptiveTuner {
       // Comfortably under: admit one more sequence when the batch is full, else grow the prefill
       // chunk back while one is in use.
       if (batch >= this.limits.maxBatch && this.limits.maxBatch < bounds.maxBatch) this.limits.maxBatch += 1;
-      else if (prefilled) this.limits.prefillChunk = Math.min(bounds.maxChunk, this.limits.prefillChunk * 2);
+      else if (chunkBound) this.limits.prefillChunk = Math.min(bounds.maxChunk, this.limits.prefillChunk * 2);
       reason = `p99 ${p99.toFixed(1)} ms < 70% of target ${this.targetMs} ms`;
     } else return undefined;
     if (from.maxBatch === this.limits.maxBatch && from.prefillChunk === this.limits.prefillChunk) return undefined;
