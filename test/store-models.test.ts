@@ -244,6 +244,22 @@ describe("eviction", () => {
   );
 
   test(
+    "a model another is made from (models.toml's source) is not evicted: the made model would name nothing",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await Bun.sleep(5);
+      await pull(fakeModel("beta"));
+      for (const name of ["alpha", "beta"]) releaseModel(name);
+      writeFileSync(join(process.env.MLX_HOME!, "models.toml"), '[models.brief]\nsource = "alpha"\ntemperature = 0\n');
+      process.env.MLX_CACHE_MAX_BYTES = String(2 * readManifest("alpha")!.totalBytes); // room for two of three
+      // alpha is the least recently used, but brief is made from it: beta goes.
+      expect((await pull(fakeModel("gamma"))).evicted).toEqual(["beta"]);
+      expect(await names()).toEqual(["alpha", "gamma"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a model larger than the limit on its own evicts no other: that would not bring the store under it",
     async () => {
       await pull(fakeModel("alpha"));

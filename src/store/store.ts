@@ -366,8 +366,11 @@ export const evictionNote = (name: string) =>
 
 async function evictToFit(index: Map<string, IndexEntry>, keep: string, limit: number): Promise<string[]> {
   if (distinctBytes(index.values()) <= limit) return [];
+  // Nor a model another is made from (models.toml's source): the made model would name nothing,
+  // as `mlx rm` refuses to leave it.
+  const madeFrom = new Set([...loadAliases().models.values()].map((alias) => alias.source));
   const evictable = [...index.values()]
-    .filter((m) => m.name !== keep && modelUsers(m.name).length === 0)
+    .filter((m) => m.name !== keep && modelUsers(m.name).length === 0 && !madeFrom.has(m.name))
     .sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
   // Only when evicting brings the store under its limit: a model larger than the limit (with
   // those in use) would otherwise cost every other model and still leave the store over it.
