@@ -71,9 +71,9 @@ function clearToolUses(edit: Fields): ClearToolUses {
     trigger: { type: triggerType, value: trigger?.integer("value", { min: 0 }) ?? DEFAULT_TRIGGER_TOKENS },
     keep: keep?.integer("value", { min: 0 }) ?? DEFAULT_KEEP_TOOL_USES,
     clearAtLeast: clearAtLeast?.integer("value", { min: 0 }) ?? 0,
-    excludeTools: new Set(names(edit, "exclude_tools")),
+    excludeTools: new Set(toolNames(edit, "exclude_tools")),
     clearInputs: Array.isArray(inputs)
-      ? new Set(names(edit, "clear_tool_inputs"))
+      ? new Set(toolNames(edit, "clear_tool_inputs"))
       : (edit.boolean("clear_tool_inputs") ?? false),
   };
 }
@@ -100,7 +100,7 @@ function threshold<T extends string>(f: Fields, types: T[], o: { valued?: boolea
   return type as T;
 }
 
-function names(f: Fields, field: string): string[] {
+function toolNames(f: Fields, field: string): string[] {
   const raw = f.array(field) ?? [];
   raw.forEach((name, i) => {
     if (typeof name !== "string") f.fail(`${field}.${i}`, "must be a tool's name");
