@@ -118,6 +118,14 @@ async function startHub(
 
 const pull = (spec: string) => pullModel(modelRequest(spec), {});
 
+/** Makes a stored model's name a directory of links, as an older mlx links it: models/<key>/<file> -> ../../blobs/sha256-<hex>. */
+function linkAsOlderMlx(dir: string, name: string): void {
+  rmSync(dir);
+  mkdirSync(dir);
+  for (const f of readManifest(name)!.files)
+    symlinkSync(join("..", "..", "blobs", `sha256-${f.sha256}`), join(dir, f.name));
+}
+
 // Loaded models are kept referenced until the process ends: today a LoadedModel that the
 // garbage collector reaches (freed or not) crashes Bun in an MLX finalizer.
 const loaded: LoadedModel[] = [];
@@ -1402,14 +1410,10 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
       const hub = await startHub({ "org/tiny": { files: tiny, sha: A } });
       await pull("hf:org/tiny");
       releaseModel("org/tiny");
-      // The model's directory as an older mlx linked it: models/<key>/<file> -> ../../blobs/sha256-<hex>.
       const home = process.env.MLX_HOME!;
       const dir = join(home, "models", modelKey("org/tiny"));
-      rmSync(dir);
       rmSync(join(home, "revisions"), { recursive: true });
-      mkdirSync(dir);
-      for (const f of readManifest("org/tiny")!.files)
-        symlinkSync(join("..", "..", "blobs", `sha256-${f.sha256}`), join(dir, f.name));
+      linkAsOlderMlx(dir, "org/tiny");
       expect(await openStoredModel("org/tiny")).toBe(dir);
       expect(lstatSync(dir).isDirectory()).toBe(true);
       load(dir);
@@ -1443,10 +1447,7 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
         while (!existsSync(ready)) await Bun.sleep(10);
         // An mlx from before revisions opens it: the links it finds are not its own (one folder
         // deeper), so it links the name as a directory of its own, as it always did.
-        rmSync(dir);
-        mkdirSync(dir);
-        for (const f of readManifest("org/tiny")!.files)
-          symlinkSync(join("..", "..", "blobs", `sha256-${f.sha256}`), join(dir, f.name));
+        linkAsOlderMlx(dir, "org/tiny");
         expect(await openStoredModel("org/tiny")).toBe(dir);
         releaseModel("org/tiny");
         expect(lstatSync(dir).isDirectory()).toBe(true);
