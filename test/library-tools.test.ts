@@ -184,6 +184,11 @@ describe("tool calls in the library", () => {
       { role: "user", content: "What will the weather be in Oslo?" },
       { role: "assistant", content: asked.text, toolCalls: asked.toolCalls },
     ]);
+    // The history keeps calls of its own: changing the result's changes no turn (they were one array).
+    const kept = structuredClone(chat.messages[1]);
+    asked.toolCalls[0]!.arguments.days = 99;
+    asked.toolCalls.push({ ...call!, id: "another" });
+    expect(chat.messages[1]).toEqual(kept!);
     // The call's result, as generate()'s messages give it: the next turn's prompt has the call and the result.
     const result: Message = { role: "tool", toolCallId: call!.id, content: "Sunny, 21 C" };
     const next = await chat.send([result], { tools, maxTokens: 3 });

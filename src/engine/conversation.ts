@@ -170,7 +170,9 @@ export class Conversation {
     if (this.messages === asked) {
       this.#contextUsed = result.stats.promptTokens + result.tokenIds.length;
       const { toolCalls } = result;
-      this.messages.push({ role: "assistant", content: result.text, ...(toolCalls.length > 0 && { toolCalls }) });
+      // A copy of the calls: the result is the caller's to change, the history the conversation's.
+      const calls = toolCalls.length > 0 && { toolCalls: structuredClone(toolCalls) };
+      this.messages.push({ role: "assistant", content: result.text, ...calls });
       // Only ids that are the answer's text exactly: not a thinking model's reasoning, nor a stop
       // string cut from the text, nor the bytes of a character cut short.
       const answered = result.promptText !== undefined && this.lm.tokenizer.decode(result.tokenIds) === result.text;
