@@ -33,6 +33,18 @@ async function mlx(args: string[]) {
 const TOKENS = 6;
 let server: Server<undefined>;
 let base: string;
+
+/**
+ * models.toml with one entry: `name`, a remote model `model` of the OpenAI-compatible server at
+ * `url` (the fake server's by default), with `settings` (TOML lines) after.
+ */
+function remoteAlias(name: string, model: string, settings = "", url = base): void {
+  mkdirSync(env.MLX_HOME, { recursive: true });
+  writeFileSync(
+    join(env.MLX_HOME, "models.toml"),
+    `[models.${name}]\nprovider = "openai"\nbase_url = "${url}/v1"\nmodel = "${model}"\n${settings}`,
+  );
+}
 let inFlight = 0;
 let maxInFlight = 0;
 const seenModels = new Set<string>();
@@ -461,11 +473,7 @@ describe("mlx bench --url", () => {
       expect(server.code).not.toBe(0);
       expect(server.stderr).toMatch(/\(HTTP 500: bad \[31mred\[0m +thing\)/);
       requests = 0;
-      mkdirSync(env.MLX_HOME, { recursive: true });
-      writeFileSync(
-        join(env.MLX_HOME, "models.toml"),
-        `[models.noisy]\nprovider = "openai"\nbase_url = "${url}/v1"\nmodel = "noisy"\n`,
-      );
+      remoteAlias("noisy", "noisy", "", url);
       const remote = await mlx(["-m", "noisy", "-p", "8", "-g", "2", "-n", "1"]);
       expect(remote.code).not.toBe(0);
       expect(remote.stderr).toMatch(/answered 500: bad \[31mred\[0m +thing/);
@@ -523,11 +531,7 @@ describe("mlx bench --url", () => {
 
 describe("mlx bench -m on a remote model (models.toml provider)", () => {
   test("each run's prompt is new to the server, so its prefix cache cannot skip the prefill; no sizes shown", async () => {
-    mkdirSync(env.MLX_HOME, { recursive: true });
-    writeFileSync(
-      join(env.MLX_HOME, "models.toml"),
-      `[models.far]\nprovider = "openai"\nbase_url = "${base}/v1"\nmodel = "fake-model"\n`,
-    );
+    remoteAlias("far", "fake-model");
     seenPrompts.length = 0;
     const r = await mlx(["-m", "far", "-p", "64", "-g", "0", "-n", "3"]);
     expect(r.code).toBe(0);
@@ -549,11 +553,7 @@ describe("mlx bench -m on a remote model (models.toml provider)", () => {
   }, 20_000);
 
   test("a provider that counts no tokens (no usage): its answer counted by its streamed pieces; its prompt speed '-' and null, not a measured 0 tokens/s", async () => {
-    mkdirSync(env.MLX_HOME, { recursive: true });
-    writeFileSync(
-      join(env.MLX_HOME, "models.toml"),
-      `[models.uncounted]\nprovider = "openai"\nbase_url = "${base}/v1"\nmodel = "no-usage"\n`,
-    );
+    remoteAlias("uncounted", "no-usage");
     const r = await mlx(["-m", "uncounted", "-p", "64", "-g", "4", "-n", "2", "--json"]);
     expect(r.code).toBe(0);
     const [far] = JSON.parse(r.stdout).models;
@@ -568,11 +568,7 @@ describe("mlx bench -m on a remote model (models.toml provider)", () => {
 
 describe("mlx bench -m on a remote model whose answer ends early", () => {
   const generated = async (model: string) => {
-    mkdirSync(env.MLX_HOME, { recursive: true });
-    writeFileSync(
-      join(env.MLX_HOME, "models.toml"),
-      `[models.far]\nprovider = "openai"\nbase_url = "${base}/v1"\nmodel = "${model}"\n`,
-    );
+    remoteAlias("far", model);
     const r = await mlx(["-m", "far", "-p", "0", "-g", "5", "-n", "2", "--json"]);
     expect(r.code).toBe(0);
     return JSON.parse(r.stdout).models[0].gen_tokens;
@@ -589,11 +585,7 @@ describe("mlx bench -m on a remote model whose answer ends early", () => {
 
 describe("mlx bench -m on a remote model that is retried", () => {
   test("a prompt test refused once (503, Retry-After) is timed from the attempt that answered, not from the refused one", async () => {
-    mkdirSync(env.MLX_HOME, { recursive: true });
-    writeFileSync(
-      join(env.MLX_HOME, "models.toml"),
-      `[models.busy]\nprovider = "openai"\nbase_url = "${base}/v1"\nmodel = "busy"\n`,
-    );
+    remoteAlias("busy", "busy");
     refusedOnce.clear();
     const r = await mlx(["-m", "busy", "-p", "64", "-g", "0", "-n", "1", "--json"]);
     expect(r.code).toBe(0);
@@ -620,11 +612,7 @@ describe("mlx bench --url against a server slower than --timeout", () => {
 
 describe("mlx bench -m on a remote model slower than its timeout", () => {
   test("a prefill longer than connect_timeout: the error names the setting to raise", async () => {
-    mkdirSync(env.MLX_HOME, { recursive: true });
-    writeFileSync(
-      join(env.MLX_HOME, "models.toml"),
-      `[models.slow]\nprovider = "openai"\nbase_url = "${base}/v1"\nmodel = "slow-prefill"\nconnect_timeout = 0.5\nmax_retries = 0\n`,
-    );
+    remoteAlias("slow", "slow-prefill", "connect_timeout = 0.5\nmax_retries = 0\n");
     const r = await mlx(["-m", "slow", "-p", "64", "-g", "0", "-n", "1"]);
     expect(r.code).toBe(1);
     const errors = r.stderr.split("\n").filter((line) => line.startsWith("error:"));
