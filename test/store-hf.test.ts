@@ -118,6 +118,21 @@ async function startHub(
 
 const pull = (spec: string) => pullModel(modelRequest(spec), {});
 
+/**
+ * A process using org/tiny through `dir` (fixtures/store-revision-reader.ts: it marks the model in
+ * use and reads it), once it has started; `stop()` has it print what it saw and exit.
+ */
+async function revisionReader(dir: string) {
+  const home = process.env.MLX_HOME!;
+  const [stopFile, ready] = [join(home, "stop"), join(home, "ready")];
+  const reader = Bun.spawn(
+    [process.execPath, join(import.meta.dir, "fixtures", "store-revision-reader.ts"), dir, "org/tiny", stopFile, ready],
+    { env: process.env, stdout: "pipe", stderr: "inherit" },
+  );
+  while (!existsSync(ready)) await Bun.sleep(10);
+  return { reader, stop: () => writeFileSync(stopFile, "") };
+}
+
 /** Makes a stored model's name a directory of links, as an older mlx links it: models/<key>/<file> -> ../../blobs/sha256-<hex>. */
 function linkAsOlderMlx(dir: string, name: string): void {
   rmSync(dir);
@@ -1360,27 +1375,15 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
       await pull("hf:org/tiny");
       releaseModel("org/tiny");
       const home = process.env.MLX_HOME!;
-      const [stop, ready] = [join(home, "stop"), join(home, "ready")];
-      const reader = Bun.spawn(
-        [
-          process.execPath,
-          join(import.meta.dir, "fixtures", "store-revision-reader.ts"),
-          join(home, "models", modelKey("org/tiny")),
-          "org/tiny",
-          stop,
-          ready,
-        ],
-        { env: process.env, stdout: "pipe", stderr: "inherit" },
-      );
+      const { reader, stop } = await revisionReader(join(home, "models", modelKey("org/tiny")));
       try {
-        while (!existsSync(ready)) await Bun.sleep(10);
         const UPDATES = 40;
         for (let i = 1; i <= UPDATES; i++) {
           Object.assign(hub.repos.get("org/tiny")!, revision(i));
           const updated = await pullModel(modelRequest("hf:org/tiny"), { update: true });
           expect(updated.updated?.files).toBe(2);
         }
-        writeFileSync(stop, "");
+        stop();
         const seen = JSON.parse(await new Response(reader.stdout).text());
         expect(await reader.exited).toBe(0);
         expect({ missing: seen.missing, mixed: seen.mixed }).toEqual({ missing: 0, mixed: 0 });
@@ -1437,14 +1440,9 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
       const home = process.env.MLX_HOME!;
       const dir = join(home, "models", modelKey("org/tiny"));
       const revisions = join(home, "revisions", modelKey("org/tiny"));
-      const [stop, ready] = [join(home, "stop"), join(home, "ready")];
       // A process using the model (it marks it in use and reads it through its name).
-      const reader = Bun.spawn(
-        [process.execPath, join(import.meta.dir, "fixtures", "store-revision-reader.ts"), dir, "org/tiny", stop, ready],
-        { env: process.env, stdout: "pipe", stderr: "inherit" },
-      );
+      const { reader, stop } = await revisionReader(dir);
       try {
-        while (!existsSync(ready)) await Bun.sleep(10);
         // An mlx from before revisions opens it: the links it finds are not its own (one folder
         // deeper), so it links the name as a directory of its own, as it always did.
         linkAsOlderMlx(dir, "org/tiny");
@@ -1454,7 +1452,7 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
         // The revision the process may read stays, and nothing it links is taken.
         expect((await verifyStore()).leftovers).toEqual({ files: 0, bytes: 0 });
         expect(readdirSync(revisions)).toHaveLength(1);
-        writeFileSync(stop, "");
+        stop();
         expect(await reader.exited).toBe(0);
       } finally {
         reader.kill();
