@@ -43,6 +43,17 @@ const oneRead = (text: string) => {
   tmux("paste-buffer", "-r", "-b", session, "-t", session);
 };
 
+/** An MLX_HOME `dir` (under root) whose models.toml has `far`: model `model` of the server at `url`. */
+function remoteHomeOf(dir: string, url: string, model: string): string {
+  const home = join(root, dir);
+  mkdirSync(home, { recursive: true });
+  writeFileSync(
+    join(home, "models.toml"),
+    `[models.far]\nprovider = "openai"\nbase_url = "${url}/v1"\nmodel = "${model}"\n`,
+  );
+  return home;
+}
+
 /** Waits until the screen matches, or fails after `ms`. */
 async function waitFor(pattern: RegExp, ms = 20_000): Promise<string> {
   const deadline = Date.now() + ms;
@@ -785,12 +796,7 @@ describe("mlx chat with piped input", () => {
     // A remote model's answers stop there too: the strings go to its provider.
     const { proc, url } = await startServe(scripted, [], { MLX_HOME: join(root, "stop-serve-home") });
     try {
-      const remoteHome = join(root, "stop-remote-home");
-      mkdirSync(remoteHome, { recursive: true });
-      writeFileSync(
-        join(remoteHome, "models.toml"),
-        `[models.far]\nprovider = "openai"\nbase_url = "${url}/v1"\nmodel = "${scripted}"\n`,
-      );
+      const remoteHome = remoteHomeOf("stop-remote-home", url, scripted);
       const remote = await cliRunner(remoteHome)(["chat", "-m", "far", "--temp", "0"], "/set stop there\nhi\n");
       expect(remote.code).toBe(0);
       expect(remote.stdout.split("\n")[0]).toBe("Hi ");
@@ -1143,12 +1149,7 @@ describe("mlx chat with a remote model", () => {
     writeTinyModel(far, { contextLength: 512 });
     const { proc, url } = await startServe(far, [], { MLX_HOME: join(root, "serve-home") });
     try {
-      const remoteHome = join(root, "remote-home");
-      mkdirSync(remoteHome, { recursive: true });
-      writeFileSync(
-        join(remoteHome, "models.toml"),
-        `[models.far]\nprovider = "openai"\nbase_url = "${url}/v1"\nmodel = "${far}"\n`,
-      );
+      const remoteHome = remoteHomeOf("remote-home", url, far);
       // Each exchange some 85 tokens: ten outgrow the 512 the server's model holds.
       const lines = Array.from({ length: 10 }, (_, i) => `message number ${i} with some words to fill the context\n`);
       const { stderr, code } = await cliRunner(remoteHome)(
