@@ -61,6 +61,24 @@ async function promptTokens(model: string, messages: object[]): Promise<number> 
   return (await ollama.chat({ model, messages: messages as any, stream: false, options: once })).prompt_eval_count;
 }
 
+/**
+ * Checks that the made model `name` is gone from the server: neither /api/ps nor /v1/models lists
+ * it, a request for it (or name:latest) is a 404, and "tiny", which it was made from, is still
+ * loaded. Returns the names /api/ps lists.
+ */
+async function expectGone(name: string): Promise<string[]> {
+  const loaded = (await ollama.ps()).models.map((m) => m.name);
+  expect(loaded.filter((listed) => listed.startsWith(name))).toEqual([]);
+  expect(loaded).toContain("tiny");
+  const served = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { id: string }[] };
+  expect(served.data.map((m) => m.id).filter((id) => id.startsWith(name))).toEqual([]);
+  for (const model of [name, `${name}:latest`])
+    await expect(ollama.chat({ model, messages: [user], stream: false, options: once })).rejects.toMatchObject({
+      status_code: 404,
+    });
+  return loaded;
+}
+
 /** Every line of a streamed create. */
 async function created(request: Parameters<typeof ollama.create>[0]): Promise<ProgressResponse[]> {
   const lines: ProgressResponse[] = [];
@@ -468,15 +486,8 @@ describe("POST /api/create", () => {
     for (const model of ["tiny", "sunk", "sunk:latest"])
       await ollama.chat({ model, messages: [user], stream: false, options: once });
     await ollama.delete({ model: "sunk" });
-    const loaded = (await ollama.ps()).models.map((m) => m.name);
-    expect(loaded.filter((name) => name.startsWith("sunk"))).toEqual([]);
-    expect(loaded).toContain("tiny"); // the model it was made from stays loaded
-    const served = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { id: string }[] };
-    expect(served.data.map((m) => m.id).filter((id) => id.startsWith("sunk"))).toEqual([]);
-    for (const model of ["sunk", "sunk:latest"])
-      await expect(ollama.chat({ model, messages: [user], stream: false, options: once })).rejects.toMatchObject({
-        status_code: 404,
-      });
+    // Listed no more, and a 404; the model it was made from stays loaded.
+    const loaded = await expectGone("sunk");
     // A model loaded by the deleted name alone is unloaded with it (it is idle).
     for (const name of loaded) await ollama.generate({ model: name, prompt: "", keep_alive: 0 });
     await ollama.create({ model: "sunk", from: "tiny" });
@@ -493,15 +504,7 @@ describe("POST /api/create", () => {
     const removed = await cliRunner(home)(["rm", "-y", "scuttled"]);
     expect(removed.code).toBe(0);
     // Listed no more, before any request names it.
-    const loaded = (await ollama.ps()).models.map((m) => m.name);
-    expect(loaded.filter((name) => name.startsWith("scuttled"))).toEqual([]);
-    expect(loaded).toContain("tiny");
-    const served = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { id: string }[] };
-    expect(served.data.map((m) => m.id).filter((id) => id.startsWith("scuttled"))).toEqual([]);
-    for (const model of ["scuttled", "scuttled:latest"])
-      await expect(ollama.chat({ model, messages: [user], stream: false, options: once })).rejects.toMatchObject({
-        status_code: 404,
-      });
+    const loaded = await expectGone("scuttled");
     // Loaded by the removed name alone (it has its own settings: another entry), it is unloaded with it.
     for (const name of loaded) await ollama.generate({ model: name, prompt: "", keep_alive: 0 });
     await ollama.create({ model: "scuttled", from: "tiny", parameters: { num_ctx: 128 } });
