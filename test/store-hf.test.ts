@@ -1267,6 +1267,18 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
   const oldWeights = () => join(process.env.MLX_HOME!, "blobs", `sha256-${sha256Hex(tiny.get("model.safetensors")!)}`);
   const storedWeights = () =>
     readFileSync(join(process.env.MLX_HOME!, "models", modelKey("org/tiny"), "model.safetensors"));
+  /**
+   * Moves the branch and updates the stored model (not held by this process): its name `dir` is a
+   * revision's link again, its weights the new ones, and it loads.
+   */
+  const expectUpdatedToRevision = async (hub: Awaited<ReturnType<typeof startHub>>, dir: string) => {
+    moveBranch(hub);
+    await pullModel(modelRequest("hf:org/tiny"), { update: true });
+    releaseModel("org/tiny");
+    expect(lstatSync(dir).isSymbolicLink()).toBe(true);
+    expect(sha256Hex(storedWeights())).toBe(sha256Hex(retrainedWeights));
+    load(dir);
+  };
 
   test(
     "is updated to the new commit, fetching only the changed file; up to date says so; offline keeps it",
@@ -1421,12 +1433,7 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
       expect(lstatSync(dir).isDirectory()).toBe(true);
       load(dir);
       releaseModel("org/tiny");
-      moveBranch(hub);
-      await pullModel(modelRequest("hf:org/tiny"), { update: true });
-      releaseModel("org/tiny");
-      expect(lstatSync(dir).isSymbolicLink()).toBe(true);
-      expect(sha256Hex(storedWeights())).toBe(sha256Hex(retrainedWeights));
-      load(dir);
+      await expectUpdatedToRevision(hub, dir);
     },
     TEST_TIMEOUT_MS,
   );
@@ -1464,13 +1471,8 @@ describe("mlx pull of a stored model whose hub branch moved", () => {
       expect(existsSync(revisions)).toBe(false);
       load(dir);
       // Its update moves it to revisions again, the old weights gone with it.
-      moveBranch(hub);
-      await pullModel(modelRequest("hf:org/tiny"), { update: true });
-      releaseModel("org/tiny");
-      expect(lstatSync(dir).isSymbolicLink()).toBe(true);
-      expect(sha256Hex(storedWeights())).toBe(sha256Hex(retrainedWeights));
+      await expectUpdatedToRevision(hub, dir);
       expect(existsSync(oldWeights())).toBe(false);
-      load(dir);
       // Removed, nothing of it is left.
       expect((await cli("rm", "-y", "org/tiny")).code).toBe(0);
       expect([existsSync(dir), existsSync(revisions)]).toEqual([false, false]);
