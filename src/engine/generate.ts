@@ -7,7 +7,7 @@ import { DEFAULT_PREFILL_CHUNK } from "./batch";
 import { memoryFigures, resetPeakMemory } from "./device";
 import type { PrefixCache } from "./prefix-cache";
 import { prepareGeneration, type GenerationSpec, type PreparedGeneration } from "./request";
-import { Scheduler, type FinishReason, type GenerationUsage } from "./scheduler";
+import { Scheduler, sampledTokens, type FinishReason, type GenerationUsage } from "./scheduler";
 import { ToolCallStream, type ToolCall, type ToolCallDelta } from "./tools";
 
 export interface CompletionStats {
@@ -180,7 +180,7 @@ function completionStats(u: GenerationUsage): CompletionStats {
   // end-of-sequence (or a stop token left out) that ended the answer is: its decode step is timed,
   // as llama.cpp's and mlx-lm's speeds count it. Uncounted, a short answer's speed read low (a
   // 5-token answer's by a fifth).
-  const decoded = Math.max(0, u.completionTokens - 1 + (u.endedByToken ? 1 : 0));
+  const decoded = Math.max(0, sampledTokens(u) - 1);
   return {
     promptTokens: u.promptTokens,
     cachedTokens: u.cachedTokens,

@@ -121,6 +121,12 @@ export interface GenerationUsage {
   endedByToken?: boolean;
 }
 
+/**
+ * The tokens an answer's decode steps sampled: its completion tokens and the token that ended it
+ * unseen (endedByToken), as llama.cpp and Ollama count them.
+ */
+export const sampledTokens = (u: GenerationUsage) => u.completionTokens + (u.endedByToken ? 1 : 0);
+
 export interface SchedulerStats {
   running: number;
   waiting: number;

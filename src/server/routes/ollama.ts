@@ -12,7 +12,7 @@ import {
   parseOllamaShow,
   type OllamaRequest,
 } from "../../api/ollama";
-import type { GenerationEvent, TokenLogprob } from "../../engine/scheduler";
+import { sampledTokens, type GenerationEvent, type TokenLogprob } from "../../engine/scheduler";
 import { ApiError, errorBody, notFound } from "../errors";
 import {
   chatLogprobs,
@@ -548,7 +548,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     // As Ollama's runners (and llama-server's predicted_n) count: every token sampled, the
     // end-of-sequence that ended the answer included (its decode step is in eval_duration too),
     // though neither its text nor its id (context) is the answer's.
-    eval_count: done.usage.completionTokens + (done.usage.endedByToken ? 1 : 0),
+    eval_count: sampledTokens(done.usage),
     eval_duration: nanos(done.usage.totalMs - done.usage.timeToFirstTokenMs),
   });
 
